@@ -1,0 +1,87 @@
+// Token sampling: turns one row of logits into a token id.
+//
+// The chain follows llama.cpp's default common sampler:
+//   penalties -> top-k -> top-p -> min-p -> temperature -> seeded draw.
+// As in llama.cpp, the truncation steps (top-k, top-p, min-p) see the temperature-free distribution
+// softmax(logits); temperature only reshapes the probabilities of the survivors before the draw. So
+// "top_p = 0.9" keeps the same set of tokens whatever the temperature.
+//
+// Determinism: the RNG is std::mt19937_64, whose output sequence the C++ standard fixes, and the uniform
+// in [0, 1) is built from its top 53 bits by hand (std::uniform_real_distribution and friends are
+// implementation-defined). Ties in the ordering are broken by the lower token id. Same seed, same logits
+// => same tokens on every platform (up to libm's expf, which is correctly rounded on glibc and close
+// enough elsewhere that only exact probability ties could flip).
+#pragma once
+#include <cstdint>
+#include <deque>
+#include <random>
+#include <span>
+#include <vector>
+
+namespace uma {
+
+struct SamplerParams {
+  float temperature = 0.8f;  // <= 0: greedy argmax after penalties (ties: lowest id)
+  int top_k = 40;            // <= 0 or >= vocab: disabled
+  float top_p = 0.95f;       // >= 1: disabled
+  float min_p = 0.05f;       // <= 0: disabled; keeps p >= min_p * p_max
+  float repeat_penalty = 1.0f;   // 1: disabled; divides positive logits, multiplies negative ones
+  int repeat_last_n = 64;        // how many recent accepted tokens the penalties see; 0: none; -1: all since reset
+  float presence_penalty = 0.0f;   // OpenAI: logit -= presence * (count > 0)
+  float frequency_penalty = 0.0f;  // OpenAI: logit -= frequency * count
+  uint64_t seed = 0xFFFFFFFFFFFFFFFF;  // this value: draw a seed from std::random_device
+};
+
+// One surviving candidate of the last sample(): token id and its final probability (after temperature),
+// sorted by probability, highest first.
+struct TokenProb {
+  int32_t id;
+  float p;
+};
+
+class Sampler {
+ public:
+  Sampler(const SamplerParams& params, int32_t vocab_size);
+
+  // Picks a token from `logits` (size must equal vocab_size). Applies the penalties to `logits` in place.
+  int32_t sample(std::span<float> logits);
+
+  // Feeds the penalty history; call with every token that enters the context (prompt tokens too, if the
+  // penalties should see them).
+  void accept(int32_t token);
+
+  // Clears the penalty history and restarts the RNG from the seed, so a reset sampler repeats itself.
+  void reset();
+
+  // The seed in use (the drawn one when params.seed asked for a random seed).
+  uint64_t seed() const { return seed_; }
+
+  // The candidates that survived truncation in the last sample(), with the probabilities the draw used.
+  // Empty after a greedy sample. Valid until the next sample().
+  std::span<const TokenProb> last_candidates() const { return kept_; }
+
+  const SamplerParams& params() const { return params_; }
+
+ private:
+  void apply_penalties(std::span<float> logits);
+  // A uniform double in [0, 1) from the top 53 bits of one 64-bit draw.
+  double next_uniform();
+
+  SamplerParams params_;
+  int32_t vocab_size_;
+  uint64_t seed_;
+  std::mt19937_64 rng_;
+  std::deque<int32_t> history_;  // most recent last; capped at repeat_last_n when that is > 0
+
+  // Scratch reused across calls so a 150k-token vocabulary allocates nothing per token.
+  struct Candidate {
+    float logit;
+    int32_t id;
+  };
+  std::vector<Candidate> candidates_;
+  std::vector<TokenProb> kept_;
+  std::vector<double> weights_;
+  std::vector<int32_t> counts_scratch_;
+};
+
+}  // namespace uma
