@@ -32,6 +32,11 @@ class Tokenizer {
   // End of generation: EOS, EOT, <|im_end|> and the like.
   virtual bool is_eog(TokenId id) const = 0;
   virtual std::string_view token_text(TokenId id) const = 0;  // as stored in the vocab
+
+ protected:
+  // SentencePiece vocabularies add a space in front of the text; decode() drops it again from the first
+  // token (the one after BOS when the ids start with BOS), as llama.cpp and Hugging Face do.
+  virtual bool decode_strips_first_space() const { return false; }
 };
 
 // Joins token bytes into complete UTF-8 characters so a stream never prints half a character:
