@@ -1,0 +1,103 @@
+// The narrow interface between model code and compute devices. Model families are written once against
+// these ops; the CPU backend runs them on host memory with the thread pool, the CUDA backend on the GPU.
+// Activation buffers are opaque float pointers owned by the backend (host or device memory); the model
+// never dereferences them, it only passes them between ops and downloads the final logits.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "quant/types.h"
+
+namespace uma {
+
+class KvCache;
+
+// A weight tensor as the model sees it: the bytes in the mmap plus whatever the backend made of them.
+struct Weight {
+  std::string name;
+  GgmlType type = GgmlType::F32;
+  int64_t ne[4] = {1, 1, 1, 1};  // ne[0]: input features (contiguous), ne[1]: output features
+  const uint8_t* host = nullptr;
+  size_t nbytes = 0;
+  void* device = nullptr;        // backend copy, when the backend keeps one
+  int64_t cols() const { return ne[0]; }
+  int64_t rows() const { return ne[1]; }
+  explicit operator bool() const { return host != nullptr; }
+};
+
+// Rotary position embedding. NORM rotates adjacent pairs (x[2i], x[2i+1]) — GGUF llama weights are permuted
+// for it; NEOX rotates (x[i], x[i + n_rot/2]) as HF's rotate_half does.
+struct RopeParams {
+  int n_rot = 0;                 // leading dims of each head that rotate
+  float freq_base = 10000.0f;
+  bool neox = false;
+  std::vector<float> freq_factors;  // per pair divisor of the frequency (Llama-3 scaling), empty = none
+  // Round each pair's frequency to bf16, as transformers does when it runs a bf16 checkpoint (its
+  // inv_freq buffer is cast with the model). Off by default: exact f32 frequencies are the model as
+  // trained; on, uma reproduces transformers' logits to ~1e-6 instead of ~1e-3 at position 100.
+  bool freq_bf16 = false;
+  // YaRN (DeepSeek): frequencies blend between interpolated and extrapolated by a ramp over dims.
+  float freq_scale = 1.0f;       // 1 / scaling factor
+  float ext_factor = 0.0f;       // > 0 enables the YaRN ramp
+  float attn_factor = 1.0f;      // multiplies cos/sin (YaRN mscale)
+  float beta_fast = 32.0f, beta_slow = 1.0f;
+  int n_ctx_orig = 0;
+};
+
+// Which tokens of a step belong to which sequence and position.
+struct BatchLayout {
+  const int32_t* pos = nullptr;  // [n_tokens]
+  const int32_t* seq = nullptr;  // [n_tokens] KV-cache sequence slot
+  int64_t n_tokens = 0;
+};
+
+struct AttentionShape {
+  int n_head = 0, n_head_kv = 0;
+  int head_dim_k = 0, head_dim_v = 0;
+  float scale = 1.0f;            // applied to q·k
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual bool supports(GgmlType type) const = 0;
+
+  // Activation buffers of n floats (uninitialised). Freed by free_buffer or when the backend dies.
+  virtual float* alloc(size_t n) = 0;
+  virtual void free_buffer(float* p) = 0;
+  virtual void upload(float* dst, const float* host_src, size_t n) = 0;
+  virtual void download(float* host_dst, const float* src, size_t n) = 0;
+
+  // Called once per weight after loading; a device backend copies it to device memory here.
+  virtual void prepare_weight(Weight& w) {}
+
+  // out[i, :] = row ids[i] of an embedding table (any type), dequantized. ids are host memory.
+  virtual void get_rows(const Weight& table, const int32_t* ids, int64_t n, float* out) = 0;
+  // out[r, :] = x[r, :] / rms(x[r, :]) * w  over n_rows rows of `dim` (w has `dim` values).
+  virtual void rms_norm(const float* x, const Weight& w, int64_t n_rows, int64_t dim, float eps, float* out) = 0;
+  // y[t, :] = W x[t, :]  (+ bias when given).
+  virtual void matmul(const Weight& w, const float* x, int64_t n_tokens, float* y, const Weight* bias = nullptr) = 0;
+  // dst[i, :] = src[rows[i], :] for rows of `dim` floats (rows are host memory).
+  virtual void gather_rows(const float* src, int64_t dim, const int32_t* rows, int64_t n, float* dst) = 0;
+  // y += x over n values.
+  virtual void add(float* y, const float* x, int64_t n) = 0;
+  // out = silu(gate) * up over n values.
+  virtual void swiglu(const float* gate, const float* up, int64_t n, float* out) = 0;
+  // In place on x laid out [n_tokens, n_heads, head_stride]; rotates the first n_rot dims of each head.
+  virtual void rope(float* x, int64_t n_tokens, int n_heads, int head_stride, const BatchLayout& batch,
+                    const RopeParams& p) = 0;
+
+  // KV cache storage for one layer: `cells` token slots of k_width and v_width floats.
+  virtual void store_kv(KvCache& kv, int layer, const float* k, const float* v, const BatchLayout& batch) = 0;
+  // Causal attention of each token's query over its sequence's cached keys/values up to its position.
+  // q: [n_tokens, n_head, head_dim_k], out: [n_tokens, n_head, head_dim_v].
+  virtual void attention(const KvCache& kv, int layer, const float* q, const BatchLayout& batch,
+                         const AttentionShape& shape, float* out) = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend(int n_threads);
+
+}  // namespace uma

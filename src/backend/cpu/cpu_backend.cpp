@@ -1,0 +1,211 @@
+// The CPU backend: host memory, the thread pool, and the kernels in matmul.h. Element-wise ops are plain
+// loops the compiler vectorises; they move O(n_embd) bytes per token, nothing next to the weights.
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <unordered_set>
+
+#include "backend/backend.h"
+#include "backend/cpu/matmul.h"
+#include "kv/kv_cache.h"
+#include "quant/quant.h"
+#include "runtime/thread_pool.h"
+#include "uma/error.h"
+
+namespace uma {
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int n_threads) : pool_(n_threads) {}
+  ~CpuBackend() override {
+    for (float* p : buffers_) std::free(p);
+  }
+
+  std::string name() const override { return "cpu"; }
+  bool supports(GgmlType type) const override { return traits(type).supported; }
+
+  float* alloc(size_t n) override {
+    // 64-byte alignment: one cache line, and the widest SIMD load.
+    const size_t bytes = (std::max<size_t>(n, 1) * sizeof(float) + 63) / 64 * 64;
+    auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!p) fail("out of host memory allocating {} MiB of activations", bytes >> 20);
+    std::lock_guard lock(mutex_);
+    buffers_.insert(p);
+    return p;
+  }
+  void free_buffer(float* p) override {
+    std::lock_guard lock(mutex_);
+    if (buffers_.erase(p)) std::free(p);
+  }
+  void upload(float* dst, const float* src, size_t n) override { std::memcpy(dst, src, n * sizeof(float)); }
+  void download(float* dst, const float* src, size_t n) override { std::memcpy(dst, src, n * sizeof(float)); }
+
+  void get_rows(const Weight& table, const int32_t* ids, int64_t n, float* out) override {
+    const int64_t dim = table.cols();
+    const size_t stride = row_bytes(table.type, dim);
+    for (int64_t i = 0; i < n; ++i) {
+      if (ids[i] < 0 || ids[i] >= table.rows())
+        fail("token id {} is outside the vocabulary of {} tokens", ids[i], table.rows());
+      dequantize_row(table.type, table.host + stride * ids[i], out + i * dim, dim);
+    }
+  }
+
+  void rms_norm(const float* x, const Weight& w, int64_t n_rows, int64_t dim, float eps, float* out) override {
+    const auto* g = reinterpret_cast<const float*>(w.host);
+    if (w.type != GgmlType::F32) fail("norm weight '{}' must be F32, got {}", w.name, type_name(w.type));
+    pool_.parallel_for(n_rows, 16, [&](int, int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* xr = x + r * dim;
+        double ss = 0;
+        for (int64_t i = 0; i < dim; ++i) ss += double(xr[i]) * xr[i];
+        const float scale = static_cast<float>(1.0 / std::sqrt(ss / dim + eps));
+        float* o = out + r * dim;
+        for (int64_t i = 0; i < dim; ++i) o[i] = (xr[i] * scale) * g[i];
+      }
+    });
+  }
+
+  void matmul(const Weight& w, const float* x, int64_t n_tokens, float* y, const Weight* bias) override {
+    uma::matmul(WeightView{w.type, w.host, w.rows(), w.cols()}, x, n_tokens, y, pool_);
+    if (bias && *bias) {
+      const auto* b = reinterpret_cast<const float*>(bias->host);
+      for (int64_t t = 0; t < n_tokens; ++t)
+        for (int64_t r = 0; r < w.rows(); ++r) y[t * w.rows() + r] += b[r];
+    }
+  }
+
+  void gather_rows(const float* src, int64_t dim, const int32_t* rows, int64_t n, float* dst) override {
+    for (int64_t i = 0; i < n; ++i) std::memmove(dst + i * dim, src + rows[i] * dim, dim * sizeof(float));
+  }
+
+  void add(float* y, const float* x, int64_t n) override {
+    for (int64_t i = 0; i < n; ++i) y[i] += x[i];
+  }
+
+  void swiglu(const float* gate, const float* up, int64_t n, float* out) override {
+    for (int64_t i = 0; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  }
+
+  void rope(float* x, int64_t n_tokens, int n_heads, int head_stride, const BatchLayout& batch,
+            const RopeParams& p) override;
+
+  void store_kv(KvCache& kv, int layer, const float* k, const float* v, const BatchLayout& batch) override {
+    const int kw = kv.options().k_width, vw = kv.options().v_width;
+    for (int64_t t = 0; t < batch.n_tokens; ++t) {
+      const int64_t c = kv.cell(batch.seq[t], batch.pos[t]);
+      std::memcpy(kv.k(layer) + c * kw, k + t * kw, kw * sizeof(float));
+      if (vw) std::memcpy(kv.v(layer) + c * vw, v + t * vw, vw * sizeof(float));
+    }
+  }
+
+  void attention(const KvCache& kv, int layer, const float* q, const BatchLayout& batch,
+                 const AttentionShape& s, float* out) override;
+
+ private:
+  ThreadPool pool_;
+  std::mutex mutex_;
+  std::unordered_set<float*> buffers_;
+};
+
+// Rotation angle of pair i at position pos, following the reference implementation's f32 arithmetic
+// (inv_freq in f32, angle = pos * inv_freq in f32) so positions far into the context agree bit-closely.
+void CpuBackend::rope(float* x, int64_t n_tokens, int n_heads, int head_stride, const BatchLayout& batch,
+                      const RopeParams& p) {
+  const int half = p.n_rot / 2;
+  std::vector<float> inv_freq(half);
+  for (int i = 0; i < half; ++i) {
+    float f = static_cast<float>(1.0 / std::pow(double(p.freq_base), double(2 * i) / p.n_rot));
+    if (!p.freq_factors.empty()) f = f / p.freq_factors[i];
+    if (p.freq_bf16) f = bf16_to_fp32(fp32_to_bf16(f));
+    inv_freq[i] = f;
+  }
+  // YaRN: per-pair blend between the interpolated (freq * freq_scale) and the original frequency.
+  std::vector<float> ramp_mix(half, 0.0f);
+  if (p.ext_factor > 0) {
+    auto corr_dim = [&](float n_rot_turns) {
+      return p.n_rot * std::log(p.n_ctx_orig / (n_rot_turns * 2 * float(M_PI))) / (2 * std::log(p.freq_base));
+    };
+    const float lo = std::max(0.0f, std::floor(corr_dim(p.beta_fast)));
+    const float hi = std::min(float(p.n_rot - 1), std::ceil(corr_dim(p.beta_slow)));
+    for (int i = 0; i < half; ++i) {
+      const float y = (i - lo) / std::max(0.001f, hi - lo);
+      ramp_mix[i] = (1.0f - std::min(1.0f, std::max(0.0f, y))) * p.ext_factor;
+    }
+  }
+  pool_.parallel_for(n_tokens, 1, [&](int, int64_t t0, int64_t t1) {
+    std::vector<float> cs(half), sn(half);
+    for (int64_t t = t0; t < t1; ++t) {
+      const float pos = static_cast<float>(batch.pos[t]);
+      for (int i = 0; i < half; ++i) {
+        float theta;
+        if (p.ext_factor > 0) {
+          const float interp = pos * (inv_freq[i] * p.freq_scale), extrap = pos * inv_freq[i];
+          theta = interp * (1 - ramp_mix[i]) + extrap * ramp_mix[i];
+        } else {
+          theta = pos * (inv_freq[i] * p.freq_scale);
+        }
+        cs[i] = std::cos(theta) * p.attn_factor;
+        sn[i] = std::sin(theta) * p.attn_factor;
+      }
+      for (int h = 0; h < n_heads; ++h) {
+        float* v = x + (t * n_heads + h) * head_stride;
+        for (int i = 0; i < half; ++i) {
+          const int a = p.neox ? i : 2 * i, b = p.neox ? i + half : 2 * i + 1;
+          const float x0 = v[a], x1 = v[b];
+          v[a] = x0 * cs[i] - x1 * sn[i];
+          v[b] = x0 * sn[i] + x1 * cs[i];
+        }
+      }
+    }
+  });
+}
+
+void CpuBackend::attention(const KvCache& kv, int layer, const float* q, const BatchLayout& batch,
+                           const AttentionShape& s, float* out) {
+  const int kw = kv.options().k_width, vw = kv.options().v_width;
+  const int group = s.n_head / s.n_head_kv;  // query heads sharing one KV head (GQA)
+  const float* K = kv.k(layer);
+  const float* V = kv.v(layer);
+  pool_.parallel_for(batch.n_tokens * s.n_head, 1, [&](int, int64_t i0, int64_t i1) {
+    std::vector<float> scores;
+    std::vector<float> acc(s.head_dim_v);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t t = i / s.n_head;
+      const int h = static_cast<int>(i % s.n_head), hk = h / group;
+      const int seq = batch.seq[t];
+      const int64_t n_ctx = batch.pos[t] + 1;  // causal: positions 0..pos
+      const float* qh = q + (t * s.n_head + h) * s.head_dim_k;
+      scores.resize(n_ctx);
+      float mx = -INFINITY;
+      for (int64_t p = 0; p < n_ctx; ++p) {
+        const float* kp = K + kv.cell(seq, p) * kw + hk * s.head_dim_k;
+        float d = 0;
+        for (int j = 0; j < s.head_dim_k; ++j) d += qh[j] * kp[j];
+        scores[p] = d * s.scale;
+        mx = std::max(mx, scores[p]);
+      }
+      double sum = 0;
+      for (int64_t p = 0; p < n_ctx; ++p) {
+        scores[p] = std::exp(scores[p] - mx);
+        sum += scores[p];
+      }
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t p = 0; p < n_ctx; ++p) {
+        const float* vp = V + kv.cell(seq, p) * vw + hk * s.head_dim_v;
+        const float w = scores[p];
+        for (int j = 0; j < s.head_dim_v; ++j) acc[j] += w * vp[j];
+      }
+      float* o = out + (t * s.n_head + h) * s.head_dim_v;
+      const float inv = static_cast<float>(1.0 / sum);
+      for (int j = 0; j < s.head_dim_v; ++j) o[j] = acc[j] * inv;
+    }
+  });
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int n_threads) { return std::make_unique<CpuBackend>(n_threads); }
+
+}  // namespace uma

@@ -1,0 +1,158 @@
+#include "model/decoder.h"
+
+#include <cmath>
+
+#include "uma/error.h"
+
+namespace uma {
+
+DecoderModel::DecoderModel(const GgufFile& file, Backend& backend, ModelConfig config, DecoderOptions options)
+    : options_(options) {
+  config_ = std::move(config);
+  backend_ = &backend;
+  WeightLoader loader(file, backend);
+  const int64_t E = config_.n_embd, V = config_.n_vocab;
+  tok_embd_ = loader.require("token_embd.weight", {E, V});
+  output_norm_ = loader.require("output_norm.weight", {E});
+  // Tied embeddings (qwen2 small models, ...): the output projection reuses the embedding table.
+  output_ = loader.optional("output.weight", {E, V});
+  if (!output_) output_ = tok_embd_;
+  load_dense_layers(loader);
+  weight_bytes_ = loader.bytes();
+}
+
+DecoderModel::~DecoderModel() {
+  for (float* p : {s_.x, s_.xn, s_.q, s_.k, s_.v, s_.attn, s_.gate, s_.up, s_.ffn_out, s_.out_rows, s_.logits})
+    if (p) backend_->free_buffer(p);
+}
+
+void DecoderModel::load_dense_layers(WeightLoader& L) {
+  const ModelConfig& c = config_;
+  const int64_t E = c.n_embd, Q = int64_t(c.n_head) * c.head_dim_k, K = int64_t(c.n_head_kv) * c.head_dim_k,
+                Vw = int64_t(c.n_head_kv) * c.head_dim_v, O = int64_t(c.n_head) * c.head_dim_v;
+  layers_.resize(c.n_layer);
+  for (int il = 0; il < c.n_layer; ++il) {
+    const std::string p = "blk." + std::to_string(il) + ".";
+    DecoderLayer& l = layers_[il];
+    l.attn_norm = L.require(p + "attn_norm.weight", {E});
+    l.wq = L.require(p + "attn_q.weight", {E, Q});
+    l.wk = L.require(p + "attn_k.weight", {E, K});
+    l.wv = L.require(p + "attn_v.weight", {E, Vw});
+    l.wo = L.require(p + "attn_output.weight", {O, E});
+    if (options_.qkv_bias) {
+      l.bq = L.require(p + "attn_q.bias", {Q});
+      l.bk = L.require(p + "attn_k.bias", {K});
+      l.bv = L.require(p + "attn_v.bias", {Vw});
+    }
+    if (options_.qk_norm) {
+      l.q_norm = L.require(p + "attn_q_norm.weight", {c.head_dim_k});
+      l.k_norm = L.require(p + "attn_k_norm.weight", {c.head_dim_k});
+    }
+    l.ffn_norm = L.require(p + "ffn_norm.weight", {E});
+    if (c.n_expert == 0) {
+      l.ffn_gate = L.require(p + "ffn_gate.weight", {E, c.n_ff});
+      l.ffn_up = L.require(p + "ffn_up.weight", {E, c.n_ff});
+      l.ffn_down = L.require(p + "ffn_down.weight", {c.n_ff, E});
+    }
+  }
+}
+
+void DecoderModel::ensure_scratch(int64_t n) {
+  if (n <= s_.capacity) return;
+  Backend& b = *backend_;
+  const ModelConfig& c = config_;
+  for (float* p : {s_.x, s_.xn, s_.q, s_.k, s_.v, s_.attn, s_.gate, s_.up, s_.ffn_out, s_.out_rows, s_.logits})
+    if (p) b.free_buffer(p);
+  const int64_t ff = std::max(c.n_ff, c.n_ff_expert * std::max(1, c.n_expert_shared));
+  s_.capacity = n;
+  s_.x = b.alloc(n * c.n_embd);
+  s_.xn = b.alloc(n * c.n_embd);
+  s_.q = b.alloc(n * c.n_head * c.head_dim_k);
+  s_.k = b.alloc(n * c.n_head_kv * c.head_dim_k);
+  s_.v = b.alloc(n * c.n_head_kv * c.head_dim_v);
+  s_.attn = b.alloc(n * c.n_head * c.head_dim_v);
+  s_.gate = b.alloc(n * ff);
+  s_.up = b.alloc(n * ff);
+  s_.ffn_out = b.alloc(n * c.n_embd);
+  s_.out_rows = b.alloc(n * c.n_embd);
+  s_.logits = b.alloc(n * c.n_vocab);
+}
+
+void DecoderModel::ffn(int il, const float* xn, int64_t n, float* out) {
+  const DecoderLayer& l = layers_[il];
+  Backend& b = *backend_;
+  b.matmul(l.ffn_gate, xn, n, s_.gate);
+  b.matmul(l.ffn_up, xn, n, s_.up);
+  b.swiglu(s_.gate, s_.up, n * config_.n_ff, s_.gate);
+  b.matmul(l.ffn_down, s_.gate, n, out);
+}
+
+void DecoderModel::forward(const Batch& batch, KvCache& kv, std::vector<float>& logits, const LayerHook* hook) {
+  const ModelConfig& c = config_;
+  Backend& b = *backend_;
+  const int64_t n = batch.size();
+  if (n == 0) return;
+  ensure_scratch(n);
+  const BatchLayout layout{batch.pos.data(), batch.seq.data(), n};
+  const AttentionShape shape{c.n_head, c.n_head_kv, c.head_dim_k, c.head_dim_v,
+                             1.0f / std::sqrt(static_cast<float>(c.head_dim_k))};
+  auto observe = [&](int layer) {
+    if (!hook) return;
+    hook_buf_.resize(n * c.n_embd);
+    b.download(hook_buf_.data(), s_.x, hook_buf_.size());
+    (*hook)(layer, hook_buf_.data(), n, c.n_embd);
+  };
+
+  b.get_rows(tok_embd_, batch.tokens.data(), n, s_.x);  // x: [n, n_embd] residual stream
+  observe(0);
+  for (int il = 0; il < c.n_layer; ++il) {
+    const DecoderLayer& l = layers_[il];
+    // Attention block.
+    b.rms_norm(s_.x, l.attn_norm, n, c.n_embd, c.norm_eps, s_.xn);
+    b.matmul(l.wq, s_.xn, n, s_.q, &l.bq);  // q: [n, n_head, hd_k]
+    b.matmul(l.wk, s_.xn, n, s_.k, &l.bk);  // k: [n, n_kv, hd_k]
+    b.matmul(l.wv, s_.xn, n, s_.v, &l.bv);  // v: [n, n_kv, hd_v]
+    if (options_.qk_norm) {
+      b.rms_norm(s_.q, l.q_norm, n * c.n_head, c.head_dim_k, c.norm_eps, s_.q);
+      b.rms_norm(s_.k, l.k_norm, n * c.n_head_kv, c.head_dim_k, c.norm_eps, s_.k);
+    }
+    b.rope(s_.q, n, c.n_head, c.head_dim_k, layout, c.rope);
+    b.rope(s_.k, n, c.n_head_kv, c.head_dim_k, layout, c.rope);
+    b.store_kv(kv, il, s_.k, s_.v, layout);
+    b.attention(kv, il, s_.q, layout, shape, s_.attn);
+    b.matmul(l.wo, s_.attn, n, s_.ffn_out);
+    b.add(s_.x, s_.ffn_out, n * c.n_embd);
+    // Feed-forward block.
+    b.rms_norm(s_.x, l.ffn_norm, n, c.n_embd, c.norm_eps, s_.xn);
+    ffn(il, s_.xn, n, s_.ffn_out);
+    b.add(s_.x, s_.ffn_out, n * c.n_embd);
+    observe(il + 1);
+  }
+
+  // Logits only for the tokens that want them: gather their rows, then norm and project.
+  std::vector<int32_t> rows;
+  for (int64_t i = 0; i < n; ++i)
+    if (batch.output[i]) rows.push_back(static_cast<int32_t>(i));
+  const int64_t n_out = static_cast<int64_t>(rows.size());
+  logits.resize(n_out * c.n_vocab);
+  if (n_out == 0) return;
+  b.gather_rows(s_.x, c.n_embd, rows.data(), n_out, s_.out_rows);
+  b.rms_norm(s_.out_rows, output_norm_, n_out, c.n_embd, c.norm_eps, s_.out_rows);
+  b.matmul(output_, s_.out_rows, n_out, s_.logits);
+  b.download(logits.data(), s_.logits, logits.size());
+}
+
+// Shared defaults of Model.
+KvCacheOptions Model::kv_options(int64_t n_ctx, int n_seq) const {
+  KvCacheOptions o;
+  o.n_layer = config_.n_layer;
+  o.n_cells = n_ctx;
+  o.k_width = config_.n_head_kv * config_.head_dim_k;
+  o.v_width = config_.n_head_kv * config_.head_dim_v;
+  o.n_seq = n_seq;
+  return o;
+}
+
+size_t Model::bytes_per_token() const { return weight_bytes_; }
+
+}  // namespace uma

@@ -1,0 +1,55 @@
+// The decoder-only transformer most families share: pre-norm attention with GQA and RoPE, then a
+// pre-norm feed-forward block. Families differ by small options (biases, q/k norms, rope style, tied
+// embeddings) and, for mixtures of experts, by overriding ffn().
+#pragma once
+#include <vector>
+
+#include "model/loader.h"
+#include "model/model.h"
+
+namespace uma {
+
+struct DecoderOptions {
+  bool qkv_bias = false;  // qwen2: q/k/v projections carry biases
+  bool qk_norm = false;   // qwen3: RMSNorm over each q and k head before RoPE
+};
+
+struct DecoderLayer {
+  Weight attn_norm;                   // [n_embd]
+  Weight wq, wk, wv;                  // [n_embd, n_head*hd_k], [n_embd, n_kv*hd_k], [n_embd, n_kv*hd_v]
+  Weight bq, bk, bv;                  // biases (optional)
+  Weight q_norm, k_norm;              // [hd_k] (optional)
+  Weight wo;                          // [n_head*hd_v, n_embd]
+  Weight ffn_norm;                    // [n_embd]
+  Weight ffn_gate, ffn_up, ffn_down;  // [n_embd, n_ff], [n_embd, n_ff], [n_ff, n_embd] (dense layers)
+  // Mixture of experts: router and stacked experts [n_embd, n_ff_exp, n_expert] (see moe families).
+  Weight gate_inp, gate_exps, up_exps, down_exps;
+  Weight gate_shexp, up_shexp, down_shexp;
+};
+
+class DecoderModel : public Model {
+ public:
+  DecoderModel(const GgufFile& file, Backend& backend, ModelConfig config, DecoderOptions options);
+  ~DecoderModel() override;
+  void forward(const Batch& batch, KvCache& kv, std::vector<float>& logits, const LayerHook* hook) override;
+
+ protected:
+  // Activation buffers for up to `n_tokens` tokens, grown on demand.
+  struct Scratch {
+    int64_t capacity = 0;
+    float *x = nullptr, *xn = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *attn = nullptr;
+    float *gate = nullptr, *up = nullptr, *ffn_out = nullptr, *out_rows = nullptr, *logits = nullptr;
+  };
+  void ensure_scratch(int64_t n_tokens);
+  void load_dense_layers(WeightLoader& loader);
+  // Feed-forward of layer `il` on xn [n, n_embd] into out [n, n_embd]. Dense SwiGLU by default.
+  virtual void ffn(int il, const float* xn, int64_t n, float* out);
+
+  DecoderOptions options_;
+  Weight tok_embd_, output_norm_, output_;
+  std::vector<DecoderLayer> layers_;
+  Scratch s_;
+  std::vector<float> hook_buf_;
+};
+
+}  // namespace uma

@@ -1,0 +1,93 @@
+#include "runtime/engine.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "uma/error.h"
+
+namespace uma {
+
+std::unique_ptr<Engine> Engine::load(const std::filesystem::path& path, const EngineOptions& options) {
+  auto e = std::unique_ptr<Engine>(new Engine());
+  e->options_ = options;
+  e->file_ = GgufFile::open(path);
+  e->backend_ = make_cpu_backend(options.n_threads);
+  e->model_ = load_model(*e->file_, *e->backend_);
+  e->tokenizer_ = Tokenizer::from_gguf(*e->file_);
+  const ModelConfig& c = e->model_->config();
+  if (e->tokenizer_->vocab_size() > c.n_vocab)
+    fail("{}: the tokenizer has {} tokens but the model only {} rows of embeddings", path.string(),
+         e->tokenizer_->vocab_size(), c.n_vocab);
+  if (e->options_.n_ctx <= 0) e->options_.n_ctx = std::min<int64_t>(c.n_ctx_train, 4096);
+  e->kv_ = std::make_unique<KvCache>(
+      *e->backend_, e->model_->kv_options(e->options_.n_ctx * e->options_.n_seq, e->options_.n_seq));
+  return e;
+}
+
+GenerateResult generate(Engine& engine, int seq, const std::vector<TokenId>& prompt, const GenerateOptions& options,
+                        const TokenCallback& on_token) {
+  using Clock = std::chrono::steady_clock;
+  Model& model = engine.model();
+  KvCache& kv = engine.kv();
+  const Tokenizer& tok = engine.tokenizer();
+  const int64_t n_ctx = engine.n_ctx();
+  if (prompt.empty()) fail("the prompt is empty; give some text to continue");
+  if (static_cast<int64_t>(prompt.size()) > n_ctx)
+    fail("the prompt has {} tokens but the context holds {}; raise the context size (-c) or shorten the prompt",
+         prompt.size(), n_ctx);
+
+  GenerateResult result;
+  result.n_prompt = static_cast<int64_t>(prompt.size());
+  kv.truncate(seq, 0);
+  Sampler sampler(options.sampling, model.config().n_vocab);
+  result.seed = sampler.seed();
+  for (TokenId t : prompt) sampler.accept(t);
+
+  // Prefill in chunks of n_batch tokens; only the last prompt token needs logits.
+  auto t0 = Clock::now();
+  std::vector<float> logits;
+  Batch batch;
+  const int64_t n_batch = std::max<int64_t>(1, engine.options().n_batch);
+  for (int64_t i = 0; i < result.n_prompt; i += n_batch) {
+    batch.clear();
+    const int64_t end = std::min(result.n_prompt, i + n_batch);
+    for (int64_t j = i; j < end; ++j)
+      batch.add(prompt[j], static_cast<int32_t>(j), seq, j + 1 == result.n_prompt);
+    kv.reserve(seq, end);
+    model.forward(batch, kv, logits, nullptr);
+  }
+  auto t1 = Clock::now();
+  result.prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
+
+  int64_t pos = result.n_prompt;
+  for (int n = 0; options.n_predict < 0 || n < options.n_predict; ++n) {
+    const TokenId next = sampler.sample(logits);
+    sampler.accept(next);
+    if (!options.ignore_eos && tok.is_eog(next)) {
+      result.finish = FinishReason::Stop;
+      break;
+    }
+    result.tokens.push_back(next);
+    if (on_token && !on_token(next)) {
+      result.finish = FinishReason::Cancelled;
+      break;
+    }
+    if (pos >= n_ctx) {  // the context is full: stop and say so rather than silently dropping history
+      result.finish = FinishReason::Length;
+      break;
+    }
+    if (options.n_predict >= 0 && n + 1 == options.n_predict) {
+      result.finish = FinishReason::Length;
+      break;
+    }
+    batch.clear();
+    batch.add(next, static_cast<int32_t>(pos), seq, true);
+    kv.reserve(seq, pos + 1);
+    model.forward(batch, kv, logits, nullptr);
+    ++pos;
+  }
+  result.generate_seconds = std::chrono::duration<double>(Clock::now() - t1).count();
+  return result;
+}
+
+}  // namespace uma
