@@ -203,8 +203,10 @@ void quantize_q8_0(const float* x, BlockQ8_0* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, x += 32) {
     float amax = 0;
     for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+    // id = 127/amax (not 1/d): the same float arithmetic as llama.cpp's x86 activation quantizer, so
+    // both engines round every activation identically and quantized logits agree to ~1e-7.
     const float d = amax / 127.0f;
-    const float id = d != 0 ? 1.0f / d : 0.0f;
+    const float id = amax != 0 ? 127.0f / amax : 0.0f;
     y[i].d = fp32_to_fp16(d);
     for (int j = 0; j < 32; ++j) y[i].qs[j] = static_cast<int8_t>(std::nearbyint(x[j] * id));
   }

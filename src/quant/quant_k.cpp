@@ -297,12 +297,17 @@ void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t nb) {
 // in range), plus the sum of every 16 quants for the k-quant min terms.
 void quantize_q8_k(const float* x, BlockQ8_K* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, x += QK_K) {
-    float amax = 0;
-    for (int e = 0; e < QK_K; ++e) amax = std::max(amax, std::fabs(x[e]));
-    const float d = amax / 127.0f;
-    const float id = d != 0 ? 1.0f / d : 0.0f;
-    y[i].d = d;
-    for (int e = 0; e < QK_K; ++e) y[i].qs[e] = static_cast<int8_t>(std::clamp(nearest(x[e] * id), -127, 127));
+    // Scale from the signed extreme value, iscale = -127/max, as llama.cpp's reference Q8_K quantizer does
+    // (its x86 path uses it too): matching its float arithmetic makes both engines round identically. The
+    // extreme maps to -127 and the far side may reach +128, clipped to 127.
+    const float max = signed_absmax(x, QK_K);
+    if (max == 0) {
+      y[i] = BlockQ8_K{};
+      continue;
+    }
+    const float iscale = -127.0f / max;
+    y[i].d = 1.0f / iscale;
+    for (int e = 0; e < QK_K; ++e) y[i].qs[e] = static_cast<int8_t>(std::min(127, nearest(iscale * x[e])));
     for (int g = 0; g < QK_K / 16; ++g) {
       int s = 0;
       for (int l = 0; l < 16; ++l) s += y[i].qs[16 * g + l];
