@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -52,8 +53,8 @@ class Value {
   Value() = default;  // undefined
   Value(std::nullptr_t) : kind_(Kind::none) {}
   Value(bool b) : kind_(Kind::boolean), int_(b) {}
-  Value(int i) : kind_(Kind::integer), int_(i) {}
-  Value(int64_t i) : kind_(Kind::integer), int_(i) {}
+  template <typename T, std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, bool>, int> = 0>
+  Value(T i) : kind_(Kind::integer), int_(static_cast<int64_t>(i)) {}  // any integer type, size_t included
   Value(double f) : kind_(Kind::floating), float_(f) {}
   Value(const char* s) : kind_(Kind::string), string_(std::make_shared<std::string>(s)) {}
   Value(std::string s) : kind_(Kind::string), string_(std::make_shared<std::string>(std::move(s))) {}

@@ -70,6 +70,7 @@ TEST(JinjaTest, ForLoop) {
   EXPECT_EQ(render("{% for m in messages %}{{ loop.previtem.role }}>{{ loop.nextitem.role }};{% endfor %}"),
             ">user;system>assistant;user>;");
   EXPECT_EQ(render("{% for x in [] %}x{% else %}empty{% endfor %}"), "empty");
+  EXPECT_EQ(render("{% for t in tools %}x{% else %}no tools{% endfor %}"), "no tools");  // undefined: empty, as in Python
   EXPECT_EQ(render("{% for m in messages if m.role != 'system' %}{{ m.role }}{{ loop.index }} {% endfor %}"),
             "user1 assistant2 ");
   EXPECT_EQ(render("{% for k, v in {'a': 1, 'b': 2}.items() %}{{ k }}={{ v }};{% endfor %}"), "a=1;b=2;");
@@ -106,6 +107,8 @@ TEST(JinjaTest, Operators) {
             "true false true true");
   EXPECT_EQ(render("{{ 'y' if flag else 'n' }}{{ 'y' if missing else 'n' }}[{{ 'y' if missing }}]"), "yn[]");
   EXPECT_EQ(render("{{ none or 'd' }} {{ 'a' and 'b' }}"), "d b");
+  // `str + non-str` concatenates the rendered forms (as HF's JavaScript engine does; Python would raise).
+  EXPECT_EQ(render("{{ 'n=' + 1 }} {{ 'args=' + {'a': 1} }}"), "n=1 args={\"a\": 1}");
 }
 
 TEST(JinjaTest, Subscripts) {
@@ -200,6 +203,8 @@ TEST(JinjaTest, ParseOnceRenderMany) {
   b.set("who", Value("b"));
   EXPECT_EQ(t.render(a), "hi, a");
   EXPECT_EQ(t.render(b), "yo, b");
+  b.set("who", Value(size_t{3}));
+  EXPECT_EQ(t.render(b), "yo, 3");
 }
 
 TEST(JinjaTest, RenderChatTemplate) {
