@@ -1,5 +1,6 @@
 // Per-type scalar kernels behind dequantize_row()/quantize_row(); shared by quant_*.cpp and the CPU matmul.
 #pragma once
+#include <bit>
 #include <cstdint>
 
 #include "quant/types.h"
@@ -29,6 +30,14 @@ void quantize_q4_k(const float* x, BlockQ4_K* y, int64_t nb);
 void quantize_q5_k(const float* x, BlockQ5_K* y, int64_t nb);
 void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t nb);
 void quantize_q8_k(const float* x, BlockQ8_K* y, int64_t nb);
+
+// fp16 -> f32 for block scales in hot loops: shift the 15 magnitude bits into f32 position and rescale the
+// exponent bias (15 -> 127) with one multiply by 2^112, which also normalises subnormal halves. Exact for
+// every finite half; inf/NaN scales (which no valid file has) come out as large finite values.
+inline float fp16_to_fp32_fast(f16_bits h) {
+  const float mag = std::bit_cast<float>(static_cast<uint32_t>(h & 0x7FFF) << 13) * 0x1p112f;
+  return std::bit_cast<float>(std::bit_cast<uint32_t>(mag) | (static_cast<uint32_t>(h & 0x8000) << 16));
+}
 
 // The 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K super-block, from the 12 packed bytes:
 // sub-blocks 0-3 keep them in the low 6 bits of bytes j and j+4; sub-blocks 4-7 keep the low 4 bits in

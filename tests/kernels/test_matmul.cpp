@@ -93,7 +93,7 @@ TEST_P(MatmulTypes, MatchesReferenceOnEveryTarget) {
   const int64_t rows = 37;                         // not a multiple of any row tile
   const Weights w = make_weights(type, rows, cols, 11);
   ThreadPool pool(3);
-  for (const int64_t target : hwy::SupportedAndGeneratedTargets()) {
+  for (const int64_t target : cpu::kernel_targets()) {
     hwy::SetSupportedTargetsForTest(target);
     for (const int64_t n_tokens : {1, 2, 3, 4, 5, 17}) {
       SCOPED_TRACE(::testing::Message() << type_name(type) << " target " << hwy::TargetName(target)

@@ -22,6 +22,10 @@
 // Integer dot products widen both operands to int16 and use ReorderWidenMulAccumulate (pmaddwd on x86,
 // smlal on NEON): |w| <= 32 and |a| <= 127, so the pairwise sums never overflow, and the int16 activations
 // are prepared once per call rather than widened once per weight block.
+// Also compile the AVX3_DL target (Ice Lake / Zen 4 and later), where madd() uses AVX512-VNNI vpdpwssd.
+#ifndef HWY_WANT_AVX3_DL
+#define HWY_WANT_AVX3_DL
+#endif
 #include <hwy/aligned_allocator.h>
 
 #include <algorithm>
@@ -62,6 +66,10 @@ struct MatmulJob {
 #endif
 
 HWY_BEFORE_NAMESPACE();
+#if HWY_TARGET == HWY_AVX3_DL
+// Highway chooses AVX3_DL only on CPUs with AVX512-VNNI; its target string names only AVX-VNNI.
+#pragma GCC target("avx512vnni")
+#endif
 namespace uma::cpu::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
@@ -79,6 +87,11 @@ HWY_INLINE V16 load_i8(const int8_t* p) { return hn::PromoteTo(D16(), hn::LoadU(
 
 // acc += pairwise products of w and the activations at a (int16 x int16 -> int32).
 HWY_INLINE V32 madd(V16 w, const int16_t* a, V32 acc) {
+#if HWY_TARGET == HWY_AVX3_DL && HWY_COMPILER_GCC
+  if constexpr (sizeof(V16) == 32) {  // one fused vpdpwssd instead of vpmaddwd + vpaddd
+    return V32{_mm256_dpwssd_epi32(acc.raw, w.raw, hn::LoadU(D16(), a).raw)};
+  }
+#endif
   const D32 d32;
   V32 odd = hn::Zero(d32);
   acc = hn::ReorderWidenMulAccumulate(d32, w, hn::LoadU(D16(), a), acc, odd);
@@ -151,41 +164,55 @@ struct UnpackQ8_0 {
 };
 
 template <class U>
-HWY_INLINE float block_d(const typename U::Block& b) { return fp16_to_fp32(b.d); }
+HWY_INLINE float block_d(const typename U::Block& b) { return quant_detail::fp16_to_fp32_fast(b.d); }
 
-// One weight row against NT tokens (NT <= kTileTokens) starting at token t0.
+// One 32-value block against NT tokens: acc[t] += d_w * d_a[t] * dot(block, token t).
 template <class U, int NT>
-HWY_NOINLINE void row_q8_0(const MatmulJob& job, const uint8_t* row, int64_t r, int64_t t0) {
-  const D16 d16;
+HWY_INLINE void block_q8_0(const MatmulJob& job, const typename U::Block& b, int64_t i, int64_t t0, VF* acc,
+                           float* min_sum) {
   const D32 d32;
   const DF32 df;
-  const size_t n16 = hn::Lanes(d16);
-  const int64_t cols = job.w.cols, nb = cols / 32, nd = cols / 32;
-  const auto* blocks = reinterpret_cast<const typename U::Block*>(row);
-  VF acc[NT];
-  float min_sum[NT] = {};
-  for (int t = 0; t < NT; ++t) acc[t] = hn::Zero(df);
-  for (int64_t i = 0; i < nb; ++i) {
-    const auto& b = blocks[i];
-    V32 isum[NT];
-    for (int t = 0; t < NT; ++t) isum[t] = hn::Zero(d32);
-    for (size_t h = 0; h < 16; h += n16) {
-      V16 lo, hi;
-      U::unpack(b, h, lo, hi);
-      for (int t = 0; t < NT; ++t) {
-        const int16_t* a = job.q + (t0 + t) * cols + i * 32 + h;
-        isum[t] = madd(lo, a, isum[t]);
-        isum[t] = madd(hi, a + 16, isum[t]);
-      }
-    }
-    const float dw = block_d<U>(b);
+  const size_t n16 = hn::Lanes(D16());
+  const int64_t cols = job.w.cols, nd = cols / 32;
+  V32 isum[NT];
+  for (int t = 0; t < NT; ++t) isum[t] = hn::Zero(d32);
+  for (size_t h = 0; h < 16; h += n16) {
+    V16 lo, hi;
+    U::unpack(b, h, lo, hi);
     for (int t = 0; t < NT; ++t) {
-      const float da = job.d[(t0 + t) * nd + i];
-      acc[t] = hn::MulAdd(hn::ConvertTo(df, isum[t]), hn::Set(df, dw * da), acc[t]);
-      if constexpr (U::kHasMin) min_sum[t] += fp16_to_fp32(b.m) * job.s[(t0 + t) * nd + i];
+      const int16_t* a = job.q + (t0 + t) * cols + i * 32 + h;
+      isum[t] = madd(lo, a, isum[t]);
+      isum[t] = madd(hi, a + 16, isum[t]);
     }
   }
-  for (int t = 0; t < NT; ++t) job.y[(t0 + t) * job.w.rows + r] = reduce(acc[t]) + min_sum[t];
+  const float dw = block_d<U>(b);
+  for (int t = 0; t < NT; ++t) {
+    const float da = job.d[(t0 + t) * nd + i];
+    acc[t] = hn::MulAdd(hn::ConvertTo(df, isum[t]), hn::Set(df, dw * da), acc[t]);
+    if constexpr (U::kHasMin) min_sum[t] += quant_detail::fp16_to_fp32_fast(b.m) * job.s[(t0 + t) * nd + i];
+  }
+}
+
+// One weight row against NT tokens (NT <= kTileTokens) starting at token t0. For decode, blocks alternate between
+// two accumulator sets so that consecutive blocks' FMAs do not wait on each other (4-cycle FMA latency would
+// otherwise bound decode, where NT = 1, at one block per 4 cycles).
+template <class U, int NT>
+HWY_NOINLINE void row_q8_0(const MatmulJob& job, const uint8_t* row, int64_t r, int64_t t0) {
+  const DF32 df;
+  const int64_t nb = job.w.cols / 32;
+  const auto* blocks = reinterpret_cast<const typename U::Block*>(row);
+  VF acc0[NT], acc1[NT];
+  float min_sum[NT] = {};
+  for (int t = 0; t < NT; ++t) acc0[t] = acc1[t] = hn::Zero(df);
+  int64_t i = 0;
+  if constexpr (NT == 1) {  // with NT >= 2 the tokens already give independent chains
+    for (; i + 2 <= nb; i += 2) {
+      block_q8_0<U, NT>(job, blocks[i], i, t0, acc0, min_sum);
+      block_q8_0<U, NT>(job, blocks[i + 1], i + 1, t0, acc1, min_sum);
+    }
+  }
+  for (; i < nb; ++i) block_q8_0<U, NT>(job, blocks[i], i, t0, acc0, min_sum);
+  for (int t = 0; t < NT; ++t) job.y[(t0 + t) * job.w.rows + r] = reduce(hn::Add(acc0[t], acc1[t])) + min_sum[t];
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -197,12 +224,13 @@ struct KTile {
   const int16_t* a[NT];  // this super-block's activations of each token
 };
 
-// Adds scale * dot(w, a[offset..]) for every token.
+// Adds scale * dot(w, a[offset..]) for every token. The scale multiplies the int16 weights once (shared by
+// all tokens of the tile): |q * scale| <= 32 * 128 = 4096 (Q6_K) fits int16, and the products with
+// |a| <= 127 summed over a super-block stay far inside int32.
 template <int NT>
 HWY_INLINE void k_group(KTile<NT>& k, V16 w, int64_t offset, int32_t scale) {
-  const D32 d32;
-  const V32 sc = hn::Set(d32, scale);
-  for (int t = 0; t < NT; ++t) k.isum[t] = hn::Add(hn::Mul(madd(w, k.a[t] + offset, hn::Zero(d32)), sc), k.isum[t]);
+  const V16 ws = hn::Mul(w, hn::Set(D16(), static_cast<int16_t>(scale)));
+  for (int t = 0; t < NT; ++t) k.isum[t] = madd(ws, k.a[t] + offset, k.isum[t]);
 }
 
 template <int NT>
@@ -233,7 +261,7 @@ HWY_INLINE void super_q45k(const uint8_t* scales_packed, f16_bits d_bits, f16_bi
       k_group<NT>(k, hi, 64 * c + 32 + l, sc[2 * c + 1]);
     }
   }
-  const float d = fp16_to_fp32(d_bits), dmin = fp16_to_fp32(dmin_bits);
+  const float d = quant_detail::fp16_to_fp32_fast(d_bits), dmin = quant_detail::fp16_to_fp32_fast(dmin_bits);
   const DF32 df;
   for (int t = 0; t < NT; ++t) {
     int32_t m = 0;
@@ -273,7 +301,7 @@ HWY_INLINE void super_block(const BlockQ2_K& b, KTile<NT>& k, const int16_t* con
         k_group<NT>(k, q, 128 * n + 32 * s + l, b.scales[g] & 0xF);
       }
     }
-  const float d = fp16_to_fp32(b.d), dmin = fp16_to_fp32(b.dmin);
+  const float d = quant_detail::fp16_to_fp32_fast(b.d), dmin = quant_detail::fp16_to_fp32_fast(b.dmin);
   const DF32 df;
   for (int t = 0; t < NT; ++t) {
     int32_t m = 0;
@@ -304,7 +332,7 @@ HWY_INLINE void super_block(const BlockQ3_K& b, KTile<NT>& k, const int16_t* con
       }
     }
   }
-  const float d = fp16_to_fp32(b.d);
+  const float d = quant_detail::fp16_to_fp32_fast(b.d);
   const DF32 df;
   for (int t = 0; t < NT; ++t)
     out.acc[t] = hn::MulAdd(hn::ConvertTo(df, k.isum[t]), hn::Set(df, d * da[t]), out.acc[t]);
@@ -333,7 +361,7 @@ HWY_INLINE void super_block(const BlockQ6_K& b, KTile<NT>& k, const int16_t* con
       k_group<NT>(k, q2, e + 64, b.scales[g + 4]);
       k_group<NT>(k, q3, e + 96, b.scales[g + 6]);
     }
-  const float d = fp16_to_fp32(b.d);
+  const float d = quant_detail::fp16_to_fp32_fast(b.d);
   const DF32 df;
   for (int t = 0; t < NT; ++t)
     out.acc[t] = hn::MulAdd(hn::ConvertTo(df, k.isum[t]), hn::Set(df, d * da[t]), out.acc[t]);
@@ -390,7 +418,7 @@ HWY_INLINE hn::Vec<DF> load_weights(const uint8_t* row, int64_t k) {
 template <GgmlType T>
 HWY_INLINE float scalar_weight(const uint8_t* row, int64_t k) {
   if constexpr (T == GgmlType::F32) return reinterpret_cast<const float*>(row)[k];
-  else if constexpr (T == GgmlType::F16) return fp16_to_fp32(reinterpret_cast<const f16_bits*>(row)[k]);
+  else if constexpr (T == GgmlType::F16) return quant_detail::fp16_to_fp32_fast(reinterpret_cast<const f16_bits*>(row)[k]);
   else return bf16_to_fp32(reinterpret_cast<const bf16_bits*>(row)[k]);
 }
 
@@ -469,6 +497,8 @@ HWY_AFTER_NAMESPACE();
 namespace uma::cpu {
 
 HWY_EXPORT(MatmulRows);
+
+std::vector<int64_t> kernel_targets() { return hwy::SupportedAndGeneratedTargets(); }
 
 GgmlType activation_type(GgmlType t) {
   switch (t) {
