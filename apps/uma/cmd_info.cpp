@@ -3,6 +3,8 @@
 #include <map>
 #include <string>
 
+#include <fmt/format.h>
+
 #include "backend/backend.h"
 #include "gguf/gguf.h"
 #include "model/model.h"
