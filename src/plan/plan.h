@@ -1,0 +1,99 @@
+// `uma plan`: will a model fit, how fast will it run, at what cost. make_plan is a pure function of its inputs
+// (shape, quantization, context, machine, efficiency table) so every number can be unit-tested and explained.
+//
+// Memory per device = weights of its layers (+ token_embd on the first, output head on the last)
+//                   + KV cache of its layers for n_ctx tokens + compute buffer + runtime overhead.
+// Decode time/token = sum over devices of max(bytes read / (bandwidth x eff_bw), FLOPs / (peak x eff_compute))
+//                   + per-layer launch overhead + link hops. MoE reads only the active experts.
+// Prefill time/batch = the same with n_batch tokens: FLOPs grow with the batch, weights are read once per batch.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "plan/hardware.h"
+#include "plan/model_shape.h"
+#include "plan/weights.h"
+
+namespace uma::plan {
+
+// Per-backend efficiency: the fraction of peak a real engine reaches. One table, documented in docs/PLAN.md;
+// `calibrated` stays false until fitted against `uma bench` on that backend.
+struct Efficiency {
+  double decode_bandwidth;     // fraction of peak memory bandwidth while decoding
+  double compute;              // fraction of peak matrix FLOPS while prefilling
+  double layer_overhead_us;    // fixed cost per layer per forward pass (kernel launches, sync)
+  uint64_t runtime_overhead;   // bytes per device: context, scratch, allocator slack
+  bool calibrated;
+  const char* note;
+};
+Efficiency default_efficiency(Backend backend);
+
+struct PlanInputs {
+  ModelShape model;
+  // Either a scheme to apply to the shape, or the exact per-tensor types of a file (same order as tensor_table
+  // or given explicitly in file_tensors).
+  std::optional<QuantScheme> quant;
+  std::vector<TensorSpec> file_tensors;       // when set, these tensors and file_types are used as-is
+  std::vector<StorageType> file_types;
+  std::string quant_label;                    // shown for file types, e.g. "Q4_K_M (file)"
+  int64_t n_ctx = 4096;
+  int64_t n_batch = 512;                      // prompt tokens per forward pass
+  int64_t depth = 0;                          // context already filled when decode speed is measured
+  GgmlType kv_type = GgmlType::F16;
+  Machine machine;
+  // Efficiency per backend; empty: default_efficiency.
+  std::optional<Efficiency> efficiency_override;
+};
+
+struct DevicePlan {
+  std::string label;
+  Backend backend = Backend::cpu;
+  int layer_begin = 0, layer_end = 0;  // [begin, end)
+  bool has_token_embd = false, has_output = false;
+  uint64_t weights = 0, kv_cache = 0, compute = 0, overhead = 0;
+  uint64_t total() const { return weights + kv_cache + compute + overhead; }
+  uint64_t usable = 0;
+  bool fits() const { return total() <= usable; }
+  double decode_ms = 0;   // this device's share of one decoded token
+  double prefill_ms = 0;  // this device's share of one n_batch prompt batch
+  bool bandwidth_bound = true;  // decode limited by memory rather than compute
+};
+
+struct Plan {
+  std::string model_name, quant_name, machine_label;
+  int64_t n_ctx = 0, n_batch = 0, depth = 0;
+  std::string kv_type;
+  uint64_t params = 0, active_params = 0;
+  uint64_t weight_bytes = 0, active_bytes = 0;  // active: read per decoded token
+  uint64_t kv_bytes_per_token = 0;              // all layers
+  uint64_t kv_bytes_per_token_full = 0;         // MLA models: what un-compressed K/V would take
+  std::vector<DevicePlan> devices;
+  bool fits = false;
+  uint64_t total_bytes = 0, usable_bytes = 0;
+  uint64_t shortfall = 0;          // worst device: bytes missing (0 when it fits)
+  double decode_tps = 0, prefill_tps = 0;
+  double power_w = 0, price_usd = 0;
+  double tps_per_watt = 0, usd_per_tps = 0;  // 0 when unknown
+  bool estimated_hardware = false;
+  bool calibrated = false;
+  std::vector<std::string> notes;
+};
+
+Plan make_plan(const PlanInputs& inputs);
+
+// Empty when the plan fits; otherwise one sentence with the numbers and what to do, for `uma run` to print
+// before it loads anything.
+std::string check_fits_or_explain(const Plan& plan);
+
+// KV cache bytes per token for one layer. Standard attention stores K and V for every KV head; MLA stores the
+// compressed latent (kv_lora_rank) plus the shared rope key (qk_rope_head_dim) once per token.
+uint64_t kv_bytes_per_token_layer(const ModelShape& shape, GgmlType kv_type);
+// What MLA's K and V would take decompressed (n_head x (nope + rope) + n_head x v): the comparison point.
+uint64_t kv_bytes_per_token_layer_full(const ModelShape& shape, GgmlType kv_type);
+
+// Formatting shared by the CLI and the messages: "130.4 GB", "512 MB".
+std::string format_bytes(uint64_t bytes);
+
+}  // namespace uma::plan

@@ -1,0 +1,194 @@
+// Planner tests: the seed examples, MoE/MLA accounting, placement and refusal, all through the pure make_plan.
+#include <gtest/gtest.h>
+
+#include "plan/plan.h"
+#include "uma/error.h"
+
+namespace uma::plan {
+namespace {
+
+Plan plan_for(const std::string& model, const std::string& quant, const std::string& hw, int64_t ctx = 4096) {
+  PlanInputs in;
+  auto m = find_model(model);
+  EXPECT_TRUE(m.has_value()) << model;
+  in.model = *m;
+  in.quant = quant_scheme(quant);
+  EXPECT_TRUE(in.quant.has_value()) << quant;
+  in.n_ctx = ctx;
+  in.machine = parse_machine(hw, hardware_catalog());
+  return make_plan(in);
+}
+
+struct WeightCase {
+  const char* model;
+  const char* quant;
+  double min_gb, max_gb;
+};
+
+TEST(Plan, WeightBytesOfKnownModels) {
+  const WeightCase cases[] = {
+      {"llama-65b", "F16", 129.5, 131.5},        // "LLaMA-65B needs 130 GB"
+      {"deepseek-r1", "FP8", 668, 676},          // "671B at FP8 ≈ 671 GB"
+      {"deepseek-r1", "Q4_0", 350, 400},         // "4-bit ≈ 350–400 GB"
+      {"deepseek-r1", "Q4_K_S", 350, 400},
+      {"deepseek-r1", "Q4_K_M", 350, 420},       // llama.cpp's mix keeps more bits in ffn_down/attn_v
+      {"llama-2-7b", "F16", 13.3, 13.6},
+      {"llama-3-8b", "BF16", 16.0, 16.1},
+      {"llama-3-70b", "Q4_K_M", 40, 44},         // hubs list ~42.5 GB
+      {"mixtral-8x7b", "F16", 93.0, 93.6},       // 46.7B params
+      {"qwen3-235b-a22b", "BF16", 468, 472},     // 235B params
+  };
+  for (const auto& c : cases) {
+    Plan p = plan_for(c.model, c.quant, "h100-sxm");
+    const double gb = static_cast<double>(p.weight_bytes) / 1e9;
+    EXPECT_GE(gb, c.min_gb) << c.model << " " << c.quant;
+    EXPECT_LE(gb, c.max_gb) << c.model << " " << c.quant;
+  }
+}
+
+struct FitCase {
+  const char* model;
+  const char* quant;
+  const char* hw;
+  int64_t ctx;
+  bool fits;
+};
+
+TEST(Plan, FitsTheSeedMachines) {
+  const FitCase cases[] = {
+      {"llama-65b", "F16", "m2-ultra:192", 2048, true},
+      {"llama-65b", "F16", "4090", 2048, false},
+      {"llama-65b", "F16", "8x4090", 2048, true},
+      {"llama-65b", "F16", "5x4090", 2048, false},
+      {"deepseek-r1", "Q4_K_M", "m3-ultra:512", 8192, true},
+      {"deepseek-r1", "Q4_K_M", "m2-ultra:192", 8192, false},
+      {"deepseek-r1", "FP8", "m3-ultra:512", 8192, false},
+      {"deepseek-r1", "FP8", "8xh200", 8192, true},
+      {"llama-3-8b", "Q4_K_M", "m1:16", 4096, true},
+      {"llama-3-8b", "Q4_K_M", "m1:8", 4096, false},  // 8 GB Macs keep ~4 GB for macOS
+      {"llama-3-70b", "Q4_K_M", "4090", 4096, false},
+      {"llama-3-70b", "Q4_K_M", "2x4090", 4096, true},
+  };
+  for (const auto& c : cases) {
+    Plan p = plan_for(c.model, c.quant, c.hw, c.ctx);
+    EXPECT_EQ(p.fits, c.fits) << c.model << " " << c.quant << " on " << c.hw << ": needs " << p.total_bytes
+                              << " usable " << p.usable_bytes;
+    EXPECT_EQ(check_fits_or_explain(p).empty(), c.fits);
+  }
+}
+
+TEST(Plan, RefusalStatesTheNumbers) {
+  Plan p = plan_for("deepseek-r1", "Q4_K_M", "m2-ultra:192", 8192);
+  std::string why = check_fits_or_explain(p);
+  EXPECT_NE(why.find("deepseek-r1"), std::string::npos) << why;
+  EXPECT_NE(why.find("GB"), std::string::npos) << why;
+  EXPECT_NE(why.find("short"), std::string::npos) << why;
+  EXPECT_NE(why.find("M2 Ultra"), std::string::npos) << why;
+}
+
+TEST(Plan, MoeDecodeReadsOnlyActiveExperts) {
+  struct Case {
+    const char* model;
+    double total_b, active_b;  // billions of params, published
+  };
+  const Case cases[] = {{"mixtral-8x7b", 46.7, 12.9}, {"qwen3-30b-a3b", 30.5, 3.3}, {"deepseek-v3", 671, 37},
+                        {"qwen3-235b-a22b", 235, 22}};
+  for (const auto& c : cases) {
+    Plan p = plan_for(c.model, "BF16", "h200");
+    EXPECT_NEAR(static_cast<double>(p.params) / 1e9, c.total_b, c.total_b * 0.02) << c.model;
+    EXPECT_NEAR(static_cast<double>(p.active_params) / 1e9, c.active_b, c.active_b * 0.08) << c.model;
+    EXPECT_LT(p.active_bytes, p.weight_bytes / 3) << c.model;
+  }
+  // Same total bytes, fewer read per token: the MoE decodes faster than a dense model of the same size would.
+  Plan moe = plan_for("mixtral-8x7b", "Q4_K_M", "m2-ultra");
+  const double dense_tps = 800e9 * default_efficiency(Backend::metal).decode_bandwidth / static_cast<double>(moe.weight_bytes);
+  EXPECT_GT(moe.decode_tps, 2.5 * dense_tps);
+}
+
+TEST(Plan, MlaCachesTheLatentOnly) {
+  auto v3 = *find_model("deepseek-v3");
+  // 61 layers x (512 latent + 64 rope) x 2 bytes, vs 61 x 128 heads x (192 K + 128 V) x 2 bytes.
+  EXPECT_EQ(kv_bytes_per_token_layer(v3, GgmlType::F16) * 61, 61u * 576 * 2);
+  EXPECT_EQ(kv_bytes_per_token_layer_full(v3, GgmlType::F16) * 61, 61u * 128 * 320 * 2);
+  auto l8 = *find_model("llama-3-8b");
+  EXPECT_EQ(kv_bytes_per_token_layer(l8, GgmlType::F16), 2u * 8 * 128 * 2);  // K and V, 8 KV heads
+  EXPECT_EQ(kv_bytes_per_token_layer(l8, GgmlType::Q8_0), 2u * 8 * 128 / 32 * 34);
+  Plan p = plan_for("deepseek-v3", "Q4_K_M", "m3-ultra:512", 163840);
+  EXPECT_NEAR(static_cast<double>(p.devices[0].kv_cache), 61.0 * 576 * 2 * 163840, 1.0);
+}
+
+TEST(Plan, DecodeIsBandwidthBoundAndAddsUp) {
+  // One device: time/token = active bytes / (bandwidth x efficiency) + layers x launch overhead.
+  Plan p = plan_for("llama-2-7b", "Q4_0", "4090", 512);
+  const auto eff = default_efficiency(Backend::cuda);
+  const double expect_s = static_cast<double>(p.active_bytes) / (1008e9 * eff.decode_bandwidth) + 32 * eff.layer_overhead_us * 1e-6;
+  EXPECT_NEAR(p.decode_tps, 1.0 / expect_s, 1.0 / expect_s * 1e-6);
+  EXPECT_TRUE(p.devices[0].bandwidth_bound);
+  EXPECT_GT(p.prefill_tps, 10 * p.decode_tps);
+  EXPECT_NEAR(p.tps_per_watt, p.decode_tps / 450, 1e-9);
+  EXPECT_NEAR(p.usd_per_tps, 1599 / p.decode_tps, 1e-6);
+}
+
+TEST(Plan, LayerSplitCoversEveryLayerOnce) {
+  Plan p = plan_for("llama-3-70b", "Q4_K_M", "4090+3090+4090");
+  ASSERT_EQ(p.devices.size(), 3u);
+  EXPECT_EQ(p.devices[0].layer_begin, 0);
+  for (size_t d = 1; d < 3; ++d) EXPECT_EQ(p.devices[d].layer_begin, p.devices[d - 1].layer_end);
+  EXPECT_EQ(p.devices[2].layer_end, 80);
+  EXPECT_TRUE(p.devices[0].has_token_embd);
+  EXPECT_TRUE(p.devices[2].has_output);
+  uint64_t weights = 0;
+  for (const auto& d : p.devices) weights += d.weights;
+  EXPECT_EQ(weights, p.weight_bytes);
+}
+
+TEST(Plan, ParsesMachineSpecs) {
+  const auto& cat = hardware_catalog();
+  EXPECT_EQ(parse_machine("2x4090", cat).devices.size(), 2u);
+  EXPECT_EQ(parse_machine("4x h200", cat).devices.size(), 4u);
+  EXPECT_EQ(parse_machine("3090", cat).devices.size(), 1u);
+  EXPECT_EQ(parse_machine("h100-sxm+h100-pcie", cat).devices[1].id, "h100-pcie");
+  auto m = parse_machine("m3-ultra:512", cat);
+  EXPECT_EQ(m.devices[0].memory_bytes, 512ull << 30);
+  EXPECT_EQ(m.devices[0].usable_bytes, (512ull - 16) << 30);
+  EXPECT_EQ(parse_machine("m4-max:36", cat).devices[0].bandwidth_gbs, 410);  // the cut-down bin
+  EXPECT_EQ(parse_machine("rtx-4090", cat).devices[0].id, "rtx-4090");
+  EXPECT_THROW(parse_machine("tpu-v9", cat), Error);
+  EXPECT_THROW(parse_machine("m2-ultra:100", cat), Error);
+  EXPECT_EQ(parse_machines("m2-ultra, 2x4090", cat).size(), 2u);
+}
+
+TEST(Plan, CatalogsAreComplete) {
+  for (const char* id : {"m1", "m1-pro", "m1-max", "m1-ultra", "m2", "m2-ultra", "m3", "m3-max", "m3-ultra", "m4",
+                         "m4-pro", "m4-max", "m5", "rtx-3080-ti", "rtx-3090", "rtx-4090", "rtx-5090", "a100-40gb",
+                         "a100-80gb", "h100-pcie", "h100-sxm", "h200", "dgx-spark", "cpu-ddr5"}) {
+    const Device* d = find_device(hardware_catalog(), id);
+    ASSERT_NE(d, nullptr) << id;
+    EXPECT_FALSE(d->sources.empty()) << id;
+    EXPECT_GT(d->bandwidth_gbs, 0) << id;
+    EXPECT_GT(d->fp16_tflops, 0) << id;
+    EXPECT_GT(d->power_w, 0) << id;
+  }
+  for (const char* m : {"llama-2-7b", "llama-2-70b", "llama-3-8b", "llama-3-70b", "llama-65b", "qwen2.5-7b",
+                        "qwen3-30b-a3b", "mixtral-8x7b", "deepseek-v3", "deepseek-r1"})
+    EXPECT_TRUE(find_model(m).has_value()) << m;
+}
+
+TEST(Plan, LocalDetectionParsesHostReports) {
+  LocalInfo info = parse_local_info("MemTotal:       24684092 kB\nMemFree: 1 kB\nMemAvailable:   24284460 kB\n", 16,
+                                    "NVIDIA H100 80GB HBM3, 81559 MiB, 80000 MiB\nNVIDIA GeForce RTX 4090, 24564 MiB, 24000 MiB\n");
+  EXPECT_EQ(info.ram_total_bytes, 24684092ull * 1024);
+  EXPECT_EQ(info.ram_available_bytes, 24284460ull * 1024);
+  ASSERT_EQ(info.gpus.size(), 2u);
+  EXPECT_EQ(info.gpus[0].free_bytes, 80000ull << 20);
+  auto machines = local_machines(info, hardware_catalog());
+  ASSERT_EQ(machines.size(), 2u);  // the GPUs together, and the CPU
+  EXPECT_EQ(machines[0].devices.size(), 2u);
+  EXPECT_EQ(machines[0].devices[0].bandwidth_gbs, 3350);  // matched to h100-sxm
+  EXPECT_EQ(machines[0].devices[1].bandwidth_gbs, 1008);
+  EXPECT_EQ(machines[0].devices[0].usable_bytes, 80000ull << 20);
+  EXPECT_EQ(machines[1].devices[0].backend, Backend::cpu);
+}
+
+}  // namespace
+}  // namespace uma::plan
