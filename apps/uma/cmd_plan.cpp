@@ -26,7 +26,7 @@ struct Options {
   std::string hw;
   std::string quant;
   std::string kv_type = "f16";
-  int64_t ctx = 4096;
+  int64_t ctx = 0;  // 0: min(4096, the model's trained context)
   int64_t batch = 512;
   int64_t depth = 0;
   bool json = false;
@@ -107,7 +107,7 @@ void print_table(const std::vector<Plan>& plans) {
   const Plan& p0 = plans.front();
   std::printf("%s  %s params%s  %s  weights %s  KV %s/token (%s at %lld tokens, %s)\n", p0.model_name.c_str(),
               fmt_params(p0.params).c_str(),
-              p0.active_params != p0.params ? fmt::format(" ({} active)", fmt_params(p0.active_params)).c_str() : "",
+              p0.active_params < p0.params * 9 / 10 ? fmt::format(" ({} active)", fmt_params(p0.active_params)).c_str() : "",
               p0.quant_name.c_str(), format_bytes(p0.weight_bytes).c_str(), format_bytes(p0.kv_bytes_per_token).c_str(),
               format_bytes(p0.kv_bytes_per_token * static_cast<uint64_t>(p0.n_ctx)).c_str(),
               static_cast<long long>(p0.n_ctx), p0.kv_type.c_str());
@@ -126,7 +126,7 @@ void print_table(const std::vector<Plan>& plans) {
                 ok ? "yes" : "NO", format_bytes(p.total_bytes).c_str(), format_bytes(p.usable_bytes).c_str(),
                 margin.c_str(), fmt_tps(p.decode_tps).c_str(), fmt_tps(p.prefill_tps).c_str(),
                 p.tps_per_watt > 0 ? fmt::format("{:.3f}", p.tps_per_watt).c_str() : "-",
-                p.usd_per_tps > 0 ? fmt::format("{:.0f}", p.usd_per_tps).c_str() : "-");
+                p.usd_per_tps > 0 ? (p.usd_per_tps >= 10 ? fmt::format("{:.0f}", p.usd_per_tps) : fmt::format("{:.2f}", p.usd_per_tps)).c_str() : "-");
   }
   // Per-device breakdown when a machine splits the model, or when only one machine is shown.
   for (const auto& p : plans) {
@@ -255,7 +255,7 @@ int run_plan(const Options& o) {
               *kv != GgmlType::Q4_0))
     fail("unknown --kv-type '{}'; use f16, bf16, f32, q8_0 or q4_0", o.kv_type);
   base.kv_type = *kv;
-  base.n_ctx = o.ctx;
+  base.n_ctx = o.ctx > 0 ? o.ctx : std::min<int64_t>(4096, base.model.n_ctx_train);
   base.n_batch = o.batch;
   base.depth = o.depth;
 
@@ -330,7 +330,7 @@ const RegisterCommand reg{Command{
                      "whole catalog");
       sub.add_option("--quant", o->quant, "quantization (Q4_K_M, Q8_0, F16, FP8, ...); default: the file's own types, "
                                           "or the model's native dtype");
-      sub.add_option("--ctx", o->ctx, "context length in tokens")->capture_default_str();
+      sub.add_option("--ctx", o->ctx, "context length in tokens (default: 4096 or the model's trained context if smaller)");
       sub.add_option("--batch", o->batch, "prompt tokens per forward pass")->capture_default_str();
       sub.add_option("--depth", o->depth, "tokens already in context when decode speed is predicted")
           ->capture_default_str();

@@ -287,7 +287,8 @@ Plan make_plan(const PlanInputs& in) {
                                      s.kv_lora_rank + s.qk_rope_head_dim, fmt_gb(plan.kv_bytes_per_token),
                                      fmt_gb(plan.kv_bytes_per_token_full)));
   for (size_t d = 0; d < nd; ++d)
-    if (devs[d].backend == Backend::metal && plan.devices[d].total() > devs[d].memory_bytes * 3 / 4)
+    if (devs[d].backend == Backend::metal && plan.devices[d].fits() &&
+        plan.devices[d].total() > devs[d].memory_bytes * 3 / 4)
       plan.notes.push_back(fmt::format("{}: needs more than macOS's default GPU limit (~75 % of RAM); raise it with "
                                        "`sudo sysctl iogpu.wired_limit_mb=<MB>`", devs[d].label));
   if (in.n_ctx > s.n_ctx_train)
@@ -309,6 +310,21 @@ std::string check_fits_or_explain(const Plan& plan) {
       split ? fmt::format(" (layers {}-{})", worst->layer_begin, worst->layer_end - 1) : "", format_bytes(worst->weights),
       format_bytes(worst->kv_cache), format_bytes(worst->compute + worst->overhead), format_bytes(worst->usable),
       format_bytes(worst->total() - worst->usable));
+}
+
+std::string format_plan_summary(const Plan& plan) {
+  std::string out = fmt::format("plan: {} at {}, context {}, on {}: {} of {} ({}), predicted {:.1f} t/s decode, "
+                                "{:.0f} t/s prefill{}\n",
+                                plan.model_name, plan.quant_name, plan.n_ctx, plan.machine_label,
+                                format_bytes(plan.total_bytes), format_bytes(plan.usable_bytes),
+                                plan.fits ? "fits" : "does not fit", plan.decode_tps, plan.prefill_tps,
+                                plan.calibrated ? "" : " (uncalibrated)");
+  for (const auto& d : plan.devices)
+    out += fmt::format("  {}: layers {}-{}, weights {}, KV {}, compute {}, overhead {} = {} of {}\n", d.label,
+                       d.layer_begin, d.layer_end - 1, format_bytes(d.weights), format_bytes(d.kv_cache),
+                       format_bytes(d.compute), format_bytes(d.overhead), format_bytes(d.total()),
+                       format_bytes(d.usable));
+  return out;
 }
 
 }  // namespace uma::plan

@@ -87,6 +87,9 @@ Plan make_plan(const PlanInputs& inputs);
 // before it loads anything.
 std::string check_fits_or_explain(const Plan& plan);
 
+// A few lines describing the plan (devices, memory, predicted speed) for `uma run` to print before loading.
+std::string format_plan_summary(const Plan& plan);
+
 // KV cache bytes per token for one layer. Standard attention stores K and V for every KV head; MLA stores the
 // compressed latent (kv_lora_rank) plus the shared rope key (qk_rope_head_dim) once per token.
 uint64_t kv_bytes_per_token_layer(const ModelShape& shape, GgmlType kv_type);
