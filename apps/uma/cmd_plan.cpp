@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "gguf/gguf.h"
+#include "plan/local.h"
 #include "plan/plan.h"
 #include "uma/command.h"
 #include "uma/error.h"
@@ -41,37 +42,18 @@ std::string read_text(const fs::path& p) {
   return ss.str();
 }
 
-std::string run_capture(const char* cmd) {
-  std::unique_ptr<FILE, int (*)(FILE*)> pipe(popen(cmd, "r"), pclose);
-  if (!pipe) return "";
-  std::string out;
-  char buf[512];
-  while (fgets(buf, sizeof buf, pipe.get())) out += buf;
-  return out;
-}
-
-std::vector<Machine> detect_local() {
-  std::string meminfo;
-  if (fs::exists("/proc/meminfo")) meminfo = read_text("/proc/meminfo");
-  // "NVIDIA H100 80GB HBM3, 81559 MiB, 81000 MiB" per GPU; empty without NVIDIA's driver.
-  std::string smi = run_capture(
-      "command -v nvidia-smi >/dev/null 2>&1 && "
-      "nvidia-smi --query-gpu=name,memory.total,memory.free --format=csv,noheader 2>/dev/null");
-  LocalInfo info = parse_local_info(meminfo, static_cast<int>(std::thread::hardware_concurrency()), smi);
-  return local_machines(info, hardware_catalog());
-}
-
 // Resolve MODEL into planner inputs: a GGUF file, an HF config.json (or its directory), or a catalog name.
 void resolve_model(const Options& o, PlanInputs& in) {
   fs::path p(o.model);
   if (fs::is_directory(p) && fs::exists(p / "config.json")) p /= "config.json";
   if (fs::is_regular_file(p) && p.extension() == ".gguf") {
     auto file = GgufFile::open(p);
-    in.model = shape_from_gguf(*file);
+    PlanInputs from_file = inputs_for_gguf(*file);
+    in.model = from_file.model;
     if (o.quant.empty()) {
-      in.file_tensors = gguf_tensor_specs(*file);
-      for (const auto& t : file->tensors()) in.file_types.push_back(storage(t.type));
-      in.quant_label = "as in file";
+      in.file_tensors = std::move(from_file.file_tensors);
+      in.file_types = std::move(from_file.file_types);
+      in.quant_label = from_file.quant_label;
     }
     return;
   }
@@ -261,14 +243,14 @@ int run_plan(const Options& o) {
 
   std::vector<Machine> machines;
   if (o.hw.empty() || o.hw == "all") {
-    machines = detect_local();
+    machines = detect_local_machines();
     for (const auto& d : hardware_catalog()) machines.push_back(Machine{configure(d).label, {configure(d)}});
   } else {
     std::stringstream ss(o.hw);
     std::string item;
     while (std::getline(ss, item, ',')) {
       if (item == "local") {
-        for (auto& m : detect_local()) machines.push_back(std::move(m));
+        for (auto& m : detect_local_machines()) machines.push_back(std::move(m));
       } else if (!item.empty()) {
         machines.push_back(parse_machine(item, hardware_catalog()));
       }

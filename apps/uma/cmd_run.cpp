@@ -2,7 +2,9 @@
 #include <cstdio>
 #include <string>
 
+#include "plan/local.h"
 #include "runtime/engine.h"
+#include "uma/error.h"
 #include "runtime/model_ref.h"
 #include "uma/command.h"
 
@@ -18,10 +20,25 @@ struct RunArgs {
   SamplerParams sampling;
   bool ignore_eos = false;
   bool no_special = false;
+  bool no_plan = false;
 };
+
+// Prints the plan for this machine and refuses, with the numbers, a model that will not fit — before
+// anything is loaded.
+void plan_or_refuse(const std::filesystem::path& path, int64_t n_ctx) {
+  auto file = GgufFile::open(path);
+  plan::PlanInputs in = plan::inputs_for_gguf(*file);
+  in.n_ctx = n_ctx > 0 ? n_ctx : default_n_ctx(*file);
+  in.kv_type = GgmlType::F32;  // the CPU backend keeps an f32 cache
+  in.machine = plan::local_cpu_machine();
+  const plan::Plan p = plan::make_plan(in);
+  std::fputs(plan::format_plan_summary(p).c_str(), stderr);
+  if (const std::string why = plan::check_fits_or_explain(p); !why.empty()) fail("{}", why);
+}
 
 int run(const RunArgs& a) {
   const auto path = resolve_model(a.model);
+  if (!a.no_plan) plan_or_refuse(path, a.n_ctx);
   EngineOptions eo;
   eo.n_threads = a.n_threads;
   eo.n_ctx = a.n_ctx;
@@ -75,6 +92,7 @@ const RegisterCommand reg{{"run", "Generate text from a prompt", [](CLI::App& su
   sub.add_option("--frequency-penalty", a->sampling.frequency_penalty, "Frequency penalty")->capture_default_str();
   sub.add_option("-s,--seed", a->sampling.seed, "RNG seed (default: random)");
   sub.add_flag("--ignore-eos", a->ignore_eos, "Keep generating past end-of-generation tokens");
+  sub.add_flag("--no-plan", a->no_plan, "Skip the memory plan printed (and enforced) before loading");
   sub.add_flag("--no-special", a->no_special, "Treat special-token text in the prompt as plain text");
   return [a] { return run(*a); };
 }}};

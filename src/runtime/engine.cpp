@@ -7,18 +7,46 @@
 
 namespace uma {
 
+int64_t default_n_ctx(const GgufFile& file) {
+  const std::string arch = file.get_string("general.architecture", "llama");
+  return std::min<int64_t>(file.get_int(arch + ".context_length", 2048), 4096);
+}
+
+namespace {
+
+// The backend EngineOptions::device names (see there).
+std::unique_ptr<Backend> make_backend(const EngineOptions& o, const std::filesystem::path& path) {
+  const std::string& d = o.device;
+  const bool cuda = d == "cuda" || d.rfind("cuda:", 0) == 0;
+  if (d == "cpu") return make_cpu_backend(o.n_threads);
+#ifdef UMA_HAVE_CUDA
+  if (cuda) return make_cuda_backend(d == "cuda" ? 0 : std::stoi(d.substr(5)));
+  if (d == "auto" && cuda_device_count() > 0) {
+    std::error_code ec;
+    const uintmax_t bytes = std::filesystem::file_size(path, ec);
+    if (!ec && bytes + (uintmax_t(1) << 30) < cuda_free_bytes(0)) return make_cuda_backend(0);
+  }
+#else
+  if (cuda) fail("this build of uma has no CUDA backend (nvcc was not found when it was built); use --device cpu");
+#endif
+  if (d != "auto") fail("unknown device '{}': use cpu, cuda, cuda:N or auto", d);
+  return make_cpu_backend(o.n_threads);
+}
+
+}  // namespace
+
 std::unique_ptr<Engine> Engine::load(const std::filesystem::path& path, const EngineOptions& options) {
   auto e = std::unique_ptr<Engine>(new Engine());
   e->options_ = options;
   e->file_ = GgufFile::open(path);
-  e->backend_ = make_cpu_backend(options.n_threads);
+  e->backend_ = make_backend(options, path);
   e->model_ = load_model(*e->file_, *e->backend_);
   e->tokenizer_ = Tokenizer::from_gguf(*e->file_);
   const ModelConfig& c = e->model_->config();
   if (e->tokenizer_->vocab_size() > c.n_vocab)
     fail("{}: the tokenizer has {} tokens but the model only {} rows of embeddings", path.string(),
          e->tokenizer_->vocab_size(), c.n_vocab);
-  if (e->options_.n_ctx <= 0) e->options_.n_ctx = std::min<int64_t>(c.n_ctx_train, 4096);
+  if (e->options_.n_ctx <= 0) e->options_.n_ctx = default_n_ctx(*e->file_);
   e->kv_ = std::make_unique<KvCache>(
       *e->backend_, e->model_->kv_options(e->options_.n_ctx * e->options_.n_seq, e->options_.n_seq));
   return e;

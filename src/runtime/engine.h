@@ -21,7 +21,13 @@ struct EngineOptions {
   int64_t n_ctx = 0;      // KV cells per sequence; 0: min(training context, 4096)
   int n_seq = 1;          // parallel sequences sharing the cache
   int64_t n_batch = 512;  // prompt tokens per forward step (bounds activation memory)
+  // Compute device: "cpu", "cuda" (= "cuda:0"), "cuda:N", or "auto": the first GPU when uma was built with
+  // CUDA, one is present and the weights fit in its free memory (with 1 GiB to spare), else the CPU.
+  std::string device = "auto";
 };
+
+// The context a run gets when none is asked for: the model's trained context, at most 4096 tokens.
+int64_t default_n_ctx(const GgufFile& file);
 
 class Engine {
  public:
