@@ -8,6 +8,7 @@
 #include "backend/backend.h"
 #include "gguf/gguf.h"
 #include "model/model.h"
+#include "plan/local.h"
 #include "runtime/model_ref.h"
 #include "uma/command.h"
 
@@ -77,10 +78,16 @@ int info(const std::string& ref, bool all_tensors, int64_t n_ctx) {
                c.n_expert_shared, c.n_ff_expert);
   fmt::print("  rope: {} dims, base {}, {}{}\n", c.rope.n_rot, c.rope.freq_base, c.rope.neox ? "neox" : "normal",
              c.rope.freq_factors.empty() ? "" : ", frequency factors");
-  const auto kvo = model->kv_options(n_ctx, 1);
-  const double kv_bytes = double(kvo.n_layer) * kvo.n_cells * (kvo.k_width + kvo.v_width) * sizeof(float);
-  fmt::print("\nmemory for a {}-token context (f32 KV cache):\n  weights   {}\n  KV cache  {} ({} per token)\n",
-             n_ctx, human_bytes(model->weight_bytes()), human_bytes(kv_bytes), human_bytes(kv_bytes / n_ctx));
+  // The memory the run will take on this machine, from the same planner `uma run` consults before loading.
+  plan::PlanInputs in = plan::inputs_for_gguf(*file);
+  in.n_ctx = n_ctx;
+  in.kv_type = GgmlType::F32;  // the CPU backend keeps an f32 cache
+  in.machine = plan::local_cpu_machine();
+  const plan::Plan p = plan::make_plan(in);
+  fmt::print("\nmemory for a {}-token context: weights {}, KV cache {} ({} per token)\n", n_ctx,
+             human_bytes(double(p.weight_bytes)), human_bytes(double(p.kv_bytes_per_token) * n_ctx),
+             human_bytes(double(p.kv_bytes_per_token)));
+  fmt::print("{}", plan::format_plan_summary(p));
   return 0;
 }
 
