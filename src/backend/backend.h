@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "quant/types.h"
+#include "uma/error.h"
 
 namespace uma {
 
@@ -59,6 +60,45 @@ struct AttentionShape {
   float scale = 1.0f;            // applied to q·k
 };
 
+// Mixture-of-experts routing: how a token's router logits [n_expert] become the top-k experts and their
+// weights. Mixtral/Qwen3-MoE: softmax, top-k, renormalise. DeepSeek-V3: sigmoid, add the selection bias
+// (exp_probs_b) to choose — but weigh with the unbiased scores —, keep only the best n_group_used of n_group
+// groups (a group's score: the sum of its two best biased scores), renormalise, scale by weights_scale.
+enum class MoeGating { softmax, sigmoid };
+
+struct MoeParams {
+  int n_expert = 0;          // routed experts
+  int n_expert_used = 0;     // top-k per token
+  MoeGating gating = MoeGating::softmax;
+  bool norm_weights = false;  // divide the selected weights by their sum
+  float weights_scale = 1.0f; // multiplies the final weights (DeepSeek routed_scaling_factor)
+  int n_group = 1, n_group_used = 1;  // group-limited routing; 1/1 = off
+};
+
+// The tensors of one MoE block. Stacked experts: a Weight with ne[2] = n_expert whose expert e starts at
+// host + e * row_bytes(type, ne[0]) * ne[1].
+struct MoeWeights {
+  const Weight* router = nullptr;      // [n_embd, n_expert] (ffn_gate_inp)
+  const Weight* select_bias = nullptr; // [n_expert] added to the scores for selection only (optional)
+  const Weight* gate = nullptr;        // [n_embd, n_ff, n_expert]
+  const Weight* up = nullptr;          // [n_embd, n_ff, n_expert]
+  const Weight* down = nullptr;        // [n_ff, n_embd, n_expert]
+};
+
+// Multi-head latent attention (DeepSeek-V2/V3) over a compressed cache. Per token and layer the cache holds
+// the normalised KV latent c [kv_lora] in the K slot and the shared, rotated RoPE key [n_rot] in the V slot
+// (k_width = kv_lora, v_width = n_rot). Keys and values are never decompressed: with W_uk, W_uv the
+// per-head up-projections, q_nope·(W_uk c) = (W_uk^T q_nope)·c and Σ p (W_uv c) = W_uv (Σ p c), so each
+// head's query is absorbed into latent space and the weighted latent is projected to values at the end.
+struct MlaShape {
+  int n_head = 0;
+  int kv_lora = 0;         // latent width
+  int n_rot = 0;           // decoupled RoPE dims (q tail, shared key)
+  int head_dim_nope = 0;   // non-rotated q/k dims per head
+  int head_dim_v = 0;      // value dims per head
+  float scale = 1.0f;      // applied to q·k
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -96,8 +136,32 @@ class Backend {
   // q: [n_tokens, n_head, head_dim_k], out: [n_tokens, n_head, head_dim_v].
   virtual void attention(const KvCache& kv, int layer, const float* q, const BatchLayout& batch,
                          const AttentionShape& shape, float* out) = 0;
+
+  // Composite ops with a default that fails, so that a backend can adopt them one at a time.
+
+  // Routed experts of a MoE block: out[t, :] = Σ_k w[t, k] · down_e(silu(gate_e x[t]) · up_e x[t]) over the
+  // top-k experts e of token t (routing as MoeParams says). x, out: [n_tokens, n_embd]. Shared experts are
+  // not included (the model adds them). Only the selected experts' weights are read.
+  virtual void moe_ffn(const MoeWeights& w, const MoeParams& p, const float* x, int64_t n_tokens, float* out) {
+    fail("mixture-of-experts feed-forward (moe_ffn) is not supported by the {} backend", name());
+  }
+  // Latent attention (see MlaShape) of each token over its sequence's cache up to its position.
+  // q: [n_tokens, n_head, head_dim_nope + n_rot], rope part already rotated; out: [n_tokens, n_head, head_dim_v].
+  // wk_b: [head_dim_nope, kv_lora, n_head] (head h: kv_lora rows of head_dim_nope, i.e. W_uk^T);
+  // wv_b: [kv_lora, head_dim_v, n_head] (head h: W_uv, head_dim_v rows of kv_lora).
+  virtual void attention_mla(const KvCache& kv, int layer, const float* q, const Weight& wk_b, const Weight& wv_b,
+                             const BatchLayout& batch, const MlaShape& shape, float* out) {
+    fail("multi-head latent attention (attention_mla) is not supported by the {} backend", name());
+  }
 };
 
 std::unique_ptr<Backend> make_cpu_backend(int n_threads);
+
+#ifdef UMA_HAVE_CUDA
+// The CUDA backend on GPU `device` (src/backend/cuda); throws uma::Error when it does not exist.
+std::unique_ptr<Backend> make_cuda_backend(int device);
+int cuda_device_count();             // 0 when there is no driver or no GPU
+size_t cuda_free_bytes(int device);  // free device memory now
+#endif
 
 }  // namespace uma

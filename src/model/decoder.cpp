@@ -22,11 +22,13 @@ DecoderModel::DecoderModel(const GgufFile& file, Backend& backend, ModelConfig c
 }
 
 DecoderModel::~DecoderModel() {
-  for (float* p : {s_.x, s_.xn, s_.q, s_.k, s_.v, s_.attn, s_.gate, s_.up, s_.ffn_out, s_.out_rows, s_.logits})
+  for (float* p : {s_.x, s_.xn, s_.q, s_.k, s_.v, s_.attn, s_.gate, s_.up, s_.ffn_out, s_.out_rows, s_.logits,
+                   s_.shared})
     if (p) backend_->free_buffer(p);
 }
 
 void DecoderModel::load_dense_layers(WeightLoader& L) {
+  if (config_.n_expert > 0 && config_.n_ff_expert == 0) config_.n_ff_expert = config_.n_ff;  // Mixtral
   const ModelConfig& c = config_;
   const int64_t E = c.n_embd, Q = int64_t(c.n_head) * c.head_dim_k, K = int64_t(c.n_head_kv) * c.head_dim_k,
                 Vw = int64_t(c.n_head_kv) * c.head_dim_v, O = int64_t(c.n_head) * c.head_dim_v;
@@ -35,6 +37,25 @@ void DecoderModel::load_dense_layers(WeightLoader& L) {
     const std::string p = "blk." + std::to_string(il) + ".";
     DecoderLayer& l = layers_[il];
     l.attn_norm = L.require(p + "attn_norm.weight", {E});
+    l.ffn_norm = L.require(p + "ffn_norm.weight", {E});
+    if (c.n_expert > 0 && il >= c.n_layer_dense_lead) {
+      const int64_t F = c.n_ff_expert, X = c.n_expert, S = int64_t(c.n_ff_expert) * c.n_expert_shared;
+      l.gate_inp = L.require(p + "ffn_gate_inp.weight", {E, X});
+      l.gate_exps = L.require(p + "ffn_gate_exps.weight", {E, F, X});
+      l.up_exps = L.require(p + "ffn_up_exps.weight", {E, F, X});
+      l.down_exps = L.require(p + "ffn_down_exps.weight", {F, E, X});
+      l.exp_probs_b = L.optional(p + "exp_probs_b.bias", {X});
+      if (c.n_expert_shared > 0) {
+        l.gate_shexp = L.require(p + "ffn_gate_shexp.weight", {E, S});
+        l.up_shexp = L.require(p + "ffn_up_shexp.weight", {E, S});
+        l.down_shexp = L.require(p + "ffn_down_shexp.weight", {S, E});
+      }
+    } else {
+      l.ffn_gate = L.require(p + "ffn_gate.weight", {E, c.n_ff});
+      l.ffn_up = L.require(p + "ffn_up.weight", {E, c.n_ff});
+      l.ffn_down = L.require(p + "ffn_down.weight", {c.n_ff, E});
+    }
+    if (options_.custom_attention) continue;
     l.wq = L.require(p + "attn_q.weight", {E, Q});
     l.wk = L.require(p + "attn_k.weight", {E, K});
     l.wv = L.require(p + "attn_v.weight", {E, Vw});
@@ -48,12 +69,6 @@ void DecoderModel::load_dense_layers(WeightLoader& L) {
       l.q_norm = L.require(p + "attn_q_norm.weight", {c.head_dim_k});
       l.k_norm = L.require(p + "attn_k_norm.weight", {c.head_dim_k});
     }
-    l.ffn_norm = L.require(p + "ffn_norm.weight", {E});
-    if (c.n_expert == 0) {
-      l.ffn_gate = L.require(p + "ffn_gate.weight", {E, c.n_ff});
-      l.ffn_up = L.require(p + "ffn_up.weight", {E, c.n_ff});
-      l.ffn_down = L.require(p + "ffn_down.weight", {c.n_ff, E});
-    }
   }
 }
 
@@ -61,7 +76,8 @@ void DecoderModel::ensure_scratch(int64_t n) {
   if (n <= s_.capacity) return;
   Backend& b = *backend_;
   const ModelConfig& c = config_;
-  for (float* p : {s_.x, s_.xn, s_.q, s_.k, s_.v, s_.attn, s_.gate, s_.up, s_.ffn_out, s_.out_rows, s_.logits})
+  for (float* p : {s_.x, s_.xn, s_.q, s_.k, s_.v, s_.attn, s_.gate, s_.up, s_.ffn_out, s_.out_rows, s_.logits,
+                   s_.shared})
     if (p) b.free_buffer(p);
   const int64_t ff = std::max(c.n_ff, c.n_ff_expert * std::max(1, c.n_expert_shared));
   s_.capacity = n;
@@ -76,15 +92,59 @@ void DecoderModel::ensure_scratch(int64_t n) {
   s_.ffn_out = b.alloc(n * c.n_embd);
   s_.out_rows = b.alloc(n * c.n_embd);
   s_.logits = b.alloc(n * c.n_vocab);
+  s_.shared = b.alloc(n * c.n_embd);
+}
+
+MoeParams DecoderModel::moe_params() const {
+  const ModelConfig& c = config_;
+  return MoeParams{.n_expert = c.n_expert,
+                   .n_expert_used = c.n_expert_used,
+                   .gating = c.expert_gating,
+                   .norm_weights = c.expert_weights_norm,
+                   .weights_scale = c.expert_weights_scale,
+                   .n_group = c.n_expert_group,
+                   .n_group_used = c.n_expert_group_used};
 }
 
 void DecoderModel::ffn(int il, const float* xn, int64_t n, float* out) {
   const DecoderLayer& l = layers_[il];
   Backend& b = *backend_;
+  if (l.gate_inp) {
+    const MoeWeights w{&l.gate_inp, &l.exp_probs_b, &l.gate_exps, &l.up_exps, &l.down_exps};
+    b.moe_ffn(w, moe_params(), xn, n, out);
+    if (l.gate_shexp) {  // shared experts: a dense SwiGLU every token goes through
+      b.matmul(l.gate_shexp, xn, n, s_.gate);
+      b.matmul(l.up_shexp, xn, n, s_.up);
+      b.swiglu(s_.gate, s_.up, n * l.gate_shexp.rows(), s_.gate);
+      b.matmul(l.down_shexp, s_.gate, n, s_.shared);
+      b.add(out, s_.shared, n * config_.n_embd);
+    }
+    return;
+  }
   b.matmul(l.ffn_gate, xn, n, s_.gate);
   b.matmul(l.ffn_up, xn, n, s_.up);
   b.swiglu(s_.gate, s_.up, n * config_.n_ff, s_.gate);
   b.matmul(l.ffn_down, s_.gate, n, out);
+}
+
+void DecoderModel::attention_block(int il, const BatchLayout& layout, int64_t n, KvCache& kv, float* out) {
+  const ModelConfig& c = config_;
+  const DecoderLayer& l = layers_[il];
+  Backend& b = *backend_;
+  const AttentionShape shape{c.n_head, c.n_head_kv, c.head_dim_k, c.head_dim_v,
+                             1.0f / std::sqrt(static_cast<float>(c.head_dim_k))};
+  b.matmul(l.wq, s_.xn, n, s_.q, &l.bq);  // q: [n, n_head, hd_k]
+  b.matmul(l.wk, s_.xn, n, s_.k, &l.bk);  // k: [n, n_kv, hd_k]
+  b.matmul(l.wv, s_.xn, n, s_.v, &l.bv);  // v: [n, n_kv, hd_v]
+  if (options_.qk_norm) {
+    b.rms_norm(s_.q, l.q_norm, n * c.n_head, c.head_dim_k, c.norm_eps, s_.q);
+    b.rms_norm(s_.k, l.k_norm, n * c.n_head_kv, c.head_dim_k, c.norm_eps, s_.k);
+  }
+  b.rope(s_.q, n, c.n_head, c.head_dim_k, layout, c.rope);
+  b.rope(s_.k, n, c.n_head_kv, c.head_dim_k, layout, c.rope);
+  b.store_kv(kv, il, s_.k, s_.v, layout);
+  b.attention(kv, il, s_.q, layout, shape, s_.attn);
+  b.matmul(l.wo, s_.attn, n, out);
 }
 
 void DecoderModel::forward(const Batch& batch, KvCache& kv, std::vector<float>& logits, const LayerHook* hook) {
@@ -94,8 +154,6 @@ void DecoderModel::forward(const Batch& batch, KvCache& kv, std::vector<float>& 
   if (n == 0) return;
   ensure_scratch(n);
   const BatchLayout layout{batch.pos.data(), batch.seq.data(), n};
-  const AttentionShape shape{c.n_head, c.n_head_kv, c.head_dim_k, c.head_dim_v,
-                             1.0f / std::sqrt(static_cast<float>(c.head_dim_k))};
   auto observe = [&](int layer) {
     if (!hook) return;
     hook_buf_.resize(n * c.n_embd);
@@ -109,18 +167,7 @@ void DecoderModel::forward(const Batch& batch, KvCache& kv, std::vector<float>& 
     const DecoderLayer& l = layers_[il];
     // Attention block.
     b.rms_norm(s_.x, l.attn_norm, n, c.n_embd, c.norm_eps, s_.xn);
-    b.matmul(l.wq, s_.xn, n, s_.q, &l.bq);  // q: [n, n_head, hd_k]
-    b.matmul(l.wk, s_.xn, n, s_.k, &l.bk);  // k: [n, n_kv, hd_k]
-    b.matmul(l.wv, s_.xn, n, s_.v, &l.bv);  // v: [n, n_kv, hd_v]
-    if (options_.qk_norm) {
-      b.rms_norm(s_.q, l.q_norm, n * c.n_head, c.head_dim_k, c.norm_eps, s_.q);
-      b.rms_norm(s_.k, l.k_norm, n * c.n_head_kv, c.head_dim_k, c.norm_eps, s_.k);
-    }
-    b.rope(s_.q, n, c.n_head, c.head_dim_k, layout, c.rope);
-    b.rope(s_.k, n, c.n_head_kv, c.head_dim_k, layout, c.rope);
-    b.store_kv(kv, il, s_.k, s_.v, layout);
-    b.attention(kv, il, s_.q, layout, shape, s_.attn);
-    b.matmul(l.wo, s_.attn, n, s_.ffn_out);
+    attention_block(il, layout, n, kv, s_.ffn_out);
     b.add(s_.x, s_.ffn_out, n * c.n_embd);
     // Feed-forward block.
     b.rms_norm(s_.x, l.ffn_norm, n, c.n_embd, c.norm_eps, s_.xn);
@@ -154,5 +201,13 @@ KvCacheOptions Model::kv_options(int64_t n_ctx, int n_seq) const {
 }
 
 size_t Model::bytes_per_token() const { return weight_bytes_; }
+
+size_t DecoderModel::bytes_per_token() const {
+  size_t bytes = weight_bytes_;
+  for (const DecoderLayer& l : layers_)
+    for (const Weight* w : {&l.gate_exps, &l.up_exps, &l.down_exps})
+      if (*w) bytes -= w->nbytes - w->nbytes / config_.n_expert * config_.n_expert_used;
+  return bytes;
+}
 
 }  // namespace uma

@@ -12,6 +12,8 @@ namespace uma {
 struct DecoderOptions {
   bool qkv_bias = false;  // qwen2: q/k/v projections carry biases
   bool qk_norm = false;   // qwen3: RMSNorm over each q and k head before RoPE
+  // The family loads its own attention weights and overrides attention_block() (deepseek2's MLA).
+  bool custom_attention = false;
 };
 
 struct DecoderLayer {
@@ -24,7 +26,8 @@ struct DecoderLayer {
   Weight ffn_gate, ffn_up, ffn_down;  // [n_embd, n_ff], [n_embd, n_ff], [n_ff, n_embd] (dense layers)
   // Mixture of experts: router and stacked experts [n_embd, n_ff_exp, n_expert] (see moe families).
   Weight gate_inp, gate_exps, up_exps, down_exps;
-  Weight gate_shexp, up_shexp, down_shexp;
+  Weight exp_probs_b;                 // [n_expert] selection bias (DeepSeek-V3, optional)
+  Weight gate_shexp, up_shexp, down_shexp;  // shared experts [n_embd, n_ff_exp * n_shared] (optional)
 };
 
 class DecoderModel : public Model {
@@ -32,6 +35,8 @@ class DecoderModel : public Model {
   DecoderModel(const GgufFile& file, Backend& backend, ModelConfig config, DecoderOptions options);
   ~DecoderModel() override;
   void forward(const Batch& batch, KvCache& kv, std::vector<float>& logits, const LayerHook* hook) override;
+  // All weights of a dense model; for a MoE, the routed experts count top-k of n_expert.
+  size_t bytes_per_token() const override;
 
  protected:
   // Activation buffers for up to `n_tokens` tokens, grown on demand.
@@ -39,11 +44,17 @@ class DecoderModel : public Model {
     int64_t capacity = 0;
     float *x = nullptr, *xn = nullptr, *q = nullptr, *k = nullptr, *v = nullptr, *attn = nullptr;
     float *gate = nullptr, *up = nullptr, *ffn_out = nullptr, *out_rows = nullptr, *logits = nullptr;
+    float* shared = nullptr;  // [n, n_embd] shared-expert output
   };
   void ensure_scratch(int64_t n_tokens);
   void load_dense_layers(WeightLoader& loader);
-  // Feed-forward of layer `il` on xn [n, n_embd] into out [n, n_embd]. Dense SwiGLU by default.
+  // Attention of layer `il` on s_.xn [n, n_embd] (normed input) into out [n, n_embd], storing this batch's
+  // keys/values in the cache. GQA with RoPE by default.
+  virtual void attention_block(int il, const BatchLayout& layout, int64_t n, KvCache& kv, float* out);
+  // Feed-forward of layer `il` on xn [n, n_embd] into out [n, n_embd]. Dense SwiGLU, or the layer's
+  // experts (+ shared experts) when it has a router.
   virtual void ffn(int il, const float* xn, int64_t n, float* out);
+  MoeParams moe_params() const;
 
   DecoderOptions options_;
   Weight tok_embd_, output_norm_, output_;

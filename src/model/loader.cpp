@@ -38,6 +38,13 @@ ModelConfig read_config(const GgufFile& f, const ModelOptions& options) {
   c.n_ff_expert = static_cast<int>(f.get_int(a + "expert_feed_forward_length", 0));
   c.n_expert_shared = static_cast<int>(f.get_int(a + "expert_shared_count", 0));
   c.n_layer_dense_lead = static_cast<int>(f.get_int(a + "leading_dense_block_count", 0));
+  c.expert_gating = f.get_int(a + "expert_gating_func", 1) == 2 ? MoeGating::sigmoid : MoeGating::softmax;
+  c.expert_weights_norm = f.get_int(a + "expert_weights_norm", 0) != 0;
+  c.expert_weights_scale = static_cast<float>(f.get_float(a + "expert_weights_scale", 1.0));
+  c.n_expert_group = static_cast<int>(f.get_int(a + "expert_group_count", 1));
+  c.n_expert_group_used = static_cast<int>(f.get_int(a + "expert_group_used_count", c.n_expert_group));
+  c.q_lora_rank = static_cast<int>(f.get_int(a + "attention.q_lora_rank", 0));
+  c.kv_lora_rank = static_cast<int>(f.get_int(a + "attention.kv_lora_rank", 0));
   return c;
 }
 
@@ -69,6 +76,30 @@ Weight WeightLoader::optional(const std::string& name, std::initializer_list<int
   w.host = t->data;
   w.nbytes = t->nbytes;
   bytes_ += t->nbytes;
+  backend_.prepare_weight(w);
+  return w;
+}
+
+Weight WeightLoader::require_rows(const std::string& name, std::initializer_list<int64_t> shape, int64_t row0,
+                                  int64_t n_rows) {
+  const GgufTensor* t = file_.find_tensor(name);
+  if (!t) fail("{}: required tensor '{}' is missing", file_.path().string(), name);
+  if (t->n_dims != 2 || t->ne[0] != *shape.begin() || t->ne[1] != *(shape.begin() + 1) || row0 < 0 ||
+      row0 + n_rows > t->ne[1])
+    fail("{}: tensor '{}' has shape {} but the model needs {} (rows {}..{})", file_.path().string(), name,
+         t->shape_string(), shape_of(shape), row0, row0 + n_rows);
+  if (!backend_.supports(t->type))
+    fail("{}: tensor '{}' uses type {}, which the {} backend cannot compute yet", file_.path().string(), name,
+         type_name(t->type), backend_.name());
+  const size_t stride = row_bytes(t->type, t->ne[0]);
+  Weight w;
+  w.name = name + "[" + std::to_string(row0) + ":" + std::to_string(row0 + n_rows) + "]";
+  w.type = t->type;
+  w.ne[0] = t->ne[0];
+  w.ne[1] = n_rows;
+  w.host = t->data + stride * row0;
+  w.nbytes = stride * n_rows;
+  bytes_ += w.nbytes;
   backend_.prepare_weight(w);
   return w;
 }

@@ -20,6 +20,9 @@ class WeightLoader {
   Weight require(const std::string& name, std::initializer_list<int64_t> shape);
   // Returns an empty Weight when absent; checks the shape when present.
   Weight optional(const std::string& name, std::initializer_list<int64_t> shape);
+  // Rows [row0, row0 + n_rows) of a 2-D tensor of exactly `shape`, as a weight of its own (a fused
+  // projection whose outputs are used apart, e.g. deepseek2's attn_kv_a_mqa = latent rows + rope rows).
+  Weight require_rows(const std::string& name, std::initializer_list<int64_t> shape, int64_t row0, int64_t n_rows);
   bool has(const std::string& name) const { return file_.find_tensor(name) != nullptr; }
   size_t bytes() const { return bytes_; }
 

@@ -30,6 +30,12 @@ struct ModelConfig {
   RopeParams rope;
   // Mixture of experts (0 when dense).
   int n_expert = 0, n_expert_used = 0, n_ff_expert = 0, n_expert_shared = 0, n_layer_dense_lead = 0;
+  MoeGating expert_gating = MoeGating::softmax;  // "expert_gating_func": 1 softmax, 2 sigmoid
+  bool expert_weights_norm = false;   // renormalise the top-k weights
+  float expert_weights_scale = 1.0f;  // routed scaling factor
+  int n_expert_group = 1, n_expert_group_used = 1;
+  // Multi-head latent attention (deepseek2; 0 when absent).
+  int q_lora_rank = 0, kv_lora_rank = 0;
 };
 
 // One step of work: tokens, each with its sequence slot and position; `output` marks tokens whose logits

@@ -17,6 +17,7 @@ constexpr Family kFamilies[] = {
     {"llama", make_llama},
     {"qwen2", make_qwen2},
     {"qwen3", make_qwen3},
+    {"qwen3moe", make_qwen3moe},
 };
 
 }  // namespace

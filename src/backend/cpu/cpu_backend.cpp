@@ -7,6 +7,7 @@
 #include <unordered_set>
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu_ops.h"
 #include "backend/cpu/matmul.h"
 #include "kv/kv_cache.h"
 #include "quant/quant.h"
@@ -102,6 +103,15 @@ class CpuBackend final : public Backend {
 
   void attention(const KvCache& kv, int layer, const float* q, const BatchLayout& batch,
                  const AttentionShape& s, float* out) override;
+
+  // Composite ops, implemented in cpu_moe.cpp and cpu_mla.cpp.
+  void moe_ffn(const MoeWeights& w, const MoeParams& p, const float* x, int64_t n, float* out) override {
+    cpu_moe_ffn(w, p, x, n, out, pool_);
+  }
+  void attention_mla(const KvCache& kv, int layer, const float* q, const Weight& wk_b, const Weight& wv_b,
+                     const BatchLayout& batch, const MlaShape& s, float* out) override {
+    cpu_attention_mla(kv, layer, q, wk_b, wv_b, batch, s, out, pool_);
+  }
 
  private:
   ThreadPool pool_;
