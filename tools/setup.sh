@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 packages=(build-essential cmake ninja-build pkg-config libhwy-dev libpcre2-dev nlohmann-json3-dev libcli11-dev
           libfmt-dev libcpp-httplib-dev libcurl4-openssl-dev libssl-dev)
 if [[ "${1:-}" == "--tests" ]]; then
-  packages+=(libgtest-dev libgmock-dev nodejs npm chromium)
+  packages+=(libgtest-dev libgmock-dev chromium)
+  # Node.js may come from Debian (nodejs + npm) or NodeSource (nodejs bundling npm): install only when absent.
+  command -v node >/dev/null 2>&1 || packages+=(nodejs)
+  command -v npm >/dev/null 2>&1 || packages+=(npm)
 fi
 
 missing=()
