@@ -11,6 +11,8 @@ if(UMA_CUDA AND CMAKE_CUDA_COMPILER AND UMA_CUDA_SOURCES)
     set(CMAKE_CUDA_ARCHITECTURES 90a)
   endif()
   add_library(uma_cuda STATIC ${UMA_CUDA_SOURCES})
+  # Without this CMake derives the CUDA dialect from CXX_STANDARD (20), which CMake 3.25 cannot map to nvcc.
+  set_target_properties(uma_cuda PROPERTIES CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON)
   target_link_libraries(uma_cuda PUBLIC fmt::fmt CUDA::cudart CUDA::cublas)
   target_include_directories(uma_cuda PUBLIC include src)
   target_link_libraries(uma_core PUBLIC uma_cuda)

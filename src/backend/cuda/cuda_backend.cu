@@ -1,0 +1,721 @@
+// The CUDA backend: weights uploaded once into device memory, activations and the KV cache in device
+// memory, every op a kernel on one stream. Decode (few tokens) multiplies with a GEMV that reads each
+// weight byte once, straight from the GGUF block layout; prefill dequantizes a weight to f16 and runs a
+// cuBLAS GEMM on the tensor cores (f32 weights: an f32 SGEMM, so f32 models keep f32 accuracy).
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cuda/kernels.cuh"
+#include "kv/kv_cache.h"
+#include "quant/quant.h"
+#include "uma/error.h"
+
+namespace uma {
+namespace {
+
+using namespace uma::cuda;
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail("CUDA error in {}: {}", what, cudaGetErrorString(e));
+}
+void check(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) fail("cuBLAS error {} in {}", static_cast<int>(s), what);
+}
+#define UMA_CHECK(call) check((call), #call)
+#define UMA_LAUNCHED(name) check(cudaGetLastError(), name)
+
+constexpr int kWarp = 32;
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// ---- GEMV: y[r] = W[r, :] · x (+ bias). A warp owns kRows rows: each lane loads its activations once
+// and dots them with the same part of every row, so x is read from L1 once per kRows weight rows. -------
+constexpr int kGemvWarps = 4;
+
+template <typename T, int kRows>
+__global__ void __launch_bounds__(kGemvWarps * kWarp)
+    gemv_kernel(const uint8_t* __restrict__ W, size_t row_bytes, int64_t rows, int64_t cols,
+                const float* __restrict__ x, float* __restrict__ y, const float* __restrict__ bias) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int64_t row0 = (int64_t(blockIdx.x) * kGemvWarps + warp) * kRows;
+  if (row0 >= rows) return;
+  const int64_t n_parts = cols / T::kBlockValues * T::kParts;
+  float acc[kRows] = {};
+  const uint8_t* wrow[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) wrow[r] = W + (row0 + r < rows ? row0 + r : rows - 1) * row_bytes;
+  for (int64_t i = lane; i < n_parts; i += kWarp) {
+    const int64_t blk = i / T::kParts;
+    const int part = int(i % T::kParts);
+    float xv[T::N];
+    T::load_x(x + blk * T::kBlockValues, part, xv);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) acc[r] += T::dot(wrow[r] + blk * T::kBlockBytes, part, xv);
+  }
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const float s = warp_sum(acc[r]);
+    if (lane == 0 && row0 + r < rows) y[row0 + r] = s + (bias ? bias[row0 + r] : 0.0f);
+  }
+}
+
+// Any type and shape: one warp per row through dequant_one (plain types with odd widths).
+__global__ void gemv_generic_kernel(GgmlType type, const uint8_t* W, size_t row_bytes, int64_t rows, int64_t cols,
+                                    const float* x, float* y, const float* bias) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t r = int64_t(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+  if (r >= rows) return;
+  float s = 0;
+  for (int64_t c = lane; c < cols; c += kWarp) s += dequant_one(type, W + r * row_bytes, c) * x[c];
+  s = warp_sum(s);
+  if (lane == 0) y[r] = s + (bias ? bias[r] : 0.0f);
+}
+
+// ---- element-wise and small kernels -------------------------------------------------------------------
+__global__ void dequant_rows_kernel(GgmlType type, const uint8_t* W, size_t row_bytes, const int32_t* ids,
+                                    int64_t n, int64_t cols, float* out) {
+  const int64_t i = blockIdx.y;
+  const int64_t row = ids ? ids[i] : i;
+  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < cols; c += int64_t(gridDim.x) * blockDim.x)
+    out[i * cols + c] = dequant_one(type, W + row * row_bytes, c);
+}
+
+// Weight rows → f16 (prefill operand); two values per thread.
+__global__ void dequant_f16_kernel(GgmlType type, const uint8_t* W, size_t row_bytes, int64_t rows, int64_t cols,
+                                   __half* out) {
+  const int64_t total = rows * cols;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / cols, c = i % cols;
+    out[i] = __float2half(dequant_one(type, W + r * row_bytes, c));
+  }
+}
+
+__global__ void f32_to_f16_kernel(const float* x, int64_t n, __half* out) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = __float2half(x[i]);
+}
+
+__global__ void add_bias_kernel(float* y, const float* b, int64_t rows, int64_t n_tokens) {
+  const int64_t total = rows * n_tokens;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
+    y[i] += b[i % rows];
+}
+
+__global__ void add_kernel(float* y, const float* x, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    y[i] += x[i];
+}
+
+__global__ void swiglu_kernel(const float* gate, const float* up, int64_t n, float* out) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+// One block per row; the sum of squares in f32 with a tree reduction (the CPU sums in double).
+__global__ void rms_norm_kernel(const float* x, const float* w, int64_t dim, float eps, float* out) {
+  const float* xr = x + int64_t(blockIdx.x) * dim;
+  float* o = out + int64_t(blockIdx.x) * dim;
+  float ss = 0;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+  __shared__ float part[32];
+  ss = warp_sum(ss);
+  if (threadIdx.x % kWarp == 0) part[threadIdx.x / kWarp] = ss;
+  __syncthreads();
+  if (threadIdx.x < kWarp) {
+    float v = threadIdx.x < blockDim.x / kWarp ? part[threadIdx.x] : 0.0f;
+    v = warp_sum(v);
+    if (threadIdx.x == 0) part[0] = v;
+  }
+  __syncthreads();
+  const float scale = rsqrtf(part[0] / float(dim) + eps);
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) o[i] = (xr[i] * scale) * w[i];
+}
+
+__global__ void gather_rows_kernel(const float* src, int64_t dim, const int32_t* rows, float* dst) {
+  const int64_t i = blockIdx.y;
+  for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < dim; c += int64_t(gridDim.x) * blockDim.x)
+    dst[i * dim + c] = src[int64_t(rows[i]) * dim + c];
+}
+
+// Rotary embedding: one thread per (token, head, pair). inv_freq and the YaRN mix come precomputed from the
+// host with the CPU backend's arithmetic; the angle is pos * freq in f32 as there.
+__global__ void rope_kernel(float* x, int64_t n_tokens, int n_heads, int head_stride, const int32_t* pos,
+                            const float* inv_freq, const float* ramp_mix, int half, bool neox, float freq_scale,
+                            bool yarn, float attn_factor) {
+  const int64_t total = n_tokens * n_heads * half;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int pair = int(i % half);
+    const int64_t th = i / half;
+    const int64_t t = th / n_heads;
+    const float p = float(pos[t]);
+    float theta;
+    if (yarn) {
+      const float interp = p * (inv_freq[pair] * freq_scale), extrap = p * inv_freq[pair];
+      theta = interp * (1 - ramp_mix[pair]) + extrap * ramp_mix[pair];
+    } else {
+      theta = p * (inv_freq[pair] * freq_scale);
+    }
+    const float cs = cosf(theta) * attn_factor, sn = sinf(theta) * attn_factor;
+    float* v = x + th * head_stride;
+    const int a = neox ? pair : 2 * pair, b = neox ? pair + half : 2 * pair + 1;
+    const float x0 = v[a], x1 = v[b];
+    v[a] = x0 * cs - x1 * sn;
+    v[b] = x0 * sn + x1 * cs;
+  }
+}
+
+// Where a token's sequence keeps position p: the cell of the paged KV cache (kv_cache.h).
+struct DeviceLayout {
+  const int32_t* pos;      // [n_tokens]
+  const int32_t* pageoff;  // [n_tokens] offset of the token's sequence in `pages`
+  const int32_t* pages;    // page lists of the batch's sequences, concatenated
+};
+__device__ __forceinline__ int64_t kv_cell(const DeviceLayout& L, int64_t t, int64_t p) {
+  return int64_t(L.pages[L.pageoff[t] + p / KvCache::kPageSize]) * KvCache::kPageSize + p % KvCache::kPageSize;
+}
+
+__global__ void store_kv_kernel(float* K, float* V, const float* k, const float* v, int kw, int vw,
+                                DeviceLayout L) {
+  const int64_t t = blockIdx.x;
+  const int64_t c = kv_cell(L, t, L.pos[t]);
+  for (int j = threadIdx.x; j < kw; j += blockDim.x) K[c * kw + j] = k[t * kw + j];
+  for (int j = threadIdx.x; j < vw; j += blockDim.x) V[c * vw + j] = v[t * vw + j];
+}
+
+// ---- attention: one block per (query head, token, split). Each warp walks every 4th key of the split
+// with an online softmax (running max m, sum l, acc over head_dim_v), lanes splitting the head dims; the
+// warps' states merge in shared memory. Splits (flash-decoding) let a single long sequence fill the GPU;
+// their partial states merge in attn_combine_kernel. -----------------------------------------------------
+constexpr int kAttnWarps = 4;
+constexpr int kMaxHeadDim = 256;
+constexpr int kDimsPerLane = kMaxHeadDim / kWarp;
+
+struct AttnArgs {
+  const float *K, *V, *q;
+  float* out;       // final output (n_split == 1) ...
+  float* partial;   // ... or [n_tokens, n_head, n_split, head_dim_v + 2] states
+  int kw, vw, n_head, group, hdk, hdv, n_split, keys_per_split;
+  float scale;
+};
+
+__global__ void __launch_bounds__(kAttnWarps * kWarp) attention_kernel(AttnArgs a, DeviceLayout L) {
+  const int h = blockIdx.x, split = blockIdx.z;
+  const int64_t t = blockIdx.y;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int hk = h / a.group;
+  const int64_t n_ctx = int64_t(L.pos[t]) + 1;
+  const int64_t p0 = int64_t(split) * a.keys_per_split, p1 = min(n_ctx, p0 + a.keys_per_split);
+
+  float qv[kDimsPerLane];
+  const float* qh = a.q + (t * a.n_head + h) * a.hdk;
+#pragma unroll
+  for (int i = 0; i < kDimsPerLane; ++i) {
+    const int j = lane + kWarp * i;
+    qv[i] = j < a.hdk ? qh[j] * a.scale : 0.0f;
+  }
+  float m = -INFINITY, l = 0, acc[kDimsPerLane] = {};
+  for (int64_t p = p0 + warp; p < p1; p += kAttnWarps) {
+    const int64_t c = kv_cell(L, t, p);
+    const float* kp = a.K + c * a.kw + int64_t(hk) * a.hdk;
+    float d = 0;
+#pragma unroll
+    for (int i = 0; i < kDimsPerLane; ++i) {
+      const int j = lane + kWarp * i;
+      if (j < a.hdk) d += qv[i] * kp[j];
+    }
+    const float s = warp_sum(d);
+    const float m_new = fmaxf(m, s);
+    const float corr = expf(m - m_new), e = expf(s - m_new);
+    l = l * corr + e;
+    const float* vp = a.V + c * a.vw + int64_t(hk) * a.hdv;
+#pragma unroll
+    for (int i = 0; i < kDimsPerLane; ++i) {
+      const int j = lane + kWarp * i;
+      acc[i] = acc[i] * corr + (j < a.hdv ? e * vp[j] : 0.0f);
+    }
+    m = m_new;
+  }
+  // Merge the warps.
+  __shared__ float sm[kAttnWarps], sl[kAttnWarps], sacc[kAttnWarps][kMaxHeadDim];
+  if (lane == 0) sm[warp] = m, sl[warp] = l;
+#pragma unroll
+  for (int i = 0; i < kDimsPerLane; ++i) sacc[warp][lane + kWarp * i] = acc[i];
+  __syncthreads();
+  float M = -INFINITY;
+  for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, sm[w]);
+  float Lsum = 0;
+  for (int w = 0; w < kAttnWarps; ++w) Lsum += sm[w] == -INFINITY ? 0.0f : sl[w] * expf(sm[w] - M);
+  const int64_t th = t * a.n_head + h;
+  for (int j = threadIdx.x; j < a.hdv; j += blockDim.x) {
+    float v = 0;
+    for (int w = 0; w < kAttnWarps; ++w)
+      if (sm[w] != -INFINITY) v += sacc[w][j] * expf(sm[w] - M);
+    if (a.n_split == 1) {
+      a.out[th * a.hdv + j] = v / Lsum;
+    } else {
+      a.partial[(th * a.n_split + split) * (a.hdv + 2) + 2 + j] = v;
+    }
+  }
+  if (a.n_split > 1 && threadIdx.x == 0) {
+    a.partial[(th * a.n_split + split) * (a.hdv + 2)] = M;
+    a.partial[(th * a.n_split + split) * (a.hdv + 2) + 1] = Lsum;
+  }
+}
+
+__global__ void attn_combine_kernel(const float* partial, int n_split, int hdv, float* out) {
+  const int64_t th = blockIdx.x;
+  const float* P = partial + th * n_split * (hdv + 2);
+  float M = -INFINITY;
+  for (int s = 0; s < n_split; ++s) M = fmaxf(M, P[s * (hdv + 2)]);
+  float Lsum = 0;
+  for (int s = 0; s < n_split; ++s) {
+    const float ms = P[s * (hdv + 2)];
+    if (ms != -INFINITY) Lsum += P[s * (hdv + 2) + 1] * expf(ms - M);
+  }
+  for (int j = threadIdx.x; j < hdv; j += blockDim.x) {
+    float v = 0;
+    for (int s = 0; s < n_split; ++s) {
+      const float ms = P[s * (hdv + 2)];
+      if (ms != -INFINITY) v += P[s * (hdv + 2) + 2 + j] * expf(ms - M);
+    }
+    out[th * hdv + j] = v / Lsum;
+  }
+}
+
+int grid_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threads - 1) / threads, 65535)); }
+
+// A device copy of a weight, in the type the kernels read (types without a kernel become F16).
+struct DeviceWeight {
+  GgmlType type;
+  uint8_t* data;
+  size_t row_bytes;
+  int64_t rows, cols;
+};
+
+// Device scratch that only grows.
+struct Scratch {
+  void* p = nullptr;
+  size_t bytes = 0;
+  void* get(size_t n) {
+    if (n > bytes) {
+      if (p) UMA_CHECK(cudaFree(p));
+      UMA_CHECK(cudaMalloc(&p, n));
+      bytes = n;
+    }
+    return p;
+  }
+  ~Scratch() {
+    if (p) cudaFree(p);
+  }
+};
+
+bool has_gemv(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q4_0: case GgmlType::Q8_0:
+    case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K: return true;
+    default: return false;
+  }
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    UMA_CHECK(cudaSetDevice(device));
+    UMA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    check(cublasCreate(&cublas_), "cublasCreate");
+    check(cublasSetStream(cublas_, stream_), "cublasSetStream");
+    cudaDeviceProp prop{};
+    UMA_CHECK(cudaGetDeviceProperties(&prop, device));
+    name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
+  }
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    for (float* p : buffers_) cudaFree(p);
+    for (auto& [host, w] : weights_) cudaFree(w.data);
+    if (staging_[0]) cudaFreeHost(staging_[0]);
+    if (staging_[1]) cudaFreeHost(staging_[1]);
+    cublasDestroy(cublas_);
+    cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override { return name_; }
+  bool supports(GgmlType type) const override { return traits(type).supported; }
+
+  float* alloc(size_t n) override {
+    void* p = nullptr;
+    const size_t bytes = std::max<size_t>(n, 1) * sizeof(float);
+    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+      cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      fail("out of GPU memory allocating {} MiB ({} MiB free of {}); use a smaller context (-c) or --device cpu",
+           bytes >> 20, free_b >> 20, total_b >> 20);
+    }
+    std::lock_guard lock(mutex_);
+    buffers_.insert(static_cast<float*>(p));
+    return static_cast<float*>(p);
+  }
+  void free_buffer(float* p) override {
+    std::lock_guard lock(mutex_);
+    if (buffers_.erase(p)) UMA_CHECK(cudaFree(p));
+  }
+  void upload(float* dst, const float* src, size_t n) override {
+    UMA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  }
+  void download(float* dst, const float* src, size_t n) override {
+    UMA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    UMA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  void prepare_weight(Weight& w) override { w.device = const_cast<DeviceWeight*>(&device_weight(w)); }
+
+  void get_rows(const Weight& table, const int32_t* ids, int64_t n, float* out) override {
+    const DeviceWeight& d = device_weight(table);
+    for (int64_t i = 0; i < n; ++i)
+      if (ids[i] < 0 || ids[i] >= table.rows())
+        fail("token id {} is outside the vocabulary of {} tokens", ids[i], table.rows());
+    const int32_t* dids = upload_ints(ids_, ids, n);
+    dim3 grid(grid_for(d.cols, 256), unsigned(n));
+    dequant_rows_kernel<<<grid, 256, 0, stream_>>>(d.type, d.data, d.row_bytes, dids, n, d.cols, out);
+    UMA_LAUNCHED("get_rows");
+  }
+
+  void rms_norm(const float* x, const Weight& w, int64_t n_rows, int64_t dim, float eps, float* out) override {
+    if (w.type != GgmlType::F32) fail("norm weight '{}' must be F32, got {}", w.name, type_name(w.type));
+    const DeviceWeight& d = device_weight(w);
+    const int threads = dim >= 1024 ? 1024 : std::max(32, int((dim + 31) / 32 * 32));
+    rms_norm_kernel<<<unsigned(n_rows), threads, 0, stream_>>>(x, reinterpret_cast<const float*>(d.data), dim, eps,
+                                                               out);
+    UMA_LAUNCHED("rms_norm");
+  }
+
+  void matmul(const Weight& w, const float* x, int64_t n_tokens, float* y, const Weight* bias) override {
+    const DeviceWeight& d = device_weight(w);
+    const float* b = (bias && *bias) ? reinterpret_cast<const float*>(device_weight(*bias).data) : nullptr;
+    if (n_tokens <= kMaxGemvTokens) {
+      for (int64_t t = 0; t < n_tokens; ++t) gemv(d, x + t * d.cols, y + t * d.rows, b);
+      return;
+    }
+    gemm(d, x, n_tokens, y);
+    if (b) {
+      add_bias_kernel<<<grid_for(d.rows * n_tokens, 256), 256, 0, stream_>>>(y, b, d.rows, n_tokens);
+      UMA_LAUNCHED("add_bias");
+    }
+  }
+
+  void gather_rows(const float* src, int64_t dim, const int32_t* rows, int64_t n, float* dst) override {
+    if (n == 0) return;
+    const int32_t* drows = upload_ints(rows_, rows, n);
+    dim3 grid(grid_for(dim, 256), unsigned(n));
+    gather_rows_kernel<<<grid, 256, 0, stream_>>>(src, dim, drows, dst);
+    UMA_LAUNCHED("gather_rows");
+  }
+
+  void add(float* y, const float* x, int64_t n) override {
+    add_kernel<<<grid_for(n, 256), 256, 0, stream_>>>(y, x, n);
+    UMA_LAUNCHED("add");
+  }
+
+  void swiglu(const float* gate, const float* up, int64_t n, float* out) override {
+    swiglu_kernel<<<grid_for(n, 256), 256, 0, stream_>>>(gate, up, n, out);
+    UMA_LAUNCHED("swiglu");
+  }
+
+  void rope(float* x, int64_t n_tokens, int n_heads, int head_stride, const BatchLayout& batch,
+            const RopeParams& p) override;
+  void store_kv(KvCache& kv, int layer, const float* k, const float* v, const BatchLayout& batch) override;
+  void attention(const KvCache& kv, int layer, const float* q, const BatchLayout& batch, const AttentionShape& s,
+                 float* out) override;
+
+ private:
+  static constexpr int64_t kMaxGemvTokens = 4;
+
+  const DeviceWeight& device_weight(const Weight& w);
+  void gemv(const DeviceWeight& d, const float* x, float* y, const float* bias);
+  void gemm(const DeviceWeight& d, const float* x, int64_t n_tokens, float* y);
+  DeviceLayout upload_layout(const KvCache& kv, const BatchLayout& batch);
+  const int32_t* upload_ints(Scratch& s, const int32_t* v, int64_t n) {
+    auto* p = static_cast<int32_t*>(s.get(n * sizeof(int32_t)));
+    UMA_CHECK(cudaMemcpyAsync(p, v, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    return p;
+  }
+  void copy_to_device(uint8_t* dst, const uint8_t* src, size_t n);
+
+  int device_;
+  std::string name_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  std::mutex mutex_;
+  std::unordered_set<float*> buffers_;
+  std::unordered_map<const void*, DeviceWeight> weights_;  // by host pointer
+  size_t uploaded_ = 0, last_report_ = 0;
+  void* staging_[2] = {nullptr, nullptr};
+  cudaEvent_t staging_done_[2] = {nullptr, nullptr};
+  Scratch ids_, rows_, wf16_, xf16_, partial_, rope_tab_;
+  // The batch layout as last uploaded (reused by every layer of a forward).
+  Scratch layout_dev_;
+  std::vector<int32_t> layout_host_;
+  DeviceLayout layout_{};
+  RopeParams rope_last_;
+  int rope_half_ = -1;
+};
+
+// Uploads through two pinned staging buffers so that reading the mmap (page faults, disk) overlaps the
+// PCIe copy of the previous chunk.
+void CudaBackend::copy_to_device(uint8_t* dst, const uint8_t* src, size_t n) {
+  constexpr size_t kChunk = 32u << 20;
+  if (!staging_[0]) {
+    for (int i = 0; i < 2; ++i) {
+      UMA_CHECK(cudaMallocHost(&staging_[i], kChunk));
+      UMA_CHECK(cudaEventCreateWithFlags(&staging_done_[i], cudaEventDisableTiming));
+    }
+  }
+  int which = 0;
+  for (size_t off = 0; off < n; off += kChunk, which ^= 1) {
+    const size_t len = std::min(kChunk, n - off);
+    UMA_CHECK(cudaEventSynchronize(staging_done_[which]));
+    std::memcpy(staging_[which], src + off, len);
+    UMA_CHECK(cudaMemcpyAsync(dst + off, staging_[which], len, cudaMemcpyHostToDevice, stream_));
+    UMA_CHECK(cudaEventRecord(staging_done_[which], stream_));
+  }
+  uploaded_ += n;
+  // A progress line for large models (only on a terminal; every GiB).
+  if (uploaded_ - last_report_ >= (1ull << 30) && isatty(2)) {
+    last_report_ = uploaded_;
+    std::fprintf(stderr, "\ruploading weights to %s: %.1f GiB", name_.c_str(), uploaded_ / double(1ull << 30));
+    std::fflush(stderr);
+  }
+}
+
+const DeviceWeight& CudaBackend::device_weight(const Weight& w) {
+  if (w.device) return *static_cast<const DeviceWeight*>(w.device);
+  std::lock_guard lock(mutex_);
+  auto it = weights_.find(w.host);
+  if (it != weights_.end()) return it->second;
+  if (!w.host) fail("weight '{}' has no data", w.name);
+  DeviceWeight d{w.type, nullptr, 0, w.rows() * w.ne[2] * w.ne[3], w.cols()};
+  if (!supports(w.type)) fail("the CUDA backend cannot compute with {} weights ('{}')", type_name(w.type), w.name);
+  if (has_gemv(w.type)) {
+    d.row_bytes = row_bytes(w.type, d.cols);
+    UMA_CHECK(cudaMalloc(&d.data, std::max<size_t>(w.nbytes, 16)));
+    copy_to_device(d.data, w.host, d.row_bytes * d.rows);
+  } else {
+    // No kernel reads this type: dequantize on the host and keep f16 (exact for the few-bit types' grids
+    // up to f16 rounding of the scale products).
+    d.type = GgmlType::F16;
+    d.row_bytes = size_t(d.cols) * 2;
+    std::vector<float> row(d.cols);
+    std::vector<uint16_t> half(size_t(d.rows) * d.cols);
+    const size_t src_stride = row_bytes(w.type, d.cols);
+    for (int64_t r = 0; r < d.rows; ++r) {
+      dequantize_row(w.type, w.host + r * src_stride, row.data(), d.cols);
+      for (int64_t c = 0; c < d.cols; ++c) half[r * d.cols + c] = fp32_to_fp16(row[c]);
+    }
+    UMA_CHECK(cudaMalloc(&d.data, std::max<size_t>(half.size() * 2, 16)));
+    copy_to_device(d.data, reinterpret_cast<const uint8_t*>(half.data()), half.size() * 2);
+  }
+  UMA_CHECK(cudaStreamSynchronize(stream_));
+  return weights_.emplace(w.host, d).first->second;
+}
+
+void CudaBackend::gemv(const DeviceWeight& d, const float* x, float* y, const float* bias) {
+  const int64_t rows = d.rows, cols = d.cols;
+  constexpr int kRows = 2;
+  const unsigned grid = unsigned((rows + kGemvWarps * kRows - 1) / (kGemvWarps * kRows));
+  const int threads = kGemvWarps * kWarp;
+  auto go = [&](auto kernel) {
+    kernel<<<grid, threads, 0, stream_>>>(d.data, d.row_bytes, rows, cols, x, y, bias);
+    UMA_LAUNCHED("gemv");
+  };
+  const bool plain_ok = (d.type == GgmlType::F32 ? cols % 4 : cols % 8) == 0;
+  switch (d.type) {
+    case GgmlType::Q4_0: return go(gemv_kernel<GemvQ4_0, kRows>);
+    case GgmlType::Q8_0: return go(gemv_kernel<GemvQ8_0, kRows>);
+    case GgmlType::Q4_K: return go(gemv_kernel<GemvQ45_K<false>, kRows>);
+    case GgmlType::Q5_K: return go(gemv_kernel<GemvQ45_K<true>, kRows>);
+    case GgmlType::Q6_K: return go(gemv_kernel<GemvQ6_K, kRows>);
+    case GgmlType::F32: if (plain_ok) return go(gemv_kernel<GemvPlain<GgmlType::F32>, kRows>); break;
+    case GgmlType::F16: if (plain_ok) return go(gemv_kernel<GemvPlain<GgmlType::F16>, kRows>); break;
+    case GgmlType::BF16: if (plain_ok) return go(gemv_kernel<GemvPlain<GgmlType::BF16>, kRows>); break;
+    default: break;
+  }
+  gemv_generic_kernel<<<unsigned((rows + 3) / 4), 128, 0, stream_>>>(d.type, d.data, d.row_bytes, rows, cols, x, y,
+                                                                     bias);
+  UMA_LAUNCHED("gemv_generic");
+}
+
+// Y[t, r] = sum_k W[r, k] X[t, k]. Column-major, W is a cols x rows matrix and X cols x n_tokens, so
+// Y (rows x n_tokens) = W^T X.
+void CudaBackend::gemm(const DeviceWeight& d, const float* x, int64_t n_tokens, float* y) {
+  const int m = int(d.rows), n = int(n_tokens), k = int(d.cols);
+  const float one = 1.0f, zero = 0.0f;
+  if (d.type == GgmlType::F32) {
+    check(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, reinterpret_cast<const float*>(d.data), k,
+                      x, k, &zero, y, m),
+          "cublasSgemm");
+    return;
+  }
+  const __half* A;
+  if (d.type == GgmlType::F16 && d.row_bytes == size_t(k) * 2) {
+    A = reinterpret_cast<const __half*>(d.data);
+  } else {
+    auto* w16 = static_cast<__half*>(wf16_.get(size_t(m) * k * sizeof(__half)));
+    dequant_f16_kernel<<<grid_for(int64_t(m) * k, 256), 256, 0, stream_>>>(d.type, d.data, d.row_bytes, m, k, w16);
+    UMA_LAUNCHED("dequant_f16");
+    A = w16;
+  }
+  auto* x16 = static_cast<__half*>(xf16_.get(size_t(n) * k * sizeof(__half)));
+  f32_to_f16_kernel<<<grid_for(int64_t(n) * k, 256), 256, 0, stream_>>>(x, int64_t(n) * k, x16);
+  UMA_LAUNCHED("f32_to_f16");
+  check(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, A, CUDA_R_16F, k, x16, CUDA_R_16F, k, &zero, y,
+                     CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        "cublasGemmEx");
+}
+
+// Positions and page tables of the batch, uploaded once and reused while they stay the same (every layer
+// of a forward sees the same layout; decode changes it once per token).
+DeviceLayout CudaBackend::upload_layout(const KvCache& kv, const BatchLayout& batch) {
+  const int64_t n = batch.n_tokens;
+  std::vector<int32_t> host(2 * n);
+  std::unordered_map<int32_t, int32_t> seq_off;
+  for (int64_t t = 0; t < n; ++t) {
+    host[t] = batch.pos[t];
+    auto [it, inserted] = seq_off.try_emplace(batch.seq[t], 0);
+    if (inserted) {
+      it->second = int32_t(host.size());
+      const auto& pages = kv.pages(batch.seq[t]);
+      if (int64_t(pages.size()) * KvCache::kPageSize <= batch.pos[t])
+        fail("KV cache: position {} of sequence {} has no cell; reserve() it first", batch.pos[t], batch.seq[t]);
+      host.insert(host.end(), pages.begin(), pages.end());
+    } else if (int64_t(kv.pages(batch.seq[t]).size()) * KvCache::kPageSize <= batch.pos[t]) {
+      fail("KV cache: position {} of sequence {} has no cell; reserve() it first", batch.pos[t], batch.seq[t]);
+    }
+    host[n + t] = it->second - int32_t(2 * n);
+  }
+  if (host != layout_host_ || !layout_dev_.p) {
+    auto* p = static_cast<int32_t*>(layout_dev_.get(host.size() * sizeof(int32_t)));
+    UMA_CHECK(cudaMemcpyAsync(p, host.data(), host.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    layout_host_ = std::move(host);
+    layout_ = DeviceLayout{p, p + n, p + 2 * n};
+  }
+  return layout_;
+}
+
+void CudaBackend::rope(float* x, int64_t n_tokens, int n_heads, int head_stride, const BatchLayout& batch,
+                       const RopeParams& p) {
+  const int half = p.n_rot / 2;
+  if (half == 0 || n_tokens == 0) return;
+  // inv_freq and the YaRN ramp as the CPU backend computes them; uploaded when the parameters change.
+  const bool same = rope_half_ == half && rope_last_.freq_base == p.freq_base && rope_last_.neox == p.neox &&
+                    rope_last_.freq_factors == p.freq_factors && rope_last_.freq_bf16 == p.freq_bf16 &&
+                    rope_last_.ext_factor == p.ext_factor && rope_last_.beta_fast == p.beta_fast &&
+                    rope_last_.beta_slow == p.beta_slow && rope_last_.n_ctx_orig == p.n_ctx_orig;
+  auto* tab = static_cast<float*>(rope_tab_.get(2 * half * sizeof(float)));
+  if (!same) {
+    std::vector<float> t(2 * half, 0.0f);
+    for (int i = 0; i < half; ++i) {
+      float f = static_cast<float>(1.0 / std::pow(double(p.freq_base), double(2 * i) / p.n_rot));
+      if (!p.freq_factors.empty()) f = f / p.freq_factors[i];
+      if (p.freq_bf16) f = bf16_to_fp32(fp32_to_bf16(f));
+      t[i] = f;
+    }
+    if (p.ext_factor > 0) {
+      auto corr_dim = [&](float n_rot_turns) {
+        return p.n_rot * std::log(p.n_ctx_orig / (n_rot_turns * 2 * float(M_PI))) / (2 * std::log(p.freq_base));
+      };
+      const float lo = std::max(0.0f, std::floor(corr_dim(p.beta_fast)));
+      const float hi = std::min(float(p.n_rot - 1), std::ceil(corr_dim(p.beta_slow)));
+      for (int i = 0; i < half; ++i) {
+        const float y = (i - lo) / std::max(0.001f, hi - lo);
+        t[half + i] = (1.0f - std::min(1.0f, std::max(0.0f, y))) * p.ext_factor;
+      }
+    }
+    UMA_CHECK(cudaMemcpyAsync(tab, t.data(), t.size() * sizeof(float), cudaMemcpyHostToDevice, stream_));
+    UMA_CHECK(cudaStreamSynchronize(stream_));  // `t` dies here
+    rope_last_ = p;
+    rope_half_ = half;
+  }
+  const int32_t* pos = upload_ints(ids_, batch.pos, n_tokens);
+  rope_kernel<<<grid_for(n_tokens * n_heads * half, 256), 256, 0, stream_>>>(
+      x, n_tokens, n_heads, head_stride, pos, tab, tab + half, half, p.neox, p.freq_scale, p.ext_factor > 0,
+      p.attn_factor);
+  UMA_LAUNCHED("rope");
+}
+
+void CudaBackend::store_kv(KvCache& kv, int layer, const float* k, const float* v, const BatchLayout& batch) {
+  if (batch.n_tokens == 0) return;
+  const DeviceLayout L = upload_layout(kv, batch);
+  const int kw = kv.options().k_width, vw = kv.options().v_width;
+  store_kv_kernel<<<unsigned(batch.n_tokens), 256, 0, stream_>>>(kv.k(layer), kv.v(layer), k, v, kw, vw, L);
+  UMA_LAUNCHED("store_kv");
+}
+
+void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const BatchLayout& batch,
+                            const AttentionShape& s, float* out) {
+  if (batch.n_tokens == 0) return;
+  if (s.head_dim_k > kMaxHeadDim || s.head_dim_v > kMaxHeadDim)
+    fail("the CUDA attention kernel supports head dims up to {}, got {}/{}", kMaxHeadDim, s.head_dim_k,
+         s.head_dim_v);
+  const DeviceLayout L = upload_layout(kv, batch);
+  int64_t max_ctx = 0;
+  for (int64_t t = 0; t < batch.n_tokens; ++t) max_ctx = std::max<int64_t>(max_ctx, batch.pos[t] + 1);
+  // Split the keys when the grid would not fill the GPU: ~256 keys per block, at most 64 splits.
+  const int64_t blocks = batch.n_tokens * s.n_head;
+  int n_split = 1;
+  if (blocks < 264 && max_ctx > 512) n_split = int(std::min<int64_t>(64, (max_ctx + 255) / 256));
+  const int keys_per_split = int((max_ctx + n_split - 1) / n_split);
+  AttnArgs a{kv.k(layer), kv.v(layer), q, out, nullptr, kv.options().k_width, kv.options().v_width, s.n_head,
+             s.n_head / s.n_head_kv, s.head_dim_k, s.head_dim_v, n_split, keys_per_split, s.scale};
+  if (n_split > 1)
+    a.partial = static_cast<float*>(partial_.get(size_t(blocks) * n_split * (s.head_dim_v + 2) * sizeof(float)));
+  dim3 grid(unsigned(s.n_head), unsigned(batch.n_tokens), unsigned(n_split));
+  attention_kernel<<<grid, kAttnWarps * kWarp, 0, stream_>>>(a, L);
+  UMA_LAUNCHED("attention");
+  if (n_split > 1) {
+    attn_combine_kernel<<<unsigned(blocks), 128, 0, stream_>>>(a.partial, n_split, s.head_dim_v, out);
+    UMA_LAUNCHED("attn_combine");
+  }
+}
+
+}  // namespace
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+size_t cuda_free_bytes(int device) {
+  if (cudaSetDevice(device) != cudaSuccess) return 0;
+  size_t free_b = 0, total_b = 0;
+  if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) return 0;
+  return free_b;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  const int n = cuda_device_count();
+  if (device < 0 || device >= n) fail("CUDA device {} does not exist ({} found)", device, n);
+  return std::make_unique<CudaBackend>(device);
+}
+
+}  // namespace uma

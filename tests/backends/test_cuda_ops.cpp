@@ -1,0 +1,302 @@
+// Every op of the CUDA backend against the CPU backend (and the scalar matmul reference) on random inputs
+// of odd shapes, for every weight type. Skips when uma was built without CUDA or no GPU is present.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "backend/backend.h"
+#include "backend/cpu/matmul.h"
+#include "kv/kv_cache.h"
+#include "quant/quant.h"
+#include "test_support.h"
+
+namespace uma {
+namespace {
+
+#ifdef UMA_HAVE_CUDA
+bool have_gpu() { return cuda_device_count() > 0; }
+std::unique_ptr<Backend> gpu() { return make_cuda_backend(0); }
+#else
+bool have_gpu() { return false; }
+std::unique_ptr<Backend> gpu() { return nullptr; }
+#endif
+
+#define REQUIRE_GPU() \
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA)"
+
+std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// A weight of `type` quantized from random values; owns its bytes.
+struct TestWeight {
+  std::vector<uint8_t> bytes;
+  Weight w;
+  TestWeight(GgmlType type, int64_t rows, int64_t cols, uint32_t seed) {
+    const auto f = random_floats(size_t(rows * cols), seed, 0.5f);
+    const size_t rb = row_bytes(type, cols);
+    bytes.resize(rb * rows + 16);
+    for (int64_t r = 0; r < rows; ++r) {
+      if (type == GgmlType::F32) std::memcpy(bytes.data() + r * rb, f.data() + r * cols, cols * 4);
+      else quantize_row(type, f.data() + r * cols, bytes.data() + r * rb, cols);
+    }
+    w.name = "test." + std::string(type_name(type));
+    w.type = type;
+    w.ne[0] = cols;
+    w.ne[1] = rows;
+    w.host = bytes.data();
+    w.nbytes = rb * rows;
+  }
+};
+
+// Device round trip helpers.
+struct Dev {
+  Backend& b;
+  std::vector<float*> bufs;
+  ~Dev() {
+    for (float* p : bufs) b.free_buffer(p);
+  }
+  float* put(const std::vector<float>& v) {
+    float* p = b.alloc(v.size());
+    b.upload(p, v.data(), v.size());
+    bufs.push_back(p);
+    return p;
+  }
+  float* make(size_t n) {
+    bufs.push_back(b.alloc(n));
+    return bufs.back();
+  }
+  std::vector<float> get(const float* p, size_t n) {
+    std::vector<float> v(n);
+    b.download(v.data(), p, n);
+    return v;
+  }
+};
+
+double rel(const std::vector<float>& a, const std::vector<float>& b) { return test::rel_l2(a, b); }
+
+const GgmlType kAllTypes[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1,
+                              GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q3_K,
+                              GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+
+// Types the CUDA kernels read as stored; the others are dequantized to f16 when uploaded.
+bool native(GgmlType t) {
+  return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16 || t == GgmlType::Q4_0 ||
+         t == GgmlType::Q8_0 || t == GgmlType::Q4_K || t == GgmlType::Q5_K || t == GgmlType::Q6_K;
+}
+
+class CudaMatmul : public ::testing::TestWithParam<GgmlType> {};
+
+// The GEMV (<= 4 tokens: f32 activations, expect ~1e-6) and the f16 tensor-core GEMM (activations rounded
+// to f16: ~1e-3; f32 weights take an f32 SGEMM) against the scalar reference in f32.
+TEST_P(CudaMatmul, MatchesScalarReference) {
+  REQUIRE_GPU();
+  const GgmlType type = GetParam();
+  auto cuda = gpu();
+  const int64_t bs = traits(type).block_size;
+  struct Shape {
+    int64_t rows, cols;
+  };
+  std::vector<Shape> shapes = {{1, bs * 3}, {7, bs * 5}, {33, bs * 16}, {257, bs * 2}, {130, 4096}};
+  if (bs == 1) shapes.push_back({19, 13});  // a width with no vector tail: the generic kernel
+  uint32_t seed = 1;
+  for (const Shape& s : shapes) {
+    if (s.cols % bs) continue;
+    TestWeight tw(type, s.rows, s.cols, seed++);
+    cuda->prepare_weight(tw.w);
+    const auto bias_v = random_floats(size_t(s.rows), seed++);
+    for (int64_t n_tok : {1, 3, 17}) {
+      Dev d{*cuda};
+      const auto x = random_floats(size_t(n_tok * s.cols), seed++);
+      std::vector<float> want(size_t(n_tok * s.rows));
+      matmul_reference(WeightView{type, tw.w.host, s.rows, s.cols}, x.data(), n_tok, want.data());
+      float* y = d.make(want.size());
+      cuda->matmul(tw.w, d.put(x), n_tok, y);
+      const double err = rel(d.get(y, want.size()), want);
+      double budget = (n_tok <= 4 || type == GgmlType::F32) ? 2e-5 : 3e-3;
+      if (!native(type)) budget = 3e-3;  // f16 rounding of the dequantized weights
+      EXPECT_LE(err, budget) << type_name(type) << " " << s.rows << "x" << s.cols << " tokens " << n_tok;
+      // With a bias.
+      std::vector<uint8_t> bias_bytes(s.rows * 4);
+      std::memcpy(bias_bytes.data(), bias_v.data(), bias_bytes.size());
+      Weight bias;
+      bias.name = "bias";
+      bias.ne[0] = s.rows;
+      bias.host = bias_bytes.data();
+      bias.nbytes = bias_bytes.size();
+      cuda->matmul(tw.w, d.put(x), n_tok, y, &bias);
+      for (int64_t t = 0; t < n_tok; ++t)
+        for (int64_t r = 0; r < s.rows; ++r) want[t * s.rows + r] += bias_v[r];
+      EXPECT_LE(rel(d.get(y, want.size()), want), budget) << "with bias";
+    }
+  }
+}
+
+TEST_P(CudaMatmul, GetRowsDequantizesLikeTheCpu) {
+  REQUIRE_GPU();
+  const GgmlType type = GetParam();
+  auto cuda = gpu();
+  const int64_t cols = traits(type).block_size == 1 ? 37 : traits(type).block_size * 3;
+  TestWeight tw(type, 50, cols, 99);
+  cuda->prepare_weight(tw.w);
+  const std::vector<int32_t> ids = {0, 49, 7, 7, 23};
+  std::vector<float> want(ids.size() * cols);
+  for (size_t i = 0; i < ids.size(); ++i)
+    dequantize_row(type, tw.w.host + row_bytes(type, cols) * ids[i], want.data() + i * cols, cols);
+  Dev d{*cuda};
+  float* out = d.make(want.size());
+  cuda->get_rows(tw.w, ids.data(), int64_t(ids.size()), out);
+  // Types without a kernel are kept as f16 on the device: f16 rounding of the dequantized values.
+  EXPECT_LE(rel(d.get(out, want.size()), want), native(type) ? 1e-7 : 1e-3) << type_name(type);
+  const int32_t bad = 50;
+  EXPECT_THROW(cuda->get_rows(tw.w, &bad, 1, out), Error);
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, CudaMatmul, ::testing::ValuesIn(kAllTypes),
+                         [](const auto& info) { return std::string(type_name(info.param)); });
+
+TEST(CudaOps, RmsNormAddSwigluGather) {
+  REQUIRE_GPU();
+  auto cuda = gpu();
+  auto cpu = make_cpu_backend(2);
+  for (int64_t dim : {1, 31, 64, 4097}) {
+    const int64_t rows = 5;
+    auto x = random_floats(size_t(rows * dim), 3, 2.0f);
+    auto g = random_floats(size_t(dim), 4);
+    std::vector<uint8_t> gb(dim * 4);
+    std::memcpy(gb.data(), g.data(), gb.size());
+    Weight w;
+    w.name = "norm";
+    w.ne[0] = dim;
+    w.host = gb.data();
+    w.nbytes = gb.size();
+    std::vector<float> want(x.size());
+    cpu->rms_norm(x.data(), w, rows, dim, 1e-5f, want.data());
+    Dev d{*cuda};
+    float* dx = d.put(x);
+    float* out = d.make(x.size());
+    cuda->rms_norm(dx, w, rows, dim, 1e-5f, out);
+    EXPECT_LE(rel(d.get(out, x.size()), want), 1e-6) << "rms_norm dim " << dim;
+    cuda->rms_norm(dx, w, rows, dim, 1e-5f, dx);  // in place
+    EXPECT_LE(rel(d.get(dx, x.size()), want), 1e-6) << "rms_norm in place, dim " << dim;
+  }
+  for (int64_t n : {1, 1000, 100003}) {
+    auto a = random_floats(size_t(n), 5, 3.0f), b = random_floats(size_t(n), 6);
+    Dev d{*cuda};
+    float* da = d.put(a);
+    float* db = d.put(b);
+    std::vector<float> want_add = a;
+    std::vector<float> want_sw(static_cast<size_t>(n));
+    cpu->add(want_add.data(), b.data(), n);
+    cpu->swiglu(a.data(), b.data(), n, want_sw.data());
+    float* out = d.make(size_t(n));
+    cuda->swiglu(da, db, n, out);
+    EXPECT_LE(rel(d.get(out, size_t(n)), want_sw), 1e-6) << "swiglu " << n;
+    cuda->swiglu(da, db, n, da);  // in place, as the model calls it
+    EXPECT_LE(rel(d.get(da, size_t(n)), want_sw), 1e-6) << "swiglu in place " << n;
+    da = d.put(a);
+    cuda->add(da, db, n);
+    EXPECT_EQ(d.get(da, size_t(n)), want_add) << "add " << n;
+  }
+  {
+    const int64_t dim = 37;
+    auto src = random_floats(size_t(10 * dim), 7);
+    const std::vector<int32_t> rows = {9, 0, 3, 3};
+    std::vector<float> want(rows.size() * dim);
+    cpu->gather_rows(src.data(), dim, rows.data(), int64_t(rows.size()), want.data());
+    Dev d{*cuda};
+    float* out = d.make(want.size());
+    cuda->gather_rows(d.put(src), dim, rows.data(), int64_t(rows.size()), out);
+    EXPECT_EQ(d.get(out, want.size()), want);
+  }
+}
+
+TEST(CudaOps, RopeEveryVariant) {
+  REQUIRE_GPU();
+  auto cuda = gpu();
+  auto cpu = make_cpu_backend(2);
+  const int64_t n_tok = 6;
+  const int n_heads = 3, head = 72;
+  const std::vector<int32_t> pos = {0, 1, 2, 100, 4095, 17}, seq = {0, 0, 0, 1, 1, 2};
+  const BatchLayout layout{pos.data(), seq.data(), n_tok};
+  std::vector<RopeParams> variants(5);
+  variants[0].n_rot = 72;
+  variants[1].n_rot = 64, variants[1].neox = true, variants[1].freq_base = 500000.0f;
+  variants[2].n_rot = 72, variants[2].freq_factors.assign(36, 1.0f), variants[2].freq_factors[5] = 8.0f;
+  variants[2].freq_bf16 = true;
+  variants[3].n_rot = 64, variants[3].neox = true, variants[3].freq_scale = 0.25f, variants[3].ext_factor = 1.0f;
+  variants[3].attn_factor = 1.1f, variants[3].n_ctx_orig = 4096;
+  variants[4].n_rot = 32;  // partial rotation
+  for (size_t i = 0; i < variants.size(); ++i) {
+    auto x = random_floats(size_t(n_tok * n_heads * head), 10 + uint32_t(i));
+    std::vector<float> want = x;
+    cpu->rope(want.data(), n_tok, n_heads, head, layout, variants[i]);
+    Dev d{*cuda};
+    float* dx = d.put(x);
+    cuda->rope(dx, n_tok, n_heads, head, layout, variants[i]);
+    EXPECT_LE(rel(d.get(dx, x.size()), want), 2e-6) << "variant " << i;
+  }
+}
+
+// store_kv + attention over a paged cache with several sequences, GQA, and contexts long enough to take
+// the split (flash-decoding) path.
+void check_attention(int n_head, int n_head_kv, int hdk, int hdv, const std::vector<int64_t>& seq_lens,
+                     bool decode_only) {
+  auto cuda = gpu();
+  auto cpu = make_cpu_backend(2);
+  KvCacheOptions o;
+  o.n_layer = 2;
+  o.n_seq = int(seq_lens.size());
+  o.k_width = n_head_kv * hdk;
+  o.v_width = n_head_kv * hdv;
+  for (int64_t l : seq_lens) o.n_cells += (l + 15) / 16 * 16 + 16;
+  KvCache kv_cpu(*cpu, o), kv_gpu(*cuda, o);
+  // Interleave the sequences' pages: reserve in steps.
+  std::vector<int32_t> pos, seq;
+  for (int64_t step = 0; step < 4096; step += 16)
+    for (int s = 0; s < o.n_seq; ++s)
+      if (step < seq_lens[s]) {
+        const int64_t n = std::min<int64_t>(seq_lens[s], step + 16);
+        kv_cpu.reserve(s, n);
+        kv_gpu.reserve(s, n);
+      }
+  for (int s = 0; s < o.n_seq; ++s)
+    for (int64_t p = 0; p < seq_lens[s]; ++p) pos.push_back(int32_t(p)), seq.push_back(s);
+  const int64_t n = int64_t(pos.size());
+  const BatchLayout all{pos.data(), seq.data(), n};
+  const int layer = 1;
+  auto k = random_floats(size_t(n * o.k_width), 21), v = random_floats(size_t(n * o.v_width), 22);
+  Dev d{*cuda};
+  cpu->store_kv(kv_cpu, layer, k.data(), v.data(), all);
+  cuda->store_kv(kv_gpu, layer, d.put(k), d.put(v), all);
+  // Queries: every token (prefill) or the last token of each sequence (decode).
+  std::vector<int32_t> qpos, qseq;
+  for (int64_t t = 0; t < n; ++t)
+    if (!decode_only || t + 1 == n || seq[t + 1] != seq[t]) qpos.push_back(pos[t]), qseq.push_back(seq[t]);
+  const BatchLayout qlayout{qpos.data(), qseq.data(), int64_t(qpos.size())};
+  const AttentionShape shape{n_head, n_head_kv, hdk, hdv, 1.0f / std::sqrt(float(hdk))};
+  auto q = random_floats(qpos.size() * n_head * hdk, 23, 2.0f);
+  std::vector<float> want(qpos.size() * n_head * hdv);
+  cpu->attention(kv_cpu, layer, q.data(), qlayout, shape, want.data());
+  float* out = d.make(want.size());
+  cuda->attention(kv_gpu, layer, d.put(q), qlayout, shape, out);
+  EXPECT_LE(rel(d.get(out, want.size()), want), 1e-5)
+      << n_head << "/" << n_head_kv << " heads, dims " << hdk << "/" << hdv << (decode_only ? " decode" : " prefill");
+}
+
+TEST(CudaOps, AttentionPrefillAndDecode) {
+  REQUIRE_GPU();
+  check_attention(4, 4, 64, 64, {1, 37}, false);
+  check_attention(8, 2, 128, 128, {70, 5, 33}, false);
+  check_attention(6, 3, 40, 24, {19}, false);  // head dims that are not multiples of 32, k != v
+  check_attention(32, 8, 128, 128, {3000, 1, 700}, true);
+  check_attention(2, 1, 256, 256, {4000}, true);
+}
+
+}  // namespace
+}  // namespace uma

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Builds uma with the CUDA backend on the GPU machine, runs the CUDA tests, then benchmarks `uma synth`
+# models. The GPU machine has no package registry: the build's libraries come as Debian .debs carried in
+# .debs/ (fetch them here with tools/device/fetch_debs.sh) and unpacked into a private prefix.
+# Test data: UMA_SHARED (default .device/shared, a copy of ../shared's fixtures carried with the call).
+#   usage: tools/device/build_and_test.sh [build|test|bench|all]...   (default: all)
+# Logs go to $OUT (the device tool's result folder) or ./out.
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+OUT=${OUT:-$ROOT/out}
+mkdir -p "$OUT"
+BUILD=${BUILD:-$ROOT/build-device}
+PREFIX=${PREFIX:-/tmp/uma-deps}
+export UMA_SHARED=${UMA_SHARED:-$ROOT/.device/shared}
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(all)
+want() { for s in "${steps[@]}"; do [ "$s" = "$1" ] || [ "$s" = all ] && return 0; done; return 1; }
+
+# Unpack the carried libraries. Debian keeps some under /lib and pkg-config files with prefix=/usr, hence
+# the sysroot. Our libraries go first on the search path for uma only (the system's stay untouched).
+if [ ! -d "$PREFIX/usr" ]; then
+  mkdir -p "$PREFIX"
+  for f in .debs/*.deb; do dpkg -x "$f" "$PREFIX"; done
+fi
+LIBS="$PREFIX/usr/lib/x86_64-linux-gnu:$PREFIX/lib/x86_64-linux-gnu"
+export PKG_CONFIG_LIBDIR="$PREFIX/usr/lib/x86_64-linux-gnu/pkgconfig:$PREFIX/usr/share/pkgconfig"
+export PKG_CONFIG_SYSROOT_DIR="$PREFIX"
+export LD_LIBRARY_PATH="$LIBS:${LD_LIBRARY_PATH:-}"
+export PATH="/usr/local/cuda/bin:$PATH"
+NPROC=$(nproc)
+
+if want build; then
+  echo "== configure + build ($(nvcc --version | tail -1))"
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DUMA_BUILD_TESTS=ON -DUMA_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES=90a -DCMAKE_PREFIX_PATH="$PREFIX/usr" -DOPENSSL_ROOT_DIR="$PREFIX/usr" \
+    -DCMAKE_CXX_FLAGS="-isystem $PREFIX/usr/include/x86_64-linux-gnu" \
+    -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,${LIBS}" >"$OUT/configure.log" 2>&1 \
+    || { tail -40 "$OUT/configure.log"; exit 1; }
+  grep -i "cuda backend" "$OUT/configure.log"
+  cmake --build "$BUILD" -j "$NPROC" --target uma test_backends >"$OUT/build.log" 2>&1 \
+    || { grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1; }
+  echo "built"
+fi
+
+if want test; then
+  echo "== CUDA op and fixture tests"
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader
+  "$BUILD/tests/test_backends" --gtest_brief=1 2>&1 | tee "$OUT/test_backends.log" | grep -vE "^\[ +(OK|RUN) " | tail -60
+fi
+
+if want bench; then
+  echo "== benchmarks on uma synth llama-7b models"
+  TYPES=${BENCH_TYPES:-"q4_0 q8_0 f16 q4_k_m"}
+  for t in $TYPES; do
+    m=/tmp/uma-llama-7b-$t.gguf
+    [ -f "$m" ] || "$BUILD/uma" synth --shape llama-7b --type "$t" -o "$m" >"$OUT/synth-$t.log" 2>&1 \
+      || { tail -5 "$OUT/synth-$t.log"; continue; }
+    "$BUILD/uma" bench -m "$m" -p "${BENCH_PP:-512}" -n "${BENCH_TG:-128}" -r "${BENCH_REPS:-3}" --no-membw 2>&1 \
+      | tee "$OUT/bench-$t.log"
+  done
+fi
