@@ -18,6 +18,7 @@ constexpr Family kFamilies[] = {
     {"qwen2", make_qwen2},
     {"qwen3", make_qwen3},
     {"qwen3moe", make_qwen3moe},
+    {"deepseek2", make_deepseek2},
 };
 
 }  // namespace

@@ -13,5 +13,6 @@ std::unique_ptr<Model> make_qwen2(const GgufFile& file, Backend& backend, const 
 std::unique_ptr<Model> make_qwen3(const GgufFile& file, Backend& backend, const ModelOptions& options);
 std::unique_ptr<Model> make_mixtral(const GgufFile& file, Backend& backend, const ModelOptions& options);  // llama with experts
 std::unique_ptr<Model> make_qwen3moe(const GgufFile& file, Backend& backend, const ModelOptions& options);
+std::unique_ptr<Model> make_deepseek2(const GgufFile& file, Backend& backend, const ModelOptions& options);
 
 }  // namespace uma

@@ -126,7 +126,7 @@ TEST_P(MoeF32Reference, LogitsHiddenStatesAndGreedyMatchTransformers) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, MoeF32Reference, ::testing::Values("mixtral", "qwen3_moe"));
+INSTANTIATE_TEST_SUITE_P(Families, MoeF32Reference, ::testing::Values("mixtral", "qwen3_moe", "deepseek_v3"));
 
 struct PeerCase {
   std::string name, type;
@@ -178,13 +178,36 @@ TEST_P(MoeLlamaCppPeer, LogitsMatchLlamaCppOnTheSameFile) {
 
 std::vector<PeerCase> peer_cases() {
   std::vector<PeerCase> out;
-  for (const char* name : {"mixtral", "qwen3_moe"})
+  for (const char* name : {"mixtral", "qwen3_moe", "deepseek_v3"})
     for (const char* type : {"f32", "Q8_0", "Q4_0", "Q4_K_M", "Q6_K"}) out.push_back({name, type});
   return out;
 }
 
 INSTANTIATE_TEST_SUITE_P(Files, MoeLlamaCppPeer, ::testing::ValuesIn(peer_cases()),
                          [](const auto& info) { return info.param.name + "_" + info.param.type; });
+
+// The compressed MLA cache holds kv_lora + rope floats per token and layer, against n_head * (qk + v) for
+// the full K/V a decompressing implementation would keep.
+TEST(Mla, LatentCacheBytesPerToken) {
+  auto file = GgufFile::open(fixture_dir("deepseek_v3") / "deepseek_v3-f32.gguf");
+  auto backend = make_cpu_backend(1);
+  auto model = load_model(*file, *backend);
+  const ModelConfig& c = model->config();
+  KvCache kv(*backend, model->kv_options(64, 1));
+  const size_t per_token = kv.bytes() / kv.capacity();
+  const size_t latent = size_t(c.n_layer) * (c.kv_lora_rank + c.rope.n_rot) * sizeof(float);
+  const size_t full = size_t(c.n_layer) * c.n_head * (c.head_dim_k + c.head_dim_v) * sizeof(float);
+  EXPECT_EQ(per_token, latent);
+  EXPECT_EQ(latent, 2u * (64 + 16) * 4);
+  EXPECT_EQ(full, 2u * 8 * (48 + 32) * 4);
+  std::printf("  fixture: KV bytes per token %zu (latent) vs %zu (full K/V), %.1fx smaller\n", latent, full,
+              double(full) / latent);
+  // Real DeepSeek-V3: 61 layers, kv_lora 512, rope 64, 128 heads, qk 192, v 128 (f32 cache).
+  const double v3_latent = 61.0 * (512 + 64) * 4, v3_full = 61.0 * 128 * (192 + 128) * 4;
+  std::printf("  DeepSeek-V3: %.0f KiB vs %.0f KiB per token (%.1fx)\n", v3_latent / 1024, v3_full / 1024,
+              v3_full / v3_latent);
+  EXPECT_NEAR(v3_full / v3_latent, 71.1, 0.1);
+}
 
 // Only the active experts count towards the bytes read per token.
 TEST(Moe, BytesPerTokenCountsActiveExperts) {
