@@ -3,7 +3,7 @@
 # models. The GPU machine has no package registry: the build's libraries come as Debian .debs carried in
 # .debs/ (fetch them here with tools/device/fetch_debs.sh) and unpacked into a private prefix.
 # Test data: UMA_SHARED (default .device/shared, a copy of ../shared's fixtures carried with the call).
-#   usage: tools/device/build_and_test.sh [build|test|bench|all]...   (default: all)
+#   usage: tools/device/build_and_test.sh [build|test|bench|ceilings|all]...   (default: all)
 # Logs go to $OUT (the device tool's result folder) or ./out.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -59,4 +59,20 @@ if want bench; then
     "$BUILD/uma" bench -m "$m" -p "${BENCH_PP:-512}" -n "${BENCH_TG:-128}" -r "${BENCH_REPS:-3}" --no-membw 2>&1 \
       | tee "$OUT/bench-$t.log"
   done
+fi
+
+if want ceilings; then
+  echo "== ceilings: device-to-device copy (bytes read + written) and an f16 GEMM, through PyTorch"
+  python3 - <<'PY' 2>&1 | tee "$OUT/ceilings.log"
+import torch
+x = torch.empty(2 << 30, dtype=torch.uint8, device="cuda"); y = torch.empty_like(x)
+for _ in range(3): y.copy_(x)
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+s.record(); [y.copy_(x) for _ in range(10)]; e.record(); torch.cuda.synchronize()
+print(f"copy: {2 * x.numel() * 10 / (s.elapsed_time(e) / 1e3) / 1e9:.0f} GB/s")
+a = torch.randn(8192, 8192, dtype=torch.float16, device="cuda"); b = torch.randn_like(a)
+for _ in range(3): a @ b
+s.record(); [a @ b for _ in range(10)]; e.record(); torch.cuda.synchronize()
+print(f"f16 gemm 8192^3: {2 * 8192**3 * 10 / (s.elapsed_time(e) / 1e3) / 1e12:.0f} TFLOP/s")
+PY
 fi

@@ -464,7 +464,19 @@ class CudaBackend final : public Backend {
   cublasHandle_t cublas_ = nullptr;
   std::mutex mutex_;
   std::unordered_set<float*> buffers_;
-  std::unordered_map<const void*, DeviceWeight> weights_;  // by host pointer
+  struct WeightKey {
+    const void* host;
+    size_t nbytes;
+    GgmlType type;
+    int64_t cols;
+    bool operator==(const WeightKey& o) const {
+      return host == o.host && nbytes == o.nbytes && type == o.type && cols == o.cols;
+    }
+  };
+  struct WeightKeyHash {
+    size_t operator()(const WeightKey& k) const { return std::hash<const void*>()(k.host) ^ (k.nbytes * 31); }
+  };
+  std::unordered_map<WeightKey, DeviceWeight, WeightKeyHash> weights_;
   size_t uploaded_ = 0, last_report_ = 0;
   void* staging_[2] = {nullptr, nullptr};
   cudaEvent_t staging_done_[2] = {nullptr, nullptr};
@@ -474,6 +486,8 @@ class CudaBackend final : public Backend {
   std::vector<int32_t> layout_host_;
   DeviceLayout layout_{};
   RopeParams rope_last_;
+  Scratch rope_pos_;
+  std::vector<int32_t> rope_pos_host_;
   int rope_half_ = -1;
 };
 
@@ -507,7 +521,8 @@ void CudaBackend::copy_to_device(uint8_t* dst, const uint8_t* src, size_t n) {
 const DeviceWeight& CudaBackend::device_weight(const Weight& w) {
   if (w.device) return *static_cast<const DeviceWeight*>(w.device);
   std::lock_guard lock(mutex_);
-  auto it = weights_.find(w.host);
+  const WeightKey key{w.host, w.nbytes, w.type, w.cols()};
+  auto it = weights_.find(key);
   if (it != weights_.end()) return it->second;
   if (!w.host) fail("weight '{}' has no data", w.name);
   DeviceWeight d{w.type, nullptr, 0, w.rows() * w.ne[2] * w.ne[3], w.cols()};
@@ -532,12 +547,12 @@ const DeviceWeight& CudaBackend::device_weight(const Weight& w) {
     copy_to_device(d.data, reinterpret_cast<const uint8_t*>(half.data()), half.size() * 2);
   }
   UMA_CHECK(cudaStreamSynchronize(stream_));
-  return weights_.emplace(w.host, d).first->second;
+  return weights_.emplace(key, d).first->second;
 }
 
 void CudaBackend::gemv(const DeviceWeight& d, const float* x, float* y, const float* bias) {
   const int64_t rows = d.rows, cols = d.cols;
-  constexpr int kRows = 2;
+  constexpr int kRows = 2;  // 4 rows with a 4-deep unrolled loop measured 30 % slower (H200)
   const unsigned grid = unsigned((rows + kGemvWarps * kRows - 1) / (kGemvWarps * kRows));
   const int threads = kGemvWarps * kWarp;
   auto go = [&](auto kernel) {
@@ -652,7 +667,12 @@ void CudaBackend::rope(float* x, int64_t n_tokens, int n_heads, int head_stride,
     rope_last_ = p;
     rope_half_ = half;
   }
-  const int32_t* pos = upload_ints(ids_, batch.pos, n_tokens);
+  if (rope_pos_host_.size() != size_t(n_tokens) ||
+      !std::equal(rope_pos_host_.begin(), rope_pos_host_.end(), batch.pos)) {
+    rope_pos_host_.assign(batch.pos, batch.pos + n_tokens);
+    upload_ints(rope_pos_, batch.pos, n_tokens);
+  }
+  const auto* pos = static_cast<const int32_t*>(rope_pos_.p);
   rope_kernel<<<grid_for(n_tokens * n_heads * half, 256), 256, 0, stream_>>>(
       x, n_tokens, n_heads, head_stride, pos, tab, tab + half, half, p.neox, p.freq_scale, p.ext_factor > 0,
       p.attn_factor);
