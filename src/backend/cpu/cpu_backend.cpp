@@ -178,7 +178,12 @@ void CpuBackend::attention(const KvCache& kv, int layer, const float* q, const B
   const int group = s.n_head / s.n_head_kv;  // query heads sharing one KV head (GQA)
   const float* K = kv.k(layer);
   const float* V = kv.v(layer);
-  pool_.parallel_for(batch.n_tokens * s.n_head, 1, [&](int, int64_t i0, int64_t i1) {
+  // Grain: (token, head) pairs per chunk so that each chunk reads at least ~64 KB of cache; short
+  // contexts stay on one thread rather than paying a wake-up per layer.
+  const int64_t ctx = batch.n_tokens ? batch.pos[batch.n_tokens - 1] + 1 : 1;
+  const int64_t per_pair = ctx * (s.head_dim_k + s.head_dim_v) * int64_t(sizeof(float));
+  const int64_t grain = std::max<int64_t>(1, (int64_t(64) << 10) / std::max<int64_t>(1, per_pair));
+  pool_.parallel_for(batch.n_tokens * s.n_head, grain, [&](int, int64_t i0, int64_t i1) {
     std::vector<float> scores;
     std::vector<float> acc(s.head_dim_v);
     for (int64_t i = i0; i < i1; ++i) {

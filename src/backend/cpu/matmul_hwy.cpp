@@ -571,8 +571,12 @@ void matmul_dispatch(const WeightView& w, const float* x, int64_t n_tokens, floa
     job.s = s;
     job.bsums = bsums;
   }
-  // Grain: enough rows per chunk that a thread's share is a long sequential weight stream.
-  pool.parallel_for(w.rows, 16, [&](int, int64_t begin, int64_t end) {
+  // Grain: enough rows per chunk that a thread's share is a long sequential weight stream, and at least
+  // ~64 KB of weights x tokens per chunk: below that, waking another thread costs more than the work
+  // (a tiny model's 64x64 matrices run on one thread instead of paying a synchronisation per matmul).
+  const int64_t work_per_row = static_cast<int64_t>(row_bytes(w.type, w.cols)) * std::max<int64_t>(1, n_tokens);
+  const int64_t grain = std::max<int64_t>(16, (int64_t(64) << 10) / std::max<int64_t>(1, work_per_row));
+  pool.parallel_for(w.rows, grain, [&](int, int64_t begin, int64_t end) {
     HWY_DYNAMIC_DISPATCH(MatmulRows)(job, begin, end);
   });
 }
