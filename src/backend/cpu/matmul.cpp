@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "backend/cpu/matmul_kernels.h"
+#include "backend/cpu/matmul_vnni.h"
 #include "quant/quant.h"
 #include "uma/error.h"
 
@@ -31,6 +32,7 @@ void matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, Thr
   if (!tr.supported || w.type == GgmlType::Q8_K) fail("matmul: tensor type {} is not supported by uma", tr.name);
   if (w.cols % tr.block_size != 0)
     fail("matmul: {} weight has {} columns, not a multiple of its block size {}", tr.name, w.cols, tr.block_size);
+  if (n_tokens == 1 && cpu::vnni_decode_supported(w)) return cpu::matmul_vnni_decode(w, x, y, pool);
   cpu::matmul_dispatch(w, x, n_tokens, y, pool);
 }
 
