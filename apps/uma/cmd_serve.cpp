@@ -3,9 +3,13 @@
 #ifdef UMA_SERVER  // defined by cmake/web.cmake, which also links cpp-httplib
 #include <httplib.h>
 #include <nlohmann/json.hpp>
+#include <netdb.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -73,6 +77,26 @@ std::string random_id(const char* prefix) {
 
 int64_t unix_time() {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// cpp-httplib binds with SO_REUSEPORT, so a second server on a busy port would silently share it. A probe
+// bind without that option fails with EADDRINUSE when something already listens there.
+bool port_in_use(const std::string& host, int port) {
+  addrinfo hints{}, *res = nullptr;
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE;
+  if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0 || !res) return false;
+  const int fd = ::socket(res->ai_family, res->ai_socktype, res->ai_protocol);
+  bool busy = false;
+  if (fd >= 0) {
+    const int yes = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);  // TIME_WAIT leftovers are fine
+    busy = ::bind(fd, res->ai_addr, res->ai_addrlen) != 0 && errno == EADDRINUSE;
+    ::close(fd);
+  }
+  freeaddrinfo(res);
+  return busy;
 }
 
 size_t rss_bytes() {
@@ -464,6 +488,32 @@ class Server {
 
 int serve(const ServeArgs& a) {
   if (a.parallel < 1) fail("--parallel must be at least 1");
+  // SIGINT/SIGTERM go to one thread that stops the server: block them before any thread starts (the
+  // engine's thread pool included), so that no other thread takes the default action and kills the process.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  std::atomic<httplib::Server*> listening{nullptr};
+  std::atomic<bool> leaving{false};
+  std::thread stopper([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    if (leaving) return;  // serve() is returning and woke this thread up
+    if (httplib::Server* h = listening.load()) h->stop();
+    else std::_Exit(128 + sig);  // still loading: nothing to shut down gracefully
+  });
+  struct Join {
+    std::thread& t;
+    std::atomic<bool>& leaving;
+    ~Join() {
+      leaving = true;
+      pthread_kill(t.native_handle(), SIGTERM);  // harmless after a signal already ended the sigwait
+      t.join();
+    }
+  } join_stopper{stopper, leaving};
   std::vector<CharacterCard> cards;
   if (!a.characters.empty()) {
     std::vector<std::string> warnings;
@@ -481,14 +531,6 @@ int serve(const ServeArgs& a) {
   so.n_batch = a.n_batch;
   so.prefix_reuse = !a.no_prefix_reuse;
 
-  // SIGINT/SIGTERM go to a thread that stops the server; block them before any other thread starts.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  signal(SIGPIPE, SIG_IGN);
-
   Scheduler scheduler(*engine, so);
   Server server(a, *engine, scheduler, std::move(cards));
   httplib::Server http;
@@ -499,21 +541,18 @@ int serve(const ServeArgs& a) {
   http.set_read_timeout(30);
   http.set_write_timeout(10);
   server.install(http);
+  if (a.port > 0 && port_in_use(a.host, a.port))
+    fail("port {} on {} is already in use; pick another --port", a.port, a.host);
   if (!http.bind_to_port(a.host, a.port))
     fail("cannot listen on {}:{} (in use, or not an address of this machine); pick another --port or --host", a.host,
          a.port);
-  std::thread stopper([&] {
-    int sig = 0;
-    sigwait(&signals, &sig);
-    http.stop();
-  });
+  listening = &http;
   std::fprintf(stderr, "uma serve: %s on http://%s:%d  (%d slots x %lld tokens, chat format: %s%s)\n",
                engine->file().path().filename().string().c_str(), a.host.c_str(), a.port, a.parallel,
                static_cast<long long>(engine->n_ctx()), engine->file().has("tokenizer.chat_template") ? "model's template" : "fallback",
                a.api_key.empty() ? "" : ", API key required");
   const bool ok = http.listen_after_bind();
-  pthread_kill(stopper.native_handle(), SIGTERM);  // the listener ended: release the stopper too
-  stopper.join();
+  listening = nullptr;
   return ok ? 0 : 1;
 }
 
