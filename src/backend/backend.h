@@ -114,6 +114,12 @@ class Backend {
   // Called once per weight after loading; a device backend copies it to device memory here.
   virtual void prepare_weight(Weight& w) {}
 
+  // Optional bracket around one forward step: every op between them uses this batch layout and cache (a
+  // device backend uploads positions and page tables once here, and may record the step's ops and replay
+  // them as one graph). The ops' results are only guaranteed visible after end_step (download after it).
+  virtual void begin_step(const BatchLayout& batch, const KvCache& kv) {}
+  virtual void end_step() {}
+
   // out[i, :] = row ids[i] of an embedding table (any type), dequantized. ids are host memory.
   virtual void get_rows(const Weight& table, const int32_t* ids, int64_t n, float* out) = 0;
   // out[r, :] = x[r, :] / rms(x[r, :]) * w  over n_rows rows of `dim` (w has `dim` values).

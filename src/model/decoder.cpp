@@ -161,6 +161,7 @@ void DecoderModel::forward(const Batch& batch, KvCache& kv, std::vector<float>& 
     (*hook)(layer, hook_buf_.data(), n, c.n_embd);
   };
 
+  b.begin_step(layout, kv);
   b.get_rows(tok_embd_, batch.tokens.data(), n, s_.x);  // x: [n, n_embd] residual stream
   observe(0);
   for (int il = 0; il < c.n_layer; ++il) {
@@ -182,11 +183,13 @@ void DecoderModel::forward(const Batch& batch, KvCache& kv, std::vector<float>& 
     if (batch.output[i]) rows.push_back(static_cast<int32_t>(i));
   const int64_t n_out = static_cast<int64_t>(rows.size());
   logits.resize(n_out * c.n_vocab);
-  if (n_out == 0) return;
-  b.gather_rows(s_.x, c.n_embd, rows.data(), n_out, s_.out_rows);
-  b.rms_norm(s_.out_rows, output_norm_, n_out, c.n_embd, c.norm_eps, s_.out_rows);
-  b.matmul(output_, s_.out_rows, n_out, s_.logits);
-  b.download(logits.data(), s_.logits, logits.size());
+  if (n_out > 0) {
+    b.gather_rows(s_.x, c.n_embd, rows.data(), n_out, s_.out_rows);
+    b.rms_norm(s_.out_rows, output_norm_, n_out, c.n_embd, c.norm_eps, s_.out_rows);
+    b.matmul(output_, s_.out_rows, n_out, s_.logits);
+  }
+  b.end_step();
+  if (n_out > 0) b.download(logits.data(), s_.logits, logits.size());
 }
 
 // Shared defaults of Model.

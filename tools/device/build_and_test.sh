@@ -3,7 +3,9 @@
 # models. The GPU machine has no package registry: the build's libraries come as Debian .debs carried in
 # .debs/ (fetch them here with tools/device/fetch_debs.sh) and unpacked into a private prefix.
 # Test data: UMA_SHARED (default .device/shared, a copy of ../shared's fixtures carried with the call).
-#   usage: tools/device/build_and_test.sh [build|test|bench|ceilings|all]...   (default: all)
+#   usage: tools/device/build_and_test.sh [build|test|gemv|profile|bench|ceilings|all]...   (default: all)
+#   gemv: GEMV GB/s per type and shape against the copy ceiling (tests/backends/test_cuda_bench.cpp)
+#   profile: GPU time per op of a Q4_0 decode (UMA_CUDA_PROFILE=1, op by op)
 # Logs go to $OUT (the device tool's result folder) or ./out.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -46,16 +48,33 @@ fi
 if want test; then
   echo "== CUDA op and fixture tests"
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv,noheader
-  "$BUILD/tests/test_backends" --gtest_brief=1 2>&1 | tee "$OUT/test_backends.log" | grep -vE "^\[ +(OK|RUN) " | tail -60
+  "$BUILD/tests/test_backends" --gtest_brief=1 --gtest_filter=-CudaBench.* 2>&1 | tee "$OUT/test_backends.log" | grep -vE "^\[ +(OK|RUN) " | tail -60
+fi
+
+synth() {  # synth TYPE -> path of a llama-7b model of that type (made once per machine)
+  local m=/tmp/uma-llama-7b-$1.gguf
+  [ -f "$m" ] || "$BUILD/uma" synth --shape "${SYNTH_SHAPE:-llama-7b}" --type "$1" -o "$m" >"$OUT/synth-$1.log" 2>&1 \
+    || { tail -5 "$OUT/synth-$1.log" >&2; return 1; }
+  echo "$m"
+}
+
+if want gemv; then
+  echo "== GEMV bandwidth"
+  UMA_CUDA_BENCH=1 "$BUILD/tests/test_backends" --gtest_filter=CudaBench.* 2>&1 | tee "$OUT/gemv.log" \
+    | grep -E "copy ceiling|^op|^gemv|FAIL"
+fi
+
+if want profile; then
+  echo "== per-op GPU time of a Q4_0 decode (events around every op, no graph)"
+  m=$(synth q4_0) && UMA_CUDA_PROFILE=1 "$BUILD/uma" bench -m "$m" -p 0 -n 64 -r 1 --no-membw 2>&1 \
+    | tee "$OUT/profile.log" | grep -vE "^\| *(model|---)" | tail -22
 fi
 
 if want bench; then
   echo "== benchmarks on uma synth llama-7b models"
   TYPES=${BENCH_TYPES:-"q4_0 q8_0 f16 q4_k_m"}
   for t in $TYPES; do
-    m=/tmp/uma-llama-7b-$t.gguf
-    [ -f "$m" ] || "$BUILD/uma" synth --shape llama-7b --type "$t" -o "$m" >"$OUT/synth-$t.log" 2>&1 \
-      || { tail -5 "$OUT/synth-$t.log"; continue; }
+    m=$(synth "$t") || continue
     "$BUILD/uma" bench -m "$m" -p "${BENCH_PP:-512}" -n "${BENCH_TG:-128}" -r "${BENCH_REPS:-3}" --no-membw 2>&1 \
       | tee "$OUT/bench-$t.log"
   done

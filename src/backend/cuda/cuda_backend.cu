@@ -9,8 +9,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <mutex>
+#include <string>
+#include <type_traits>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -71,6 +76,45 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp)
   for (int r = 0; r < kRows; ++r) {
     const float s = warp_sum(acc[r]);
     if (lane == 0 && row0 + r < rows) y[row0 + r] = s + (bias ? bias[row0 + r] : 0.0f);
+  }
+}
+
+// The same dot products with the row split across the whole block: each of kWarps * 32 threads takes
+// every (kWarps * 32)-th part of kRows rows, and the warps' partial sums meet in shared memory. A block
+// owns kRows rows, so a 4096-row matrix gives 1024 blocks of 4 warps (~31 warps per SM on 132 SMs) with
+// kRows independent weight loads per thread in flight, while each activation load serves kRows rows.
+template <typename T, int kRows, int kWarps>
+__global__ void __launch_bounds__(kWarps * kWarp)
+    gemv_split_kernel(const uint8_t* __restrict__ W, size_t row_bytes, int64_t rows, int64_t cols,
+                      const float* __restrict__ x, float* __restrict__ y, const float* __restrict__ bias) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int64_t row0 = int64_t(blockIdx.x) * kRows;
+  const int n_parts = int(cols / T::kBlockValues * T::kParts);
+  float acc[kRows] = {};
+  const uint8_t* wrow[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) wrow[r] = W + (row0 + r < rows ? row0 + r : rows - 1) * row_bytes;
+#pragma unroll 2
+  for (int i = threadIdx.x; i < n_parts; i += kWarps * kWarp) {
+    const int blk = i / T::kParts;
+    const int part = i % T::kParts;
+    float xv[T::N];
+    T::load_x(x + int64_t(blk) * T::kBlockValues, part, xv);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) acc[r] += T::dot(wrow[r] + int64_t(blk) * T::kBlockBytes, part, xv);
+  }
+  __shared__ float part_sum[kWarps][kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const float s = warp_sum(acc[r]);
+    if (lane == 0) part_sum[warp][r] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x < kRows && row0 + threadIdx.x < rows) {
+    float s = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) s += part_sum[w][threadIdx.x];
+    y[row0 + threadIdx.x] = s + (bias ? bias[row0 + threadIdx.x] : 0.0f);
   }
 }
 
@@ -191,12 +235,15 @@ __device__ __forceinline__ int64_t kv_cell(const DeviceLayout& L, int64_t t, int
   return int64_t(L.pages[L.pageoff[t] + p / KvCache::kPageSize]) * KvCache::kPageSize + p % KvCache::kPageSize;
 }
 
+// Grid (token, slices of 256 values over k then v): one value a thread, so a decode token's 2 x 4096
+// values take 32 blocks instead of one block's serial loop.
 __global__ void store_kv_kernel(float* K, float* V, const float* k, const float* v, int kw, int vw,
                                 DeviceLayout L) {
   const int64_t t = blockIdx.x;
   const int64_t c = kv_cell(L, t, L.pos[t]);
-  for (int j = threadIdx.x; j < kw; j += blockDim.x) K[c * kw + j] = k[t * kw + j];
-  for (int j = threadIdx.x; j < vw; j += blockDim.x) V[c * vw + j] = v[t * vw + j];
+  const int j = blockIdx.y * blockDim.x + threadIdx.x;
+  if (j < kw) K[c * kw + j] = k[t * kw + j];
+  else if (j < kw + vw) V[c * vw + j - kw] = v[t * vw + j - kw];
 }
 
 // ---- attention: one block per (query head, token, split). Each warp walks every 4th key of the split
@@ -211,17 +258,21 @@ struct AttnArgs {
   const float *K, *V, *q;
   float* out;       // final output (n_split == 1) ...
   float* partial;   // ... or [n_tokens, n_head, n_split, head_dim_v + 2] states
-  int kw, vw, n_head, group, hdk, hdv, n_split, keys_per_split;
+  int kw, vw, n_head, group, hdk, hdv, n_split;
   float scale;
 };
+static_assert(sizeof(AttnArgs) == 5 * sizeof(void*) + 8 * 4, "no padding: AttnArgs enters graph signatures");
 
 __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_kernel(AttnArgs a, DeviceLayout L) {
   const int h = blockIdx.x, split = blockIdx.z;
   const int64_t t = blockIdx.y;
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int hk = h / a.group;
+  // The context length comes from device memory (the position), not from a kernel argument, so that a
+  // captured decode graph stays valid as the context grows; each split takes an equal share of it.
   const int64_t n_ctx = int64_t(L.pos[t]) + 1;
-  const int64_t p0 = int64_t(split) * a.keys_per_split, p1 = min(n_ctx, p0 + a.keys_per_split);
+  const int64_t keys_per_split = (n_ctx + a.n_split - 1) / a.n_split;
+  const int64_t p0 = int64_t(split) * keys_per_split, p1 = min(n_ctx, p0 + keys_per_split);
 
   float qv[kDimsPerLane];
   const float* qh = a.q + (t * a.n_head + h) * a.hdk;
@@ -309,13 +360,18 @@ struct DeviceWeight {
   int64_t rows, cols;
 };
 
-// Device scratch that only grows.
+// Device scratch that only grows. While a step is recorded (deferred) an outgrown buffer may still be
+// named by a recorded op, so it is retired and freed with the backend instead of at once.
 struct Scratch {
   void* p = nullptr;
   size_t bytes = 0;
-  void* get(size_t n) {
+  std::vector<void*> retired;
+  void* get(size_t n, bool deferred = false) {
     if (n > bytes) {
-      if (p) UMA_CHECK(cudaFree(p));
+      if (p) {
+        if (deferred) retired.push_back(p);
+        else UMA_CHECK(cudaFree(p));
+      }
       UMA_CHECK(cudaMalloc(&p, n));
       bytes = n;
     }
@@ -323,6 +379,29 @@ struct Scratch {
   }
   ~Scratch() {
     if (p) cudaFree(p);
+    for (void* r : retired) cudaFree(r);
+  }
+};
+
+// A pinned host buffer and its device twin: small per-step data (positions, page tables, token ids) is
+// written to the pinned side and copied asynchronously on the stream (inside a graph: a memcpy node that
+// re-reads the pinned side at every replay).
+struct Staged {
+  int32_t* host = nullptr;
+  int32_t* dev = nullptr;
+  size_t cap = 0;  // int32 values
+  void reserve(size_t n, cudaStream_t s) {
+    if (n <= cap) return;
+    if (host || dev) UMA_CHECK(cudaStreamSynchronize(s));
+    if (host) cudaFreeHost(host);
+    if (dev) cudaFree(dev);
+    cap = std::max<size_t>(n, 64);
+    UMA_CHECK(cudaMallocHost(&host, cap * sizeof(int32_t)));
+    UMA_CHECK(cudaMalloc(&dev, cap * sizeof(int32_t)));
+  }
+  ~Staged() {
+    if (host) cudaFreeHost(host);
+    if (dev) cudaFree(dev);
   }
 };
 
@@ -332,6 +411,12 @@ bool has_gemv(GgmlType t) {
     case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K: return true;
     default: return false;
   }
+}
+
+bool env_on(const char* name, bool dflt) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return dflt;
+  return std::strcmp(v, "0") != 0;
 }
 
 class CudaBackend final : public Backend {
@@ -344,13 +429,25 @@ class CudaBackend final : public Backend {
     cudaDeviceProp prop{};
     UMA_CHECK(cudaGetDeviceProperties(&prop, device));
     name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
+    UMA_CHECK(cudaEventCreateWithFlags(&step_done_, cudaEventDisableTiming));
+    // UMA_CUDA_PROFILE=1: time every op with events (no graphs) and print a table when the backend dies.
+    // UMA_CUDA_GRAPHS=0: run decode steps op by op instead of replaying a captured graph.
+    profile_ = env_on("UMA_CUDA_PROFILE", false);
+    graphs_ = env_on("UMA_CUDA_GRAPHS", true) && !profile_;
+    const char* g = std::getenv("UMA_CUDA_GEMV");
+    gemv_warp_rows_ = g && std::strcmp(g, "warp") == 0;
+    sm_count_ = prop.multiProcessorCount;
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
+    if (profile_) print_profile();
+    for (auto& g : graph_cache_) cudaGraphExecDestroy(g.exec);
     for (float* p : buffers_) cudaFree(p);
     for (auto& [host, w] : weights_) cudaFree(w.data);
+    for (auto& [key, tab] : rope_tabs_) cudaFree(tab);
     if (staging_[0]) cudaFreeHost(staging_[0]);
     if (staging_[1]) cudaFreeHost(staging_[1]);
+    cudaEventDestroy(step_done_);
     cublasDestroy(cublas_);
     cudaStreamDestroy(stream_);
   }
@@ -373,69 +470,93 @@ class CudaBackend final : public Backend {
     return static_cast<float*>(p);
   }
   void free_buffer(float* p) override {
+    flush();
     std::lock_guard lock(mutex_);
     if (buffers_.erase(p)) UMA_CHECK(cudaFree(p));
   }
   void upload(float* dst, const float* src, size_t n) override {
+    flush();
     UMA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
   }
   void download(float* dst, const float* src, size_t n) override {
+    flush();
     UMA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
     UMA_CHECK(cudaStreamSynchronize(stream_));
+    if (profile_) collect_profile();
   }
 
   void prepare_weight(Weight& w) override { w.device = const_cast<DeviceWeight*>(&device_weight(w)); }
+
+  void begin_step(const BatchLayout& batch, const KvCache& kv) override;
+  void end_step() override;
 
   void get_rows(const Weight& table, const int32_t* ids, int64_t n, float* out) override {
     const DeviceWeight& d = device_weight(table);
     for (int64_t i = 0; i < n; ++i)
       if (ids[i] < 0 || ids[i] >= table.rows())
         fail("token id {} is outside the vocabulary of {} tokens", ids[i], table.rows());
-    const int32_t* dids = upload_ints(ids_, ids, n);
-    dim3 grid(grid_for(d.cols, 256), unsigned(n));
-    dequant_rows_kernel<<<grid, 256, 0, stream_>>>(d.type, d.data, d.row_bytes, dids, n, d.cols, out);
-    UMA_LAUNCHED("get_rows");
+    const int32_t* dids = stage_ints(ids_, ids, n);
+    submit("get_rows", 0, [this](const DeviceWeight* d, const int32_t* dids, int64_t n, float* out) {
+      dim3 grid(grid_for(d->cols, 256), unsigned(n));
+      dequant_rows_kernel<<<grid, 256, 0, stream_>>>(d->type, d->data, d->row_bytes, dids, n, d->cols, out);
+      UMA_LAUNCHED("get_rows");
+    }, &d, dids, n, out);
   }
 
   void rms_norm(const float* x, const Weight& w, int64_t n_rows, int64_t dim, float eps, float* out) override {
     if (w.type != GgmlType::F32) fail("norm weight '{}' must be F32, got {}", w.name, type_name(w.type));
-    const DeviceWeight& d = device_weight(w);
-    const int threads = dim >= 1024 ? 1024 : std::max(32, int((dim + 31) / 32 * 32));
-    rms_norm_kernel<<<unsigned(n_rows), threads, 0, stream_>>>(x, reinterpret_cast<const float*>(d.data), dim, eps,
-                                                               out);
-    UMA_LAUNCHED("rms_norm");
+    const float* g = reinterpret_cast<const float*>(device_weight(w).data);
+    submit("rms_norm", 0, [this](const float* x, const float* g, int64_t n_rows, int64_t dim, float eps, float* out) {
+      const int threads = dim >= 1024 ? 1024 : std::max(32, int((dim + 31) / 32 * 32));
+      rms_norm_kernel<<<unsigned(n_rows), threads, 0, stream_>>>(x, g, dim, eps, out);
+      UMA_LAUNCHED("rms_norm");
+    }, x, g, n_rows, dim, eps, out);
   }
 
   void matmul(const Weight& w, const float* x, int64_t n_tokens, float* y, const Weight* bias) override {
     const DeviceWeight& d = device_weight(w);
     const float* b = (bias && *bias) ? reinterpret_cast<const float*>(device_weight(*bias).data) : nullptr;
     if (n_tokens <= kMaxGemvTokens) {
-      for (int64_t t = 0; t < n_tokens; ++t) gemv(d, x + t * d.cols, y + t * d.rows, b);
+      const double bytes = double(d.row_bytes) * d.rows;
+      for (int64_t t = 0; t < n_tokens; ++t)
+        submit(profile_ ? profile_name("gemv", d) : "gemv", bytes,
+               [this](const DeviceWeight* d, const float* x, float* y, const float* b) { gemv(*d, x, y, b); }, &d,
+               x + t * d.cols, y + t * d.rows, b);
       return;
     }
-    gemm(d, x, n_tokens, y);
-    if (b) {
-      add_bias_kernel<<<grid_for(d.rows * n_tokens, 256), 256, 0, stream_>>>(y, b, d.rows, n_tokens);
-      UMA_LAUNCHED("add_bias");
-    }
+    flush();  // cuBLAS and scratch growth stay out of recorded steps
+    const auto op = [&] {
+      gemm(d, x, n_tokens, y);
+      if (b) {
+        add_bias_kernel<<<grid_for(d.rows * n_tokens, 256), 256, 0, stream_>>>(y, b, d.rows, n_tokens);
+        UMA_LAUNCHED("add_bias");
+      }
+    };
+    execute(profile_ ? profile_name("gemm", d) : "gemm", 0, op);
   }
 
   void gather_rows(const float* src, int64_t dim, const int32_t* rows, int64_t n, float* dst) override {
     if (n == 0) return;
-    const int32_t* drows = upload_ints(rows_, rows, n);
-    dim3 grid(grid_for(dim, 256), unsigned(n));
-    gather_rows_kernel<<<grid, 256, 0, stream_>>>(src, dim, drows, dst);
-    UMA_LAUNCHED("gather_rows");
+    const int32_t* drows = stage_ints(rows_, rows, n);
+    submit("gather_rows", 0, [this](const float* src, int64_t dim, const int32_t* drows, int64_t n, float* dst) {
+      dim3 grid(grid_for(dim, 256), unsigned(n));
+      gather_rows_kernel<<<grid, 256, 0, stream_>>>(src, dim, drows, dst);
+      UMA_LAUNCHED("gather_rows");
+    }, src, dim, drows, n, dst);
   }
 
   void add(float* y, const float* x, int64_t n) override {
-    add_kernel<<<grid_for(n, 256), 256, 0, stream_>>>(y, x, n);
-    UMA_LAUNCHED("add");
+    submit("add", 0, [this](float* y, const float* x, int64_t n) {
+      add_kernel<<<grid_for(n, 256), 256, 0, stream_>>>(y, x, n);
+      UMA_LAUNCHED("add");
+    }, y, x, n);
   }
 
   void swiglu(const float* gate, const float* up, int64_t n, float* out) override {
-    swiglu_kernel<<<grid_for(n, 256), 256, 0, stream_>>>(gate, up, n, out);
-    UMA_LAUNCHED("swiglu");
+    submit("swiglu", 0, [this](const float* gate, const float* up, int64_t n, float* out) {
+      swiglu_kernel<<<grid_for(n, 256), 256, 0, stream_>>>(gate, up, n, out);
+      UMA_LAUNCHED("swiglu");
+    }, gate, up, n, out);
   }
 
   void rope(float* x, int64_t n_tokens, int n_heads, int head_stride, const BatchLayout& batch,
@@ -451,12 +572,82 @@ class CudaBackend final : public Backend {
   void gemv(const DeviceWeight& d, const float* x, float* y, const float* bias);
   void gemm(const DeviceWeight& d, const float* x, int64_t n_tokens, float* y);
   DeviceLayout upload_layout(const KvCache& kv, const BatchLayout& batch);
-  const int32_t* upload_ints(Scratch& s, const int32_t* v, int64_t n) {
+  DeviceLayout layout_for(const KvCache& kv, const BatchLayout& batch);
+  std::vector<int32_t> host_layout(const KvCache& kv, const BatchLayout& batch) const;
+  const float* rope_table(const RopeParams& p);
+  // Small host arrays an op needs on the device. Inside a step: a pinned slot per call, copied on the
+  // stream (recorded with the step); outside: a plain async copy into `s`.
+  const int32_t* stage_ints(Scratch& s, const int32_t* v, int64_t n) {
+    if (in_step_) {
+      if (n_staged_ == staged_.size()) staged_.emplace_back(std::make_unique<Staged>());
+      Staged& st = *staged_[n_staged_++];
+      if (size_t(n) > st.cap) {
+        flush();  // a recorded op may name the old buffers
+        st.reserve(size_t(n), stream_);
+      }
+      std::memcpy(st.host, v, n * sizeof(int32_t));
+      submit("upload", 0, [this](int32_t* dst, const int32_t* src, int64_t n) {
+        UMA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+      }, st.dev, static_cast<const int32_t*>(st.host), n);
+      return st.dev;
+    }
     auto* p = static_cast<int32_t*>(s.get(n * sizeof(int32_t)));
     UMA_CHECK(cudaMemcpyAsync(p, v, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
     return p;
   }
   void copy_to_device(uint8_t* dst, const uint8_t* src, size_t n);
+
+  // ---- ops: run now, or (while a decode step is recorded) appended to the step with a signature of
+  // every value the launch depends on; end_step replays a cached graph whose signature matches.
+  template <class Fn, class... A>
+  void submit(const char* name, double bytes, Fn fn, A... args) {
+    static_assert(sizeof(Fn) <= sizeof(void*), "pass every value as an argument: it must enter the signature");
+    if (deferred_) {
+      const size_t n = sig_.size();
+      sig_.resize(n + sizeof(name) + (sizeof(A) + ... + 0));
+      uint8_t* w = sig_.data() + n;
+      std::memcpy(w, &name, sizeof(name));
+      w += sizeof(name);
+      ((std::memcpy(w, &args, sizeof(A)), w += sizeof(A)), ...);
+      static_assert((std::is_trivially_copyable_v<A> && ...));
+      ops_.emplace_back([fn, args...] { fn(args...); });
+      return;
+    }
+    execute(name, bytes, [&] { fn(args...); });
+  }
+  template <class F>
+  void execute(const char* name, double bytes, F&& f) {
+    if (!profile_) {
+      f();
+      return;
+    }
+    cudaEvent_t e[2];
+    for (auto& ev : e) {
+      if (event_pool_.empty()) {
+        UMA_CHECK(cudaEventCreate(&ev));
+      } else {
+        ev = event_pool_.back();
+        event_pool_.pop_back();
+      }
+    }
+    UMA_CHECK(cudaEventRecord(e[0], stream_));
+    f();
+    UMA_CHECK(cudaEventRecord(e[1], stream_));
+    pending_.push_back({name, bytes, e[0], e[1]});
+  }
+  // Runs the recorded ops now, in order, and records no more for this step (a download mid-step, say).
+  void flush() {
+    if (!deferred_) return;
+    deferred_ = false;
+    for (auto& op : ops_) op();
+    ops_.clear();
+  }
+  const char* profile_name(const char* op, const DeviceWeight& d) {
+    std::string key = fmt::format("{} {} {}x{}", op, type_name(d.type), d.rows, d.cols);
+    return profile_names_.insert(std::move(key)).first->c_str();
+  }
+  void collect_profile();
+  void print_profile();
 
   int device_;
   std::string name_;
@@ -480,16 +671,80 @@ class CudaBackend final : public Backend {
   size_t uploaded_ = 0, last_report_ = 0;
   void* staging_[2] = {nullptr, nullptr};
   cudaEvent_t staging_done_[2] = {nullptr, nullptr};
-  Scratch ids_, rows_, wf16_, xf16_, partial_, rope_tab_;
-  // The batch layout as last uploaded (reused by every layer of a forward).
+  Scratch ids_, rows_, wf16_, xf16_, partial_;
+  // The batch layout as last uploaded outside a step (reused while it stays the same).
   Scratch layout_dev_;
   std::vector<int32_t> layout_host_;
   DeviceLayout layout_{};
-  RopeParams rope_last_;
   Scratch rope_pos_;
   std::vector<int32_t> rope_pos_host_;
-  int rope_half_ = -1;
+  std::vector<std::pair<RopeParams, float*>> rope_tabs_;  // inv_freq + YaRN ramp per parameter set
+
+  // Step state (begin_step .. end_step).
+  bool graphs_ = true, profile_ = false, gemv_warp_rows_ = false;
+  int sm_count_ = 132;
+  bool in_step_ = false, deferred_ = false, step_pending_ = false;
+  const KvCache* step_kv_ = nullptr;
+  const int32_t* step_pos_host_ = nullptr;
+  int64_t step_tokens_ = 0;
+  DeviceLayout step_layout_{};
+  Staged step_layout_buf_;
+  std::vector<std::unique_ptr<Staged>> staged_;
+  size_t n_staged_ = 0;
+  cudaEvent_t step_done_ = nullptr;
+  std::vector<uint8_t> sig_;
+  std::vector<std::function<void()>> ops_;
+  struct CachedGraph {
+    std::vector<uint8_t> sig;
+    cudaGraphExec_t exec;
+    uint64_t used;
+  };
+  std::vector<CachedGraph> graph_cache_;
+  uint64_t steps_ = 0;
+  size_t graph_captures_ = 0, graph_replays_ = 0;
+
+  // Profile (UMA_CUDA_PROFILE).
+  struct PendingTiming {
+    const char* name;
+    double bytes;
+    cudaEvent_t start, end;
+  };
+  struct OpStats {
+    int64_t calls = 0;
+    double ms = 0, bytes = 0;
+  };
+  std::vector<PendingTiming> pending_;
+  std::vector<cudaEvent_t> event_pool_;
+  std::unordered_set<std::string> profile_names_;
+  std::unordered_map<std::string, OpStats> op_stats_;
 };
+
+void CudaBackend::collect_profile() {
+  for (auto& p : pending_) {
+    float ms = 0;
+    UMA_CHECK(cudaEventElapsedTime(&ms, p.start, p.end));
+    OpStats& s = op_stats_[p.name];
+    s.calls++, s.ms += ms, s.bytes += p.bytes;
+    event_pool_.push_back(p.start);
+    event_pool_.push_back(p.end);
+  }
+  pending_.clear();
+}
+
+void CudaBackend::print_profile() {
+  collect_profile();
+  std::vector<std::pair<std::string, OpStats>> rows(op_stats_.begin(), op_stats_.end());
+  std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return a.second.ms > b.second.ms; });
+  double total = 0;
+  for (auto& r : rows) total += r.second.ms;
+  std::fprintf(stderr, "\n== UMA_CUDA_PROFILE (%s): GPU time per op, events around each launch\n", name_.c_str());
+  std::fprintf(stderr, "%-36s %9s %11s %9s %7s %9s\n", "op", "calls", "total ms", "avg us", "share", "GB/s");
+  for (auto& [name, s] : rows)
+    std::fprintf(stderr, "%-36s %9lld %11.3f %9.2f %6.1f%% %9.0f\n", name.c_str(), (long long)s.calls, s.ms,
+                 1e3 * s.ms / s.calls, 100 * s.ms / total, s.bytes > 0 ? s.bytes / (s.ms * 1e6) : 0.0);
+  for (auto& ev : event_pool_) cudaEventDestroy(ev);
+  event_pool_.clear();
+}
 
 // Uploads through two pinned staging buffers so that reading the mmap (page faults, disk) overlaps the
 // PCIe copy of the previous chunk.
@@ -552,24 +807,48 @@ const DeviceWeight& CudaBackend::device_weight(const Weight& w) {
 
 void CudaBackend::gemv(const DeviceWeight& d, const float* x, float* y, const float* bias) {
   const int64_t rows = d.rows, cols = d.cols;
-  constexpr int kRows = 2;  // 4 rows with a 4-deep unrolled loop measured 30 % slower (H200)
-  const unsigned grid = unsigned((rows + kGemvWarps * kRows - 1) / (kGemvWarps * kRows));
-  const int threads = kGemvWarps * kWarp;
-  auto go = [&](auto kernel) {
-    kernel<<<grid, threads, 0, stream_>>>(d.data, d.row_bytes, rows, cols, x, y, bias);
-    UMA_LAUNCHED("gemv");
-  };
   const bool plain_ok = (d.type == GgmlType::F32 ? cols % 4 : cols % 8) == 0;
-  switch (d.type) {
-    case GgmlType::Q4_0: return go(gemv_kernel<GemvQ4_0, kRows>);
-    case GgmlType::Q8_0: return go(gemv_kernel<GemvQ8_0, kRows>);
-    case GgmlType::Q4_K: return go(gemv_kernel<GemvQ45_K<false>, kRows>);
-    case GgmlType::Q5_K: return go(gemv_kernel<GemvQ45_K<true>, kRows>);
-    case GgmlType::Q6_K: return go(gemv_kernel<GemvQ6_K, kRows>);
-    case GgmlType::F32: if (plain_ok) return go(gemv_kernel<GemvPlain<GgmlType::F32>, kRows>); break;
-    case GgmlType::F16: if (plain_ok) return go(gemv_kernel<GemvPlain<GgmlType::F16>, kRows>); break;
-    case GgmlType::BF16: if (plain_ok) return go(gemv_kernel<GemvPlain<GgmlType::BF16>, kRows>); break;
-    default: break;
+  if (gemv_warp_rows_) {
+    // The earlier kernel (UMA_CUDA_GEMV=warp, for comparison): a warp owns two rows.
+    constexpr int kRows = 2;
+    const unsigned grid = unsigned((rows + kGemvWarps * kRows - 1) / (kGemvWarps * kRows));
+    auto go = [&](auto kernel) {
+      kernel<<<grid, kGemvWarps * kWarp, 0, stream_>>>(d.data, d.row_bytes, rows, cols, x, y, bias);
+      UMA_LAUNCHED("gemv");
+    };
+    switch (d.type) {
+      case GgmlType::Q4_0: return go(gemv_kernel<GemvQ4_0, kRows>);
+      case GgmlType::Q8_0: return go(gemv_kernel<GemvQ8_0, kRows>);
+      case GgmlType::Q4_K: return go(gemv_kernel<GemvQ45_K<false>, kRows>);
+      case GgmlType::Q5_K: return go(gemv_kernel<GemvQ45_K<true>, kRows>);
+      case GgmlType::Q6_K: return go(gemv_kernel<GemvQ6_K, kRows>);
+      case GgmlType::F32: if (plain_ok) return go(gemv_kernel<GemvPlain<GgmlType::F32>, kRows>); break;
+      case GgmlType::F16: if (plain_ok) return go(gemv_kernel<GemvPlain<GgmlType::F16>, kRows>); break;
+      case GgmlType::BF16: if (plain_ok) return go(gemv_kernel<GemvPlain<GgmlType::BF16>, kRows>); break;
+      default: break;
+    }
+  } else {
+    // 4 rows a block when that still gives >= 4 blocks per SM, else 1 (small projections: GQA k/v).
+    constexpr int kWarps = 4;
+    const bool wide = rows >= 4 * 4 * sm_count_;
+    auto go = [&](auto k4, auto k1) {
+      if (wide) k4<<<unsigned((rows + 3) / 4), kWarps * kWarp, 0, stream_>>>(d.data, d.row_bytes, rows, cols, x, y, bias);
+      else k1<<<unsigned(rows), kWarps * kWarp, 0, stream_>>>(d.data, d.row_bytes, rows, cols, x, y, bias);
+      UMA_LAUNCHED("gemv");
+    };
+#define UMA_GEMV(T) return go(gemv_split_kernel<T, 4, kWarps>, gemv_split_kernel<T, 1, kWarps>)
+    switch (d.type) {
+      case GgmlType::Q4_0: UMA_GEMV(GemvQ4_0);
+      case GgmlType::Q8_0: UMA_GEMV(GemvQ8_0);
+      case GgmlType::Q4_K: UMA_GEMV(GemvQ45_K<false>);
+      case GgmlType::Q5_K: UMA_GEMV(GemvQ45_K<true>);
+      case GgmlType::Q6_K: UMA_GEMV(GemvQ6_K);
+      case GgmlType::F32: if (plain_ok) UMA_GEMV(GemvPlain<GgmlType::F32>); break;
+      case GgmlType::F16: if (plain_ok) UMA_GEMV(GemvPlain<GgmlType::F16>); break;
+      case GgmlType::BF16: if (plain_ok) UMA_GEMV(GemvPlain<GgmlType::BF16>); break;
+      default: break;
+    }
+#undef UMA_GEMV
   }
   gemv_generic_kernel<<<unsigned((rows + 3) / 4), 128, 0, stream_>>>(d.type, d.data, d.row_bytes, rows, cols, x, y,
                                                                      bias);
@@ -604,26 +883,30 @@ void CudaBackend::gemm(const DeviceWeight& d, const float* x, int64_t n_tokens, 
         "cublasGemmEx");
 }
 
-// Positions and page tables of the batch, uploaded once and reused while they stay the same (every layer
-// of a forward sees the same layout; decode changes it once per token).
-DeviceLayout CudaBackend::upload_layout(const KvCache& kv, const BatchLayout& batch) {
+// Positions and page tables of a batch: [pos (n) | page-list offset per token (n) | page lists].
+std::vector<int32_t> CudaBackend::host_layout(const KvCache& kv, const BatchLayout& batch) const {
   const int64_t n = batch.n_tokens;
   std::vector<int32_t> host(2 * n);
   std::unordered_map<int32_t, int32_t> seq_off;
   for (int64_t t = 0; t < n; ++t) {
     host[t] = batch.pos[t];
+    if (int64_t(kv.pages(batch.seq[t]).size()) * KvCache::kPageSize <= batch.pos[t])
+      fail("KV cache: position {} of sequence {} has no cell; reserve() it first", batch.pos[t], batch.seq[t]);
     auto [it, inserted] = seq_off.try_emplace(batch.seq[t], 0);
     if (inserted) {
       it->second = int32_t(host.size());
       const auto& pages = kv.pages(batch.seq[t]);
-      if (int64_t(pages.size()) * KvCache::kPageSize <= batch.pos[t])
-        fail("KV cache: position {} of sequence {} has no cell; reserve() it first", batch.pos[t], batch.seq[t]);
       host.insert(host.end(), pages.begin(), pages.end());
-    } else if (int64_t(kv.pages(batch.seq[t]).size()) * KvCache::kPageSize <= batch.pos[t]) {
-      fail("KV cache: position {} of sequence {} has no cell; reserve() it first", batch.pos[t], batch.seq[t]);
     }
     host[n + t] = it->second - int32_t(2 * n);
   }
+  return host;
+}
+
+// Outside a step: uploaded when it changes (every layer of a forward sees the same layout).
+DeviceLayout CudaBackend::upload_layout(const KvCache& kv, const BatchLayout& batch) {
+  const int64_t n = batch.n_tokens;
+  std::vector<int32_t> host = host_layout(kv, batch);
   if (host != layout_host_ || !layout_dev_.p) {
     auto* p = static_cast<int32_t*>(layout_dev_.get(host.size() * sizeof(int32_t)));
     UMA_CHECK(cudaMemcpyAsync(p, host.data(), host.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
@@ -633,58 +916,157 @@ DeviceLayout CudaBackend::upload_layout(const KvCache& kv, const BatchLayout& ba
   return layout_;
 }
 
+DeviceLayout CudaBackend::layout_for(const KvCache& kv, const BatchLayout& batch) {
+  if (in_step_ && &kv == step_kv_ && batch.pos == step_pos_host_ && batch.n_tokens == step_tokens_)
+    return step_layout_;
+  flush();  // an op outside the step's layout: stop recording
+  return upload_layout(kv, batch);
+}
+
+// A forward step: the layout goes up once into a buffer whose address stays put (sized for the whole
+// cache, so a growing context never moves it); decode steps (<= 4 tokens) are recorded for end_step.
+void CudaBackend::begin_step(const BatchLayout& batch, const KvCache& kv) {
+  flush();
+  if (step_pending_) UMA_CHECK(cudaEventSynchronize(step_done_));  // the pinned buffers are free again
+  step_pending_ = false;
+  const int64_t n = batch.n_tokens;
+  std::vector<int32_t> host = host_layout(kv, batch);
+  const size_t want = std::max(host.size(), size_t(2 * n + kv.capacity() / KvCache::kPageSize + 1));
+  step_layout_buf_.reserve(want, stream_);
+  std::memcpy(step_layout_buf_.host, host.data(), host.size() * sizeof(int32_t));
+  UMA_CHECK(cudaMemcpyAsync(step_layout_buf_.dev, step_layout_buf_.host, host.size() * sizeof(int32_t),
+                            cudaMemcpyHostToDevice, stream_));
+  int32_t* p = step_layout_buf_.dev;
+  step_layout_ = DeviceLayout{p, p + n, p + 2 * n};
+  step_kv_ = &kv;
+  step_pos_host_ = batch.pos;
+  step_tokens_ = n;
+  in_step_ = true;
+  n_staged_ = 0;
+  sig_.clear();
+  ops_.clear();
+  deferred_ = graphs_ && n <= kMaxGemvTokens;
+}
+
+void CudaBackend::end_step() {
+  if (!in_step_) return;
+  in_step_ = false;
+  if (deferred_) {
+    deferred_ = false;
+    ++steps_;
+    CachedGraph* g = nullptr;
+    for (auto& c : graph_cache_)
+      if (c.sig == sig_) g = &c;
+    if (!g) {
+      // Capture the recorded ops (thread-local mode: other threads' CUDA calls are not affected).
+      cudaGraph_t graph = nullptr;
+      UMA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+      try {
+        for (auto& op : ops_) op();
+      } catch (...) {
+        cudaStreamEndCapture(stream_, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        ops_.clear();
+        throw;
+      }
+      UMA_CHECK(cudaStreamEndCapture(stream_, &graph));
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      UMA_CHECK(e);
+      constexpr size_t kMaxGraphs = 4;  // decode at 1..4 tokens, say; the least recently used goes
+      if (graph_cache_.size() == kMaxGraphs) {
+        auto lru = std::min_element(graph_cache_.begin(), graph_cache_.end(),
+                                    [](auto& a, auto& b) { return a.used < b.used; });
+        UMA_CHECK(cudaStreamSynchronize(stream_));
+        cudaGraphExecDestroy(lru->exec);
+        graph_cache_.erase(lru);
+      }
+      graph_cache_.push_back({sig_, exec, steps_});
+      g = &graph_cache_.back();
+      ++graph_captures_;
+    } else {
+      ++graph_replays_;
+    }
+    g->used = steps_;
+    UMA_CHECK(cudaGraphLaunch(g->exec, stream_));
+    ops_.clear();
+  }
+  UMA_CHECK(cudaEventRecord(step_done_, stream_));
+  step_pending_ = true;
+}
+
+const float* CudaBackend::rope_table(const RopeParams& p) {
+  const int half = p.n_rot / 2;
+  auto same = [&](const RopeParams& q) {
+    return q.n_rot == p.n_rot && q.freq_base == p.freq_base && q.neox == p.neox &&
+           q.freq_factors == p.freq_factors && q.freq_bf16 == p.freq_bf16 && q.ext_factor == p.ext_factor &&
+           q.beta_fast == p.beta_fast && q.beta_slow == p.beta_slow && q.n_ctx_orig == p.n_ctx_orig;
+  };
+  for (auto& [q, tab] : rope_tabs_)
+    if (same(q)) return tab;
+  // inv_freq and the YaRN ramp as the CPU backend computes them; one table per parameter set, kept, so
+  // that a recorded step never sees a table rewritten under it.
+  std::vector<float> t(2 * half, 0.0f);
+  for (int i = 0; i < half; ++i) {
+    float f = static_cast<float>(1.0 / std::pow(double(p.freq_base), double(2 * i) / p.n_rot));
+    if (!p.freq_factors.empty()) f = f / p.freq_factors[i];
+    if (p.freq_bf16) f = bf16_to_fp32(fp32_to_bf16(f));
+    t[i] = f;
+  }
+  if (p.ext_factor > 0) {
+    auto corr_dim = [&](float n_rot_turns) {
+      return p.n_rot * std::log(p.n_ctx_orig / (n_rot_turns * 2 * float(M_PI))) / (2 * std::log(p.freq_base));
+    };
+    const float lo = std::max(0.0f, std::floor(corr_dim(p.beta_fast)));
+    const float hi = std::min(float(p.n_rot - 1), std::ceil(corr_dim(p.beta_slow)));
+    for (int i = 0; i < half; ++i) {
+      const float y = (i - lo) / std::max(0.001f, hi - lo);
+      t[half + i] = (1.0f - std::min(1.0f, std::max(0.0f, y))) * p.ext_factor;
+    }
+  }
+  float* tab = nullptr;
+  UMA_CHECK(cudaMalloc(&tab, t.size() * sizeof(float)));
+  UMA_CHECK(cudaMemcpy(tab, t.data(), t.size() * sizeof(float), cudaMemcpyHostToDevice));
+  rope_tabs_.emplace_back(p, tab);
+  return tab;
+}
+
 void CudaBackend::rope(float* x, int64_t n_tokens, int n_heads, int head_stride, const BatchLayout& batch,
                        const RopeParams& p) {
   const int half = p.n_rot / 2;
   if (half == 0 || n_tokens == 0) return;
-  // inv_freq and the YaRN ramp as the CPU backend computes them; uploaded when the parameters change.
-  const bool same = rope_half_ == half && rope_last_.freq_base == p.freq_base && rope_last_.neox == p.neox &&
-                    rope_last_.freq_factors == p.freq_factors && rope_last_.freq_bf16 == p.freq_bf16 &&
-                    rope_last_.ext_factor == p.ext_factor && rope_last_.beta_fast == p.beta_fast &&
-                    rope_last_.beta_slow == p.beta_slow && rope_last_.n_ctx_orig == p.n_ctx_orig;
-  auto* tab = static_cast<float*>(rope_tab_.get(2 * half * sizeof(float)));
-  if (!same) {
-    std::vector<float> t(2 * half, 0.0f);
-    for (int i = 0; i < half; ++i) {
-      float f = static_cast<float>(1.0 / std::pow(double(p.freq_base), double(2 * i) / p.n_rot));
-      if (!p.freq_factors.empty()) f = f / p.freq_factors[i];
-      if (p.freq_bf16) f = bf16_to_fp32(fp32_to_bf16(f));
-      t[i] = f;
+  const float* tab = rope_table(p);
+  const int32_t* pos;
+  if (in_step_ && batch.pos == step_pos_host_ && n_tokens == step_tokens_) {
+    pos = step_layout_.pos;
+  } else {
+    flush();
+    if (rope_pos_host_.size() != size_t(n_tokens) || !rope_pos_.p ||
+        !std::equal(rope_pos_host_.begin(), rope_pos_host_.end(), batch.pos)) {
+      rope_pos_host_.assign(batch.pos, batch.pos + n_tokens);
+      auto* d = static_cast<int32_t*>(rope_pos_.get(n_tokens * sizeof(int32_t)));
+      UMA_CHECK(cudaMemcpyAsync(d, batch.pos, n_tokens * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
     }
-    if (p.ext_factor > 0) {
-      auto corr_dim = [&](float n_rot_turns) {
-        return p.n_rot * std::log(p.n_ctx_orig / (n_rot_turns * 2 * float(M_PI))) / (2 * std::log(p.freq_base));
-      };
-      const float lo = std::max(0.0f, std::floor(corr_dim(p.beta_fast)));
-      const float hi = std::min(float(p.n_rot - 1), std::ceil(corr_dim(p.beta_slow)));
-      for (int i = 0; i < half; ++i) {
-        const float y = (i - lo) / std::max(0.001f, hi - lo);
-        t[half + i] = (1.0f - std::min(1.0f, std::max(0.0f, y))) * p.ext_factor;
-      }
-    }
-    UMA_CHECK(cudaMemcpyAsync(tab, t.data(), t.size() * sizeof(float), cudaMemcpyHostToDevice, stream_));
-    UMA_CHECK(cudaStreamSynchronize(stream_));  // `t` dies here
-    rope_last_ = p;
-    rope_half_ = half;
+    pos = static_cast<const int32_t*>(rope_pos_.p);
   }
-  if (rope_pos_host_.size() != size_t(n_tokens) ||
-      !std::equal(rope_pos_host_.begin(), rope_pos_host_.end(), batch.pos)) {
-    rope_pos_host_.assign(batch.pos, batch.pos + n_tokens);
-    upload_ints(rope_pos_, batch.pos, n_tokens);
-  }
-  const auto* pos = static_cast<const int32_t*>(rope_pos_.p);
-  rope_kernel<<<grid_for(n_tokens * n_heads * half, 256), 256, 0, stream_>>>(
-      x, n_tokens, n_heads, head_stride, pos, tab, tab + half, half, p.neox, p.freq_scale, p.ext_factor > 0,
-      p.attn_factor);
-  UMA_LAUNCHED("rope");
+  submit("rope", 0, [this](float* x, int64_t n_tokens, int n_heads, int head_stride, const int32_t* pos,
+                           const float* tab, int half, bool neox, float freq_scale, bool yarn, float attn_factor) {
+    rope_kernel<<<grid_for(n_tokens * n_heads * half, 256), 256, 0, stream_>>>(
+        x, n_tokens, n_heads, head_stride, pos, tab, tab + half, half, neox, freq_scale, yarn, attn_factor);
+    UMA_LAUNCHED("rope");
+  }, x, n_tokens, n_heads, head_stride, pos, tab, half, p.neox, p.freq_scale, p.ext_factor > 0, p.attn_factor);
 }
 
 void CudaBackend::store_kv(KvCache& kv, int layer, const float* k, const float* v, const BatchLayout& batch) {
   if (batch.n_tokens == 0) return;
-  const DeviceLayout L = upload_layout(kv, batch);
+  const DeviceLayout L = layout_for(kv, batch);
   const int kw = kv.options().k_width, vw = kv.options().v_width;
-  store_kv_kernel<<<unsigned(batch.n_tokens), 256, 0, stream_>>>(kv.k(layer), kv.v(layer), k, v, kw, vw, L);
-  UMA_LAUNCHED("store_kv");
+  submit("store_kv", 0, [this](float* K, float* V, const float* k, const float* v, int kw, int vw, DeviceLayout L,
+                               int64_t n) {
+    store_kv_kernel<<<dim3(unsigned(n), unsigned((kw + vw + 255) / 256)), 256, 0, stream_>>>(K, V, k, v, kw, vw, L);
+    UMA_LAUNCHED("store_kv");
+  }, kv.k(layer), kv.v(layer), k, v, kw, vw, L, batch.n_tokens);
 }
 
 void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const BatchLayout& batch,
@@ -693,25 +1075,33 @@ void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const 
   if (s.head_dim_k > kMaxHeadDim || s.head_dim_v > kMaxHeadDim)
     fail("the CUDA attention kernel supports head dims up to {}, got {}/{}", kMaxHeadDim, s.head_dim_k,
          s.head_dim_v);
-  const DeviceLayout L = upload_layout(kv, batch);
+  const DeviceLayout L = layout_for(kv, batch);
+  // Split the keys when the grid would not fill the GPU: ~256 keys per block, at most 64 splits. A
+  // recorded step sizes the splits for the whole cache (the kernel divides the actual context among
+  // them), so the graph holds for every context length; otherwise for the longest context of the batch.
   int64_t max_ctx = 0;
-  for (int64_t t = 0; t < batch.n_tokens; ++t) max_ctx = std::max<int64_t>(max_ctx, batch.pos[t] + 1);
-  // Split the keys when the grid would not fill the GPU: ~256 keys per block, at most 64 splits.
+  if (deferred_) {
+    max_ctx = kv.capacity();
+  } else {
+    for (int64_t t = 0; t < batch.n_tokens; ++t) max_ctx = std::max<int64_t>(max_ctx, batch.pos[t] + 1);
+  }
   const int64_t blocks = batch.n_tokens * s.n_head;
   int n_split = 1;
   if (blocks < 264 && max_ctx > 512) n_split = int(std::min<int64_t>(64, (max_ctx + 255) / 256));
-  const int keys_per_split = int((max_ctx + n_split - 1) / n_split);
   AttnArgs a{kv.k(layer), kv.v(layer), q, out, nullptr, kv.options().k_width, kv.options().v_width, s.n_head,
-             s.n_head / s.n_head_kv, s.head_dim_k, s.head_dim_v, n_split, keys_per_split, s.scale};
+             s.n_head / s.n_head_kv, s.head_dim_k, s.head_dim_v, n_split, s.scale};
   if (n_split > 1)
-    a.partial = static_cast<float*>(partial_.get(size_t(blocks) * n_split * (s.head_dim_v + 2) * sizeof(float)));
-  dim3 grid(unsigned(s.n_head), unsigned(batch.n_tokens), unsigned(n_split));
-  attention_kernel<<<grid, kAttnWarps * kWarp, 0, stream_>>>(a, L);
-  UMA_LAUNCHED("attention");
-  if (n_split > 1) {
-    attn_combine_kernel<<<unsigned(blocks), 128, 0, stream_>>>(a.partial, n_split, s.head_dim_v, out);
-    UMA_LAUNCHED("attn_combine");
-  }
+    a.partial = static_cast<float*>(
+        partial_.get(size_t(blocks) * n_split * (s.head_dim_v + 2) * sizeof(float), deferred_));
+  submit("attention", 0, [this](AttnArgs a, DeviceLayout L, int64_t n_tokens) {
+    dim3 grid(unsigned(a.n_head), unsigned(n_tokens), unsigned(a.n_split));
+    attention_kernel<<<grid, kAttnWarps * kWarp, 0, stream_>>>(a, L);
+    UMA_LAUNCHED("attention");
+    if (a.n_split > 1) {
+      attn_combine_kernel<<<unsigned(n_tokens * a.n_head), 128, 0, stream_>>>(a.partial, a.n_split, a.hdv, a.out);
+      UMA_LAUNCHED("attn_combine");
+    }
+  }, a, L, batch.n_tokens);
 }
 
 }  // namespace

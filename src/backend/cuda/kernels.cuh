@@ -22,6 +22,14 @@ __device__ __forceinline__ uint32_t load_u32_a2(const uint8_t* p) {
   return uint32_t(h[0]) | (uint32_t(h[1]) << 16);
 }
 
+// Byte i (0..3) of w as a float, for bytes 0..255, without an int-to-float conversion (a quarter-rate
+// instruction on Hopper that bound the quantized GEMVs): 0x4B0000nn is the float 2^23 + nn exactly, so
+// subtracting 2^23 + bias yields nn - bias exactly (one byte permute and one add).
+template <int kBias>
+__device__ __forceinline__ float byte_f(uint32_t w, int i) {
+  return __int_as_float(__byte_perm(w, 0x4B000000u, 0x7540u | unsigned(i))) - float(8388608 + kBias);
+}
+
 // The 6-bit scale and min of 32-value group j (0..7) of a Q4_K/Q5_K super-block (12 packed bytes).
 __device__ __forceinline__ void k4_scale_min(int j, const uint8_t* s, float& sc, float& mn) {
   if (j < 4) {
@@ -96,12 +104,13 @@ struct GemvQ4_0 {
   }
   __device__ static float dot(const uint8_t* blk, int p, const float* xv) {
     const uint32_t q0 = load_u32_a2(blk + 2 + 8 * p), q1 = load_u32_a2(blk + 6 + 8 * p);
+    const uint32_t l0 = q0 & 0x0F0F0F0Fu, l1 = q1 & 0x0F0F0F0Fu, h0 = (q0 >> 4) & 0x0F0F0F0Fu,
+                   h1 = (q1 >> 4) & 0x0F0F0F0Fu;
     float lo = 0, hi = 0;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const uint32_t byte = ((i < 4 ? q0 : q1) >> (8 * (i & 3))) & 0xFF;
-      lo += float(int(byte & 0xF) - 8) * xv[i];
-      hi += float(int(byte >> 4) - 8) * xv[8 + i];
+    for (int i = 0; i < 4; ++i) {
+      lo += byte_f<8>(l0, i) * xv[i] + byte_f<8>(l1, i) * xv[4 + i];
+      hi += byte_f<8>(h0, i) * xv[8 + i] + byte_f<8>(h1, i) * xv[12 + i];
     }
     return f16(blk) * (lo + hi);
   }
@@ -116,10 +125,11 @@ struct GemvQ8_0 {
     xv[7] = v1.w;
   }
   __device__ static float dot(const uint8_t* blk, int p, const float* xv) {
-    const uint32_t q0 = load_u32_a2(blk + 2 + 8 * p), q1 = load_u32_a2(blk + 6 + 8 * p);
+    // int8 q as the byte q ^ 0x80 = q + 128 in 0..255
+    const uint32_t q0 = load_u32_a2(blk + 2 + 8 * p) ^ 0x80808080u, q1 = load_u32_a2(blk + 6 + 8 * p) ^ 0x80808080u;
     float s = 0;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) s += float(int8_t(((i < 4 ? q0 : q1) >> (8 * (i & 3))) & 0xFF)) * xv[i];
+    for (int i = 0; i < 4; ++i) s += byte_f<128>(q0, i) * xv[i] + byte_f<128>(q1, i) * xv[4 + i];
     return f16(blk) * s;
   }
 };
@@ -144,18 +154,18 @@ struct GemvQ45_K {
     const uint2 q = *reinterpret_cast<const uint2*>(blk + (kQ5 ? 48 : 16) + 32 * c + l0);
     uint2 h = make_uint2(0, 0);
     if constexpr (kQ5) h = *reinterpret_cast<const uint2*>(blk + 16 + l0);
+    // Four values a word: low nibbles (group 2c), high nibbles (group 2c+1), Q5's fifth bit or'ed in.
+    uint32_t lw[2] = {q.x & 0x0F0F0F0Fu, q.y & 0x0F0F0F0Fu};
+    uint32_t hw[2] = {(q.x >> 4) & 0x0F0F0F0Fu, (q.y >> 4) & 0x0F0F0F0Fu};
+    if constexpr (kQ5) {
+      lw[0] |= ((h.x >> (2 * c)) & 0x01010101u) << 4, lw[1] |= ((h.y >> (2 * c)) & 0x01010101u) << 4;
+      hw[0] |= ((h.x >> (2 * c + 1)) & 0x01010101u) << 4, hw[1] |= ((h.y >> (2 * c + 1)) & 0x01010101u) << 4;
+    }
     float lo = 0, hi = 0, sx_lo = 0, sx_hi = 0;
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      const uint32_t byte = ((i < 4 ? q.x : q.y) >> (8 * (i & 3))) & 0xFF;
-      int ql = byte & 0xF, qh = byte >> 4;
-      if constexpr (kQ5) {
-        const uint32_t hb = ((i < 4 ? h.x : h.y) >> (8 * (i & 3))) & 0xFF;
-        ql |= ((hb >> (2 * c)) & 1) << 4;
-        qh |= ((hb >> (2 * c + 1)) & 1) << 4;
-      }
-      lo += float(ql) * xv[i];
-      hi += float(qh) * xv[8 + i];
+      lo += byte_f<0>(lw[i / 4], i % 4) * xv[i];
+      hi += byte_f<0>(hw[i / 4], i % 4) * xv[8 + i];
       sx_lo += xv[i];
       sx_hi += xv[8 + i];
     }
@@ -187,13 +197,10 @@ struct GemvQ6_K {
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       const uint32_t src = (k & 1) ? qb : qa;
+      const uint32_t q = ((src >> (4 * (k >> 1))) & 0x0F0F0F0Fu) | (((qh >> (2 * k)) & 0x03030303u) << 4);
       float part = 0;
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int low = (src >> (8 * i + 4 * (k >> 1))) & 0xF;
-        const int high = (qh >> (8 * i + 2 * k)) & 3;
-        part += float((low | (high << 4)) - 32) * xv[4 * k + i];
-      }
+      for (int i = 0; i < 4; ++i) part += byte_f<32>(q, i) * xv[4 * k + i];
       s += float(sc[2 * k]) * part;
     }
     return f16(blk + 208) * s;
