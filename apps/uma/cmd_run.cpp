@@ -1,7 +1,9 @@
 // uma run: generate text from a prompt, streaming tokens as they come, then a line of timings.
+#include <algorithm>
 #include <cstdio>
 #include <string>
 
+#include "chat/prompt_format.h"
 #include "plan/local.h"
 #include "runtime/engine.h"
 #include "uma/error.h"
@@ -21,6 +23,9 @@ struct RunArgs {
   bool ignore_eos = false;
   bool no_special = false;
   bool no_plan = false;
+  bool chat = false;
+  std::string system;
+  bool touch_kv = false;  // diagnostic: make the whole KV cache resident, as a full context would
 };
 
 // Prints the plan for this machine and refuses, with the numbers, a model that will not fit — before
@@ -43,23 +48,44 @@ int run(const RunArgs& a) {
   eo.n_threads = a.n_threads;
   eo.n_ctx = a.n_ctx;
   auto engine = Engine::load(path, eo);
+  if (a.touch_kv && engine->backend().name() == "cpu") {  // peak memory of a full context without running one (tests/e2e/test_plan_memory.cpp)
+    const KvCacheOptions& ko = engine->kv().options();
+    for (int l = 0; l < ko.n_layer; ++l) {
+      std::fill_n(engine->kv().k(l), ko.n_cells * ko.k_width, 0.0f);
+      if (ko.v_width) std::fill_n(engine->kv().v(l), ko.n_cells * ko.v_width, 0.0f);
+    }
+  }
   const Tokenizer& tok = engine->tokenizer();
-  const auto prompt = tok.encode(a.prompt, /*add_special=*/true, /*parse_special=*/!a.no_special);
+  // --chat: the prompt is one user turn rendered with the model's chat template (or a documented fallback);
+  // only the reply is printed, and it ends at the format's stop strings.
+  std::vector<TokenId> prompt;
+  std::vector<std::string> stops;
+  std::unique_ptr<PromptFormat> format;
+  if (a.chat) {
+    format = std::make_unique<PromptFormat>(*engine);
+    std::vector<ChatMessage> messages;
+    if (!a.system.empty()) messages.push_back({"system", a.system});
+    messages.push_back({"user", a.prompt});
+    prompt = format->tokenize(format->render(messages, {}));
+    stops = format->stops({});
+  } else {
+    prompt = tok.encode(a.prompt, /*add_special=*/true, /*parse_special=*/!a.no_special);
+    std::fputs(a.prompt.c_str(), stdout);
+    std::fflush(stdout);
+  }
 
   GenerateOptions go;
   go.n_predict = a.n_predict;
   go.sampling = a.sampling;
   go.ignore_eos = a.ignore_eos;
-  std::fputs(a.prompt.c_str(), stdout);
-  std::fflush(stdout);
-  Utf8Stream stream;
+  TextStream stream(tok, stops);
   auto result = generate(*engine, 0, prompt, go, [&](TokenId t) {
-    const std::string text = stream.push(tok.token_bytes(t));
+    const std::string text = stream.push(t);
     std::fwrite(text.data(), 1, text.size(), stdout);
     std::fflush(stdout);
-    return true;
+    return !stream.stopped();
   });
-  const std::string rest = stream.flush();
+  const std::string rest = stream.finish();
   std::fwrite(rest.data(), 1, rest.size(), stdout);
   std::fputc('\n', stdout);
   if (result.finish == FinishReason::Length && a.n_predict >= 0 &&
@@ -93,6 +119,10 @@ const RegisterCommand reg{{"run", "Generate text from a prompt", [](CLI::App& su
   sub.add_option("-s,--seed", a->sampling.seed, "RNG seed (default: random)");
   sub.add_flag("--ignore-eos", a->ignore_eos, "Keep generating past end-of-generation tokens");
   sub.add_flag("--no-plan", a->no_plan, "Skip the memory plan printed (and enforced) before loading");
+  sub.add_flag("--touch-kv", a->touch_kv, "Diagnostic: write the whole KV cache once (peak memory of a full context)")
+      ->group("");
+  sub.add_flag("--chat", a->chat, "Treat the prompt as a user message in the model's chat template; print only the reply");
+  sub.add_option("--system", a->system, "System message for --chat");
   sub.add_flag("--no-special", a->no_special, "Treat special-token text in the prompt as plain text");
   return [a] { return run(*a); };
 }}};

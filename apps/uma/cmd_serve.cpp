@@ -279,7 +279,11 @@ class Server {
         messages.back().content += "\n\n" + cp.post_history;
     }
     for (auto& s : format_.stops(labels)) stops.push_back(s);
-    return format_.tokenize(format_.render(messages, labels));
+    try {
+      return format_.tokenize(format_.render(messages, labels));
+    } catch (const Error& e) {
+      throw ApiError(400, e.what());
+    }
   }
 
   std::vector<TokenId> text_prompt(const json& body) {

@@ -48,6 +48,14 @@ TEST(Cli, SeededSamplingIsReproducible) {
   EXPECT_EQ(text(a.out), text(b.out));
 }
 
+TEST(Cli, ChatModePrintsOnlyTheReply) {
+  const Result r = uma("run --chat --system 'You tell stories.' -p 'Tell me about a dog' -n 24 --temp 0 -t 1 --no-plan");
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_FALSE(contains(r.out, "Tell me about a dog")) << "the prompt is not echoed in chat mode: " << r.out;
+  EXPECT_FALSE(contains(r.out, "User:")) << "generation stops at the transcript's next user turn: " << r.out;
+  EXPECT_TRUE(contains(r.out, "prompt:")) << r.out;
+}
+
 TEST(Cli, InfoShowsArchitectureTensorsAndMemory) {
   const Result r = uma("info stories260K");
   ASSERT_EQ(r.status, 0) << r.out;
