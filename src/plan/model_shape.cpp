@@ -167,6 +167,7 @@ ModelShape shape_from_gguf(const GgufFile& f) {
   s.arch = f.get_string("general.architecture");
   s.name = f.get_string("general.name", f.path().stem().string());
   s.source = f.path().string();
+  s.tokenizer = f.get_string("tokenizer.ggml.model", "");
   const std::string p = s.arch + ".";
   s.n_layer = gguf_int(f, p + "block_count", 0);
   s.n_embd = gguf_int(f, p + "embedding_length", 0);

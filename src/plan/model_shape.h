@@ -47,6 +47,7 @@ struct ModelShape {
   int64_t qk_rope_head_dim = 0;
   int64_t v_head_dim = 0;
 
+  std::string tokenizer;              // GGUF tokenizer.ggml.model: "llama" (SentencePiece), "gpt2" (BPE); "": unknown
   std::string native_dtype = "BF16";  // what the publisher released: F32, F16, BF16, FP8
   std::string source;                 // where the shape came from (HF repo, file path)
 

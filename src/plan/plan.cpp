@@ -18,14 +18,9 @@ struct Slice {
   uint64_t expert_bytes = 0;      // routed-expert bytes (prefill reads the experts its batch touches)
   uint64_t dense_params = 0;      // params every token multiplies by
   uint64_t expert_active_params = 0;  // routed-expert params one token multiplies by
+  // Params one token multiplies by (dense + active experts), per storage type: each type has its own kernel.
+  std::map<std::pair<uint32_t, bool>, double> active_params_by_type;
 };
-
-StorageType dominant_type(const std::vector<TensorSpec>& tensors, const std::vector<StorageType>& types) {
-  std::map<std::pair<uint32_t, bool>, uint64_t> bytes;
-  for (size_t i = 0; i < tensors.size(); ++i) bytes[{types[i].ggml_id, types[i].fp8}] += tensor_bytes(tensors[i], types[i]);
-  auto best = std::max_element(bytes.begin(), bytes.end(), [](auto& a, auto& b) { return a.second < b.second; });
-  return StorageType{best->first.first, best->first.second};
-}
 
 // Peak matrix throughput (FLOP/s) for weights stored as `type`: quantized weights use the int8 path where the
 // device has one (llama.cpp-style MMQ / CPU int8 dot products), FP8 the fp8 path, floats the fp16/fp32 units.
@@ -39,8 +34,8 @@ double peak_flops(const DeviceConfig& d, StorageType type) {
 
 // Activation memory of one forward pass of n_tokens over a context of n_kv, F32, without flash attention:
 // the residual stream and its temporaries, q/k/v, the FFN intermediates of the widest layer, the attention score
-// matrix, and (on the last device) the logits of one token.
-uint64_t compute_buffer(const ModelShape& s, int64_t n_tokens, int64_t n_kv, bool has_output) {
+// matrix, and (on the last device) the logits of one token. A generic engine's compute graph (GPU backends).
+uint64_t compute_buffer_graph(const ModelShape& s, int64_t n_tokens, int64_t n_kv, bool has_output) {
   const int64_t ffn = std::max({s.layer_is_moe(s.n_layer - 1) ? s.n_ff_exp * s.n_expert_used + s.shexp_width() : 0,
                                 s.n_layer_dense_lead > 0 || !s.is_moe() ? s.n_ff : 0});
   const int64_t qkv = s.is_mla() ? s.n_head * (s.head_dim + s.head_dim_v) + s.kv_lora_rank + s.qk_rope_head_dim
@@ -49,6 +44,40 @@ uint64_t compute_buffer(const ModelShape& s, int64_t n_tokens, int64_t n_kv, boo
                         static_cast<double>(s.n_head) * n_tokens * n_kv + (has_output ? s.n_vocab : 0);
   return static_cast<uint64_t>(4.0 * floats);
 }
+
+// What uma's CPU backend keeps resident for a forward pass of n_tokens (DecoderModel::ensure_scratch, F32):
+// five n_embd-wide rows (residual x, its norm, the block output, the gathered output rows, the shared-expert
+// sum), q/k/v and the attention output, gate and up of the widest dense FFN (or the shared experts), the MLA
+// projections (q_a, latent, rope part) and, for MoE layers, the n_expert_used expert outputs per token. The logits
+// buffer is n_tokens x n_vocab but only the rows of tokens that want logits are written, and untouched pages of
+// a large allocation never become resident: one row is counted.
+uint64_t compute_buffer_cpu(const ModelShape& s, int64_t n_tokens, bool has_output) {
+  const int64_t ff = std::max(s.n_ff, s.n_ff_exp * std::max<int64_t>(1, s.n_expert_shared));
+  const int64_t hd_k = s.is_mla() ? s.qk_nope_head_dim + s.qk_rope_head_dim : s.head_dim;
+  const int64_t hd_v = s.is_mla() ? s.v_head_dim : s.head_dim_v;
+  const int64_t n_kv_head = s.is_mla() ? s.n_head : s.n_head_kv;
+  int64_t per_token = 5 * s.n_embd + s.n_head * hd_k + n_kv_head * (hd_k + hd_v) + s.n_head * hd_v + 2 * ff;
+  if (s.is_mla()) per_token += std::max<int64_t>(1, s.q_lora_rank) + s.kv_lora_rank + s.qk_rope_head_dim;
+  if (s.is_moe()) per_token += s.n_expert_used * s.n_embd;
+  return 4 * static_cast<uint64_t>(n_tokens * per_token + (has_output ? s.n_vocab : 0));
+}
+
+uint64_t compute_buffer(Backend backend, const ModelShape& s, int64_t n_tokens, int64_t n_kv, bool has_output) {
+  return backend == Backend::cpu ? compute_buffer_cpu(s, n_tokens, has_output)
+                                 : compute_buffer_graph(s, n_tokens, n_kv, has_output);
+}
+
+// Host memory of the tokenizer: per vocabulary entry the mapped token string, GGUF's string_view index over it,
+// the Vocab's own copy, score, type and lookup-map node; byte-level BPE adds about two merges per token and a
+// fixed cost for its compiled pre-tokenizer regexes. Fitted from `uma run` peak RSS: SentencePiece llama-7b
+// (32,000 tokens) and stories260K, BPE llama3-8b (128,256 tokens, 280,147 merges) and the BPE fixtures.
+uint64_t tokenizer_bytes(const ModelShape& s) {
+  const bool spm = s.tokenizer == "llama";  // unknown: assume BPE, the larger
+  return static_cast<uint64_t>((spm ? 100.0 : 290.0) * static_cast<double>(s.n_vocab) + (spm ? 0 : 400e3));
+}
+
+// uma's CPU KV cache hands out cells in pages of 16 tokens (KvCache::kPageSize), so n_ctx is rounded up.
+int64_t kv_cells(Backend backend, int64_t n_ctx) { return backend == Backend::cpu ? (n_ctx + 15) / 16 * 16 : n_ctx; }
 
 // FLOPs of attention for one token at context position pos, one layer: scores (q·k) and the weighted sum of v.
 double attention_flops(const ModelShape& s, double pos, bool absorbed_mla) {
@@ -65,15 +94,37 @@ std::string fmt_gb(uint64_t b) { return format_bytes(b); }
 }  // namespace
 
 Efficiency default_efficiency(Backend backend) {
-  // Placeholders until fitted against `uma bench` (docs/PLAN.md, "Calibration"). Decode fractions are in the range
-  // published llama.cpp results reach on each kind of device; they are not measurements of uma.
+  // The one table of efficiency factors (docs/PLAN.md, "Efficiency table"). CPU and CUDA are fitted against
+  // `uma bench` on synthetic llama-7b files (tools/calibrate_cpu.sh prints the CPU fit); Metal is a placeholder.
   switch (backend) {
     case Backend::cuda:
-      return {0.70, 0.40, 15.0, static_cast<uint64_t>(512 * kMiB), false, "uncalibrated placeholder"};
+      // Calibrated on H200 (2025-11, docs/PERFORMANCE.md "CUDA"): decode took 5.7-6.3 ms per token for every
+      // weight type although the bytes differ 3.5x, so it is issue-bound (~187 us per layer, overlapping the
+      // memory traffic); prefill pp512 fractions of the int8 (quantized) or fp16 peak. Decode compute uses the
+      // prefill fractions: it never binds there.
+      return {0.70, 0.40, 187.0, static_cast<uint64_t>(512 * kMiB), true, "calibrated on H200 (2025-11)",
+              {{GgmlType::Q4_0, 0.054, 0.054},
+               {GgmlType::Q8_0, 0.054, 0.054},
+               {GgmlType::F16, 0.175, 0.175},
+               {GgmlType::Q4_K, 0.050, 0.050},
+               {GgmlType::Q6_K, 0.050, 0.050}},
+              true};
     case Backend::metal:
       return {0.60, 0.55, 25.0, static_cast<uint64_t>(256 * kMiB), false, "uncalibrated placeholder"};
     case Backend::cpu:
-      return {0.80, 0.50, 5.0, static_cast<uint64_t>(64 * kMiB), false, "uncalibrated placeholder"};
+      // CPU_CALIBRATION_BEGIN (tools/calibrate_cpu.sh prints a replacement for this block)
+      // Fitted 2026-11-21 on the shared 2-vCPU AMD EPYC (AVX-512 VNNI) host, llama-7b pp64/tg8, 2 threads, load
+      // average ~2 from other users (a second run at load 7.6 measured 25-50 % slower: see docs/PLAN.md);
+      // fractions of the local peak (cores x 32 FLOP x 3 GHz, int8 x2). Runtime base: `uma run` peak RSS on
+      // stories260K and the fixtures (tests/e2e/test_plan_memory.cpp).
+      return {0.81, 0.10, 248.4, static_cast<uint64_t>(14.4e6), true, "calibrated on a 2-core EPYC (2026-11-21)",
+              {{GgmlType::Q4_0, 0.0964, 0.2015},
+               {GgmlType::Q8_0, 0.0864, 0.1928},
+               {GgmlType::F16, 0.1091, 0.2446},
+               {GgmlType::Q4_K, 0.0362, 0.0862},
+               {GgmlType::Q6_K, 0.0362, 0.0862}},
+              false};
+      // CPU_CALIBRATION_END
   }
   return {0.5, 0.3, 10.0, static_cast<uint64_t>(256 * kMiB), false, "uncalibrated placeholder"};
 }
@@ -120,7 +171,6 @@ Plan make_plan(const PlanInputs& in) {
     for (const auto& t : tensors) types.push_back(tensor_type(t, *in.quant, s));
     quant_name = in.quant->name;
   }
-  const StorageType main_type = dominant_type(tensors, types);
 
   // Per-layer and global slices.
   std::vector<Slice> layers(static_cast<size_t>(s.n_layer));
@@ -132,6 +182,11 @@ Plan make_plan(const PlanInputs& in) {
     Slice* sl = t.layer >= 0 && t.layer < s.n_layer ? &layers[static_cast<size_t>(t.layer)] : &head;
     if (t.role == TensorRole::token_embd && !s.tied_embeddings) sl = &embd;
     sl->bytes += b;
+    const std::pair<uint32_t, bool> key{types[i].ggml_id, types[i].fp8};
+    if (t.role == TensorRole::expert)
+      sl->active_params_by_type[key] += static_cast<double>(p / s.n_expert * s.n_expert_used);
+    else if (sl != &embd)
+      sl->active_params_by_type[key] += static_cast<double>(p);
     if (t.role == TensorRole::expert) {
       sl->expert_bytes += b;
       sl->decode_bytes += b / s.n_expert * s.n_expert_used;
@@ -169,7 +224,8 @@ Plan make_plan(const PlanInputs& in) {
   auto eff_of = [&](const DeviceConfig& d) { return in.efficiency_override.value_or(default_efficiency(d.backend)); };
   std::vector<double> budget(nd);
   for (size_t d = 0; d < nd; ++d) {
-    double fixed = static_cast<double>(eff_of(devs[d]).runtime_overhead + compute_buffer(s, B, in.n_ctx, d == nd - 1));
+    double fixed = static_cast<double>(eff_of(devs[d]).runtime_overhead +
+                                       compute_buffer(devs[d].backend, s, B, in.n_ctx, d == nd - 1));
     if (d == 0) fixed += static_cast<double>(embd.bytes);
     if (d == nd - 1) fixed += static_cast<double>(head.bytes);
     budget[d] = std::max(0.0, static_cast<double>(devs[d].usable_bytes) - fixed);
@@ -218,31 +274,58 @@ Plan make_plan(const PlanInputs& in) {
     dp.layer_end = dp.layer_begin + static_cast<int>(std::count(owner.begin(), owner.end(), static_cast<int>(d)));
     const int n_layers_here = dp.layer_end - dp.layer_begin;
 
-    double dec_bytes = 0, dec_flops = 0, pre_bytes = 0, pre_flops = 0;
+    // FLOPs per weight type (attention counts as F32: activations times the cache).
+    double dec_bytes = 0, pre_bytes = 0;
+    std::map<std::pair<uint32_t, bool>, double> dec_flops, pre_flops;
+    const std::pair<uint32_t, bool> f32_key{static_cast<uint32_t>(GgmlType::F32), false};
     auto add = [&](const Slice& sl, bool is_layer) {
       dp.weights += sl.bytes;
       dec_bytes += static_cast<double>(sl.decode_bytes);
-      dec_flops += 2.0 * static_cast<double>(sl.dense_params + sl.expert_active_params);
       pre_bytes += static_cast<double>(sl.bytes - sl.expert_bytes) + touched * static_cast<double>(sl.expert_bytes);
       // A prompt batch needs logits for its last token only, so the LM head runs once per batch.
       const double tokens = is_layer ? static_cast<double>(B) : 1.0;
-      pre_flops += 2.0 * tokens * static_cast<double>(sl.dense_params + sl.expert_active_params);
+      for (const auto& [key, params] : sl.active_params_by_type) {
+        dec_flops[key] += 2.0 * params;
+        pre_flops[key] += 2.0 * tokens * params;
+      }
       if (is_layer) {
         dec_bytes += static_cast<double>(kv_layer) * depth;  // decode reads the whole cached context
-        dec_flops += attention_flops(s, depth, true);
-        pre_flops += static_cast<double>(B) * attention_flops(s, prefill_pos, false);
+        dec_flops[f32_key] += attention_flops(s, depth, true);
+        pre_flops[f32_key] += static_cast<double>(B) * attention_flops(s, prefill_pos, false);
         pre_bytes += static_cast<double>(kv_layer) * depth;
       }
     };
-    if (dp.has_token_embd) add(embd, false);
+    if (dp.has_token_embd) {
+      add(embd, false);
+      // The CPU backend maps the file and reads one embedding row per token: at most n_ctx rows of the table
+      // become resident, each touching its bytes plus (straddling) about one more page. GPUs upload all of it.
+      if (dev.backend == Backend::cpu) {
+        const double rows = static_cast<double>(in.n_ctx), touched_bytes = rows * (embd.decode_bytes + 4096.0);
+        if (touched_bytes < static_cast<double>(embd.bytes)) dp.weights -= embd.bytes - static_cast<uint64_t>(touched_bytes);
+      }
+    }
     for (int il = dp.layer_begin; il < dp.layer_end; ++il) add(layers[static_cast<size_t>(il)], true);
     if (dp.has_output) add(head, false);
-    dp.kv_cache = kv_layer * static_cast<uint64_t>(in.n_ctx) * static_cast<uint64_t>(n_layers_here);
-    dp.compute = compute_buffer(s, B, in.n_ctx, dp.has_output);
+    dp.kv_cache = kv_layer * static_cast<uint64_t>(kv_cells(dev.backend, in.n_ctx)) * static_cast<uint64_t>(n_layers_here);
+    dp.compute = compute_buffer(dev.backend, s, B, in.n_ctx, dp.has_output);
     dp.overhead = eff.runtime_overhead;
+    // The CPU backend also holds the tokenizer in the same memory (on a GPU it stays in host RAM).
+    if (dev.backend == Backend::cpu && d == 0)
+      dp.overhead += tokenizer_bytes(s);
 
     const double bw = dev.bandwidth_gbs * 1e9 * eff.decode_bandwidth;
-    const double fl = peak_flops(dev, main_type) * eff.compute;
+    // Seconds the matrix kernels need for these FLOPs, each weight type at its own kernel's rate.
+    auto compute_seconds = [&](const std::map<std::pair<uint32_t, bool>, double>& flops, bool decode) {
+      double t = 0;
+      for (const auto& [key, f] : flops) {
+        double frac = eff.compute;
+        for (const auto& k : eff.kernels)
+          if (!key.second && static_cast<uint32_t>(k.type) == key.first) frac = decode ? k.decode_compute : k.prefill_compute;
+        const double rate = peak_flops(dev, StorageType{key.first, key.second}) * frac;
+        if (rate > 0) t += f / rate;
+      }
+      return t;
+    };
     const double fixed = n_layers_here * eff.layer_overhead_us * 1e-6;
     // A hop to the next device carries one hidden state (F32) per token.
     double hop = 0;
@@ -250,11 +333,14 @@ Plan make_plan(const PlanInputs& in) {
       const double link = dev.link_gbs > 0 ? dev.link_gbs : dev.pcie_gen >= 5 ? 50 : dev.pcie_gen >= 4 ? 25 : 12;
       hop = 10e-6 + 4.0 * s.n_embd / (link * 1e9);
     }
-    const double t_dec_mem = bw > 0 ? dec_bytes / bw : 0, t_dec_cmp = fl > 0 ? dec_flops / fl : 0;
+    const double t_dec_mem = bw > 0 ? dec_bytes / bw : 0, t_dec_cmp = compute_seconds(dec_flops, true);
     dp.bandwidth_bound = t_dec_mem >= t_dec_cmp;
-    dp.decode_ms = 1e3 * (std::max(t_dec_mem, t_dec_cmp) + fixed + hop);
-    const double t_pre = std::max(bw > 0 ? pre_bytes / bw : 0, fl > 0 ? pre_flops / fl : 0);
-    dp.prefill_ms = 1e3 * (t_pre + fixed + hop * static_cast<double>(B));
+    const double t_pre = std::max(bw > 0 ? pre_bytes / bw : 0, compute_seconds(pre_flops, false));
+    // A synchronous backend (CPU) pays its per-layer overhead on top of the work; an asynchronous one (CUDA)
+    // queues kernels while earlier ones run, so the slower of issuing and executing sets the pace.
+    auto with_overhead = [&](double work) { return eff.overlapped_overhead ? std::max(work, fixed) : work + fixed; };
+    dp.decode_ms = 1e3 * (with_overhead(std::max(t_dec_mem, t_dec_cmp)) + hop);
+    dp.prefill_ms = 1e3 * (with_overhead(t_pre) + hop * static_cast<double>(B));
     decode_s += dp.decode_ms / 1e3;
     prefill_s += dp.prefill_ms / 1e3;
 

@@ -18,15 +18,28 @@
 
 namespace uma::plan {
 
-// Per-backend efficiency: the fraction of peak a real engine reaches. One table, documented in docs/PLAN.md;
-// `calibrated` stays false until fitted against `uma bench` on that backend.
+// What one weight type's matrix kernel reaches, as a fraction of the device's peak rate for that type (the int8
+// rate for quantized types, fp16 for F16/BF16, fp32 for F32; see peak_flops in plan.cpp): decode runs
+// matrix-vector products (one token), prefill matrix-matrix products (a batch).
+struct KernelEfficiency {
+  GgmlType type;
+  double decode_compute;
+  double prefill_compute;
+};
+
+// Per-backend efficiency: the fraction of peak a real engine reaches. One table (default_efficiency),
+// documented in docs/PLAN.md; `calibrated` says whether it was fitted against `uma bench` on that backend.
 struct Efficiency {
-  double decode_bandwidth;     // fraction of peak memory bandwidth while decoding
-  double compute;              // fraction of peak matrix FLOPS while prefilling
-  double layer_overhead_us;    // fixed cost per layer per forward pass (kernel launches, sync)
-  uint64_t runtime_overhead;   // bytes per device: context, scratch, allocator slack
+  double decode_bandwidth;     // fraction of peak (or, for --hw local, measured) memory bandwidth while decoding
+  double compute;              // fraction of peak matrix FLOPS, for weight types without a `kernels` entry
+  double layer_overhead_us;    // fixed cost per layer per forward pass (kernel launches, thread wake-ups)
+  uint64_t runtime_overhead;   // bytes per device: context, code, allocator slack (CPU: uma's measured base)
   bool calibrated;
   const char* note;
+  std::vector<KernelEfficiency> kernels = {};  // per weight type; overrides `compute` for that type
+  // true: the per-layer overhead overlaps the work (kernels queued asynchronously), time = max(work, overhead);
+  // false: it adds (a CPU backend that wakes its threads for every operation).
+  bool overlapped_overhead = false;
 };
 Efficiency default_efficiency(Backend backend);
 
@@ -52,7 +65,7 @@ struct DevicePlan {
   Backend backend = Backend::cpu;
   int layer_begin = 0, layer_end = 0;  // [begin, end)
   bool has_token_embd = false, has_output = false;
-  uint64_t weights = 0, kv_cache = 0, compute = 0, overhead = 0;
+  uint64_t weights = 0, kv_cache = 0, compute = 0, overhead = 0;  // overhead: runtime base (+ tokenizer, CPU)
   uint64_t total() const { return weights + kv_cache + compute + overhead; }
   uint64_t usable = 0;
   bool fits() const { return total() <= usable; }

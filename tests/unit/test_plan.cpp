@@ -1,6 +1,8 @@
 // Planner tests: the seed examples, MoE/MLA accounting, placement and refusal, all through the pure make_plan.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "plan/plan.h"
 #include "uma/error.h"
 
@@ -118,15 +120,50 @@ TEST(Plan, MlaCachesTheLatentOnly) {
 }
 
 TEST(Plan, DecodeIsBandwidthBoundAndAddsUp) {
-  // One device: time/token = active bytes / (bandwidth x efficiency) + layers x launch overhead.
+  // One CUDA device: kernels are queued asynchronously, so time/token = the slower of reading the active bytes at
+  // bandwidth x efficiency and issuing the layers' kernels.
   Plan p = plan_for("llama-2-7b", "Q4_0", "4090", 512);
   const auto eff = default_efficiency(Backend::cuda);
-  const double expect_s = static_cast<double>(p.active_bytes) / (1008e9 * eff.decode_bandwidth) + 32 * eff.layer_overhead_us * 1e-6;
+  ASSERT_TRUE(eff.overlapped_overhead);
+  const double expect_s = std::max(static_cast<double>(p.active_bytes) / (1008e9 * eff.decode_bandwidth),
+                                   32 * eff.layer_overhead_us * 1e-6);
   EXPECT_NEAR(p.decode_tps, 1.0 / expect_s, 1.0 / expect_s * 1e-6);
   EXPECT_TRUE(p.devices[0].bandwidth_bound);
   EXPECT_GT(p.prefill_tps, 10 * p.decode_tps);
   EXPECT_NEAR(p.tps_per_watt, p.decode_tps / 450, 1e-9);
   EXPECT_NEAR(p.usd_per_tps, 1599 / p.decode_tps, 1e-6);
+}
+
+TEST(Plan, CpuUsesEachWeightTypesKernelRate) {
+  // A CPU with ample bandwidth: decode is bound by the weight type's matrix-vector kernel, and the per-layer
+  // overhead adds (the CPU backend is synchronous).
+  const auto eff = default_efficiency(Backend::cpu);
+  ASSERT_FALSE(eff.overlapped_overhead);
+  // (Q8_0 and F16 keep the LM head in their own type; llama.cpp's other recipes give it Q6_K, another kernel.)
+  for (GgmlType type : {GgmlType::Q8_0, GgmlType::F16}) {
+    PlanInputs in;
+    in.model = *find_model("llama-2-7b");
+    in.quant = quant_scheme(std::string(type_name(type)));
+    ASSERT_TRUE(in.quant.has_value());
+    in.n_ctx = 512;
+    DeviceConfig cpu;
+    cpu.backend = Backend::cpu;
+    cpu.memory_bytes = cpu.usable_bytes = uint64_t{64} << 30;
+    cpu.bandwidth_gbs = 1e4;
+    cpu.fp32_tflops = cpu.fp16_tflops = 1.0;
+    cpu.int8_tops = 2.0;
+    in.machine = Machine{"cpu", {cpu}};
+    const Plan p = make_plan(in);
+    const KernelEfficiency* k = nullptr;
+    for (const auto& e : eff.kernels)
+      if (e.type == type) k = &e;
+    ASSERT_NE(k, nullptr) << type_name(type);
+    const double peak = type == GgmlType::F16 ? 1e12 : 2e12;
+    const double expect_s = 2.0 * static_cast<double>(p.active_params) / (peak * k->decode_compute) +
+                            32 * eff.layer_overhead_us * 1e-6;
+    EXPECT_NEAR(1.0 / p.decode_tps, expect_s, expect_s * 0.01) << type_name(type);
+    EXPECT_FALSE(p.devices[0].bandwidth_bound);
+  }
 }
 
 TEST(Plan, LayerSplitCoversEveryLayerOnce) {
