@@ -98,17 +98,18 @@ Efficiency default_efficiency(Backend backend) {
   // `uma bench` on synthetic llama-7b files (tools/calibrate_cpu.sh prints the CPU fit); Metal is a placeholder.
   switch (backend) {
     case Backend::cuda:
-      // Calibrated on H200 (2025-11, docs/PERFORMANCE.md "CUDA"): decode took 5.7-6.3 ms per token for every
-      // weight type although the bytes differ 3.5x, so it is issue-bound (~187 us per layer, overlapping the
-      // memory traffic); prefill pp512 fractions of the int8 (quantized) or fp16 peak. Decode compute uses the
-      // prefill fractions: it never binds there.
-      return {0.70, 0.40, 187.0, static_cast<uint64_t>(512 * kMiB), true, "calibrated on H200 (2025-11)",
-              {{GgmlType::Q4_0, 0.054, 0.054},
-               {GgmlType::Q8_0, 0.054, 0.054},
-               {GgmlType::F16, 0.175, 0.175},
-               {GgmlType::Q4_K, 0.050, 0.050},
-               {GgmlType::Q6_K, 0.050, 0.050}},
-              true};
+      // Calibrated on H200 (2025-11, docs/PERFORMANCE.md "CUDA", llama-7b after CUDA graphs: tg128 Q4_0 254,
+      // Q8_0 223, F16 219, Q4_K_M 231 t/s; pp512 7,862 / 7,981 / 12,661 / 7,260). Decode: F16 reads at 0.73 of the
+      // catalog bandwidth (its GEMV's rate) plus ~22.5 us per layer of small kernels inside the graph; the quantized
+      // GEMVs are bound per value, not per byte, so they get a decode compute fraction of the int8 peak. Prefill:
+      // pp512 over the int8 (quantized) or fp16 peak (uma dequantizes to f16 for cuBLAS).
+      return {0.73, 0.40, 22.5, static_cast<uint64_t>(512 * kMiB), true, "calibrated on H200 (2025-11)",
+              {{GgmlType::Q4_0, 0.00207, 0.053},
+               {GgmlType::Q8_0, 0.00177, 0.054},
+               {GgmlType::F16, 0.175, 0.171},
+               {GgmlType::Q4_K, 0.00185, 0.049},
+               {GgmlType::Q6_K, 0.00185, 0.049}},
+              false};
     case Backend::metal:
       return {0.60, 0.55, 25.0, static_cast<uint64_t>(256 * kMiB), false, "uncalibrated placeholder"};
     case Backend::cpu:
