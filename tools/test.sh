@@ -6,3 +6,5 @@ tools/setup.sh --tests
 cmake --preset release
 cmake --build build -j"$(nproc)"
 ctest --preset release
+# The ARM (NEON) kernels, cross-compiled and run under qemu: correctness only.
+tools/ci_aarch64.sh

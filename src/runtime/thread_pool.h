@@ -14,7 +14,7 @@ namespace uma {
 
 class ThreadPool {
  public:
-  // n_threads <= 0: one per hardware thread.
+  // n_threads <= 0: one per hardware thread. The environment variable UMA_MAX_THREADS caps it.
   explicit ThreadPool(int n_threads = 0);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;

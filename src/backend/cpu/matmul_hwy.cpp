@@ -26,6 +26,11 @@
 #ifndef HWY_WANT_AVX3_DL
 #define HWY_WANT_AVX3_DL
 #endif
+// SVE targets are left out: the register tiles below are arrays of vectors, which SVE's sizeless vector
+// types cannot form. NEON covers Apple M-series and Graviton; it is tested under qemu (tools/ci_aarch64.sh).
+#ifndef HWY_DISABLED_TARGETS
+#define HWY_DISABLED_TARGETS (HWY_SVE | HWY_SVE2 | HWY_SVE_256 | HWY_SVE2_128)
+#endif
 #include <hwy/aligned_allocator.h>
 
 #include <algorithm>
