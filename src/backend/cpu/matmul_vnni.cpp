@@ -11,8 +11,6 @@
 // d_w * d_a per lane. About 12 instructions per 64 weights instead of ~48.
 #include "backend/cpu/matmul_vnni.h"
 
-#include <hwy/targets.h>
-
 #include <algorithm>
 #include <vector>
 
@@ -123,9 +121,10 @@ bool vnni_decode_supported(const WeightView& w) {
   static const bool cpu_ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                              __builtin_cpu_supports("avx512vnni");
-  // Pairs of 32-value blocks: the row must hold an even number of blocks.
-  return cpu_ok && (hwy::SupportedTargets() & HWY_AVX3_DL) != 0 &&
-         (w.type == GgmlType::Q4_0 || w.type == GgmlType::Q8_0) && w.cols % 64 == 0;
+  // Pairs of 32-value blocks: the row must hold an even number of blocks. (No hwy::SupportedTargets()
+  // here: Highway 1.0 re-runs CPUID on every call, and CPUID traps to the hypervisor in a VM — at hundreds
+  // of matmuls per token that alone cost 8x on a tiny model.)
+  return cpu_ok && (w.type == GgmlType::Q4_0 || w.type == GgmlType::Q8_0) && w.cols % 64 == 0;
 }
 
 void matmul_vnni_decode(const WeightView& w, const float* x, float* y, ThreadPool& pool) {

@@ -7,8 +7,8 @@
 
 namespace uma::cpu {
 
-// True when this CPU has AVX512-F/BW/VL/VNNI and Highway would dispatch to AVX3_DL (tests that restrict
-// Highway's targets also switch this path off).
+// True when this CPU has AVX512-F/BW/VL/VNNI and the weight is Q4_0/Q8_0 with an even number of blocks
+// per row.
 bool vnni_decode_supported(const WeightView& w);
 
 // y[r] = W[r, :] · x for one token, rows split over the pool. Activations are quantized to Q8_0 exactly as
