@@ -207,6 +207,8 @@ size_t Model::bytes_per_token() const { return weight_bytes_; }
 
 size_t DecoderModel::bytes_per_token() const {
   size_t bytes = weight_bytes_;
+  // A token reads one row of the embedding table, unless the table doubles as the output projection.
+  if (output_.host != tok_embd_.host) bytes -= tok_embd_.nbytes - tok_embd_.nbytes / tok_embd_.rows();
   for (const DecoderLayer& l : layers_)
     for (const Weight* w : {&l.gate_exps, &l.up_exps, &l.down_exps})
       if (*w) bytes -= w->nbytes - w->nbytes / config_.n_expert * config_.n_expert_used;
