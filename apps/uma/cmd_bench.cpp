@@ -18,6 +18,7 @@ struct BenchArgs {
   std::string model = kDefaultModel;
   BenchOptions options;
   int n_threads = 0;
+  std::string device = "auto";
   size_t membw_mib = 0;
   bool no_membw = false;
   bool json = false;
@@ -70,8 +71,10 @@ int bench(BenchArgs a) {
   const auto path = resolve_model(a.model);
   EngineOptions eo;
   eo.n_threads = a.n_threads;
-  // Room for the longer test plus a page; bench clears sequence 0 between runs.
-  eo.n_ctx = (std::max(a.options.n_prompt, a.options.n_gen) / KvCache::kPageSize + 1) * KvCache::kPageSize;
+  eo.device = a.device;
+  // Room for the depth and the longer test plus a page; bench clears sequence 0 between runs.
+  eo.n_ctx = ((a.options.depth + std::max(a.options.n_prompt, a.options.n_gen)) / KvCache::kPageSize + 1) *
+             KvCache::kPageSize;
   auto engine = Engine::load(path, eo);
   a.options.measure_bandwidth = !a.no_membw;
   a.options.bandwidth_buffer_bytes = a.membw_mib << 20;
@@ -92,6 +95,9 @@ const RegisterCommand reg{{"bench", "Measure prompt and generation speed (llama-
   sub.add_option("-r,--repetitions", a->options.repeats, "Repeats of each test (median reported)")
       ->capture_default_str();
   sub.add_option("-t,--threads", a->n_threads, "CPU threads (0: all)")->capture_default_str();
+  sub.add_option("--device", a->device, "cpu, cuda, cuda:N or auto (a GPU when the model fits)")->capture_default_str();
+  sub.add_option("-d,--depth", a->options.depth, "Tokens in the context before each test (filled by prefill)")
+      ->capture_default_str();
   sub.add_option("--membw-mib", a->membw_mib, "Buffer for the bandwidth measurement in MiB (0: min(1 GiB, RAM/4))")
       ->capture_default_str();
   sub.add_flag("--no-membw", a->no_membw, "Skip the memory bandwidth measurement");

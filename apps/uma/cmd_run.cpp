@@ -19,6 +19,7 @@ struct RunArgs {
   int n_predict = 128;
   int64_t n_ctx = 0;
   int n_threads = 0;
+  std::string device = "auto";
   SamplerParams sampling;
   bool ignore_eos = false;
   bool no_special = false;
@@ -46,6 +47,7 @@ int run(const RunArgs& a) {
   if (!a.no_plan) plan_or_refuse(path, a.n_ctx);
   EngineOptions eo;
   eo.n_threads = a.n_threads;
+  eo.device = a.device;
   eo.n_ctx = a.n_ctx;
   auto engine = Engine::load(path, eo);
   if (a.touch_kv && engine->backend().name() == "cpu") {  // peak memory of a full context without running one (tests/e2e/test_plan_memory.cpp)
@@ -108,6 +110,7 @@ const RegisterCommand reg{{"run", "Generate text from a prompt", [](CLI::App& su
   sub.add_option("-n,--n-predict", a->n_predict, "Tokens to generate (-1: until end or context full)")->capture_default_str();
   sub.add_option("-c,--ctx-size", a->n_ctx, "Context size in tokens (0: model's, at most 4096)")->capture_default_str();
   sub.add_option("-t,--threads", a->n_threads, "CPU threads (0: all)")->capture_default_str();
+  sub.add_option("--device", a->device, "cpu, cuda, cuda:N or auto (a GPU when the model fits)")->capture_default_str();
   sub.add_option("--temp", a->sampling.temperature, "Temperature (0: greedy)")->capture_default_str();
   sub.add_option("--top-k", a->sampling.top_k, "Top-k (0: off)")->capture_default_str();
   sub.add_option("--top-p", a->sampling.top_p, "Top-p (1: off)")->capture_default_str();

@@ -120,6 +120,11 @@ BenchReport run_bench(Engine& engine, const BenchOptions& o) {
   // Warm-up: the first pass faults the mapped weights in from the page cache.
   kv.truncate(0, 0);
   step(1, 0);
+  // A context of `depth` tokens, kept by every test (each truncates back to it).
+  const int d = std::max(0, o.depth);
+  kv.truncate(0, 0);
+  for (int pos = 0; pos < d; pos += 512) step(std::min(512, d - pos), pos);
+  const std::string at_depth = d > 0 ? fmt::format(" @ d{}", d) : "";
 
   auto finish = [&](BenchTest& t, int n_tokens) {
     std::vector<double> tps;
@@ -132,21 +137,21 @@ BenchReport run_bench(Engine& engine, const BenchOptions& o) {
     r.tests.push_back(std::move(t));
   };
   if (o.n_prompt > 0) {
-    BenchTest t{.name = fmt::format("pp{}", o.n_prompt), .n_prompt = o.n_prompt};
+    BenchTest t{.name = fmt::format("pp{}{}", o.n_prompt, at_depth), .n_prompt = o.n_prompt};
     for (int rep = 0; rep < o.repeats; ++rep) {
-      kv.truncate(0, 0);
+      kv.truncate(0, d);
       const auto t0 = Clock::now();
-      step(o.n_prompt, 0);
+      step(o.n_prompt, d);
       t.seconds.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
     }
     finish(t, o.n_prompt);
   }
   if (o.n_gen > 0) {
-    BenchTest t{.name = fmt::format("tg{}", o.n_gen), .n_gen = o.n_gen};
+    BenchTest t{.name = fmt::format("tg{}{}", o.n_gen, at_depth), .n_gen = o.n_gen};
     for (int rep = 0; rep < o.repeats; ++rep) {
-      kv.truncate(0, 0);
+      kv.truncate(0, d);
       const auto t0 = Clock::now();
-      for (int i = 0; i < o.n_gen; ++i) step(1, i);
+      for (int i = 0; i < o.n_gen; ++i) step(1, d + i);
       t.seconds.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
     }
     const size_t at = r.tests.size();

@@ -16,12 +16,13 @@ struct BenchOptions {
   int n_prompt = 512;  // 0: no pp test
   int n_gen = 128;     // 0: no tg test
   int repeats = 5;
+  int depth = 0;       // tokens in the cache before each test (filled once, in prefill chunks of 512)
   bool measure_bandwidth = true;
   size_t bandwidth_buffer_bytes = 0;  // 0: measure_read_bandwidth's default
 };
 
 struct BenchTest {
-  std::string name;   // "pp512", "tg128"
+  std::string name;   // "pp512", "tg128"; "tg32 @ d32768" at a depth
   int n_prompt = 0, n_gen = 0;
   std::vector<double> seconds;  // one per repeat
   double tps_median = 0, tps_mean = 0, tps_stddev = 0;
@@ -46,7 +47,7 @@ struct BenchReport {
   std::vector<BenchTest> tests;
 };
 
-// Runs the tests on `engine` (its cache must hold n_prompt + n_gen tokens in sequence 0; sequence 0 is
+// Runs the tests on `engine` (its cache must hold depth + max(n_prompt, n_gen) tokens in sequence 0; sequence 0 is
 // cleared). Tokens are random ids, as llama-bench uses; one token is run first to fault in the weights.
 BenchReport run_bench(Engine& engine, const BenchOptions& options);
 

@@ -2,8 +2,10 @@
 // of odd shapes, for every weight type. Skips when uma was built without CUDA or no GPU is present.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
+#include <utility>
 
 #include "backend/backend.h"
 #include "backend/cpu/matmul.h"
@@ -84,16 +86,26 @@ const GgmlType kAllTypes[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16, Gg
                               GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q3_K,
                               GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
 
-// Types the CUDA kernels read as stored; the others are dequantized to f16 when uploaded.
+// Types the CUDA kernels read natively (the quantized ones repacked at upload); the others are dequantized
+// to f16 when uploaded.
 bool native(GgmlType t) {
   return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16 || t == GgmlType::Q4_0 ||
          t == GgmlType::Q8_0 || t == GgmlType::Q4_K || t == GgmlType::Q5_K || t == GgmlType::Q6_K;
 }
+bool int8_gemv(GgmlType t) {
+  return t == GgmlType::Q4_0 || t == GgmlType::Q8_0 || t == GgmlType::Q4_K || t == GgmlType::Q5_K ||
+         t == GgmlType::Q6_K;
+}
 
 class CudaMatmul : public ::testing::TestWithParam<GgmlType> {};
 
-// The GEMV (<= 4 tokens: f32 activations, expect ~1e-6) and the f16 tensor-core GEMM (activations rounded
-// to f16: ~1e-3; f32 weights take an f32 SGEMM) against the scalar reference in f32.
+// Against the scalar reference in f32 (relative L2 over the output):
+// - GEMV (<= 4 tokens) of F32/F16/BF16: f32 activations, only the summation order differs: 2e-5.
+// - GEMV of Q4_0/Q8_0/Q4_K/Q5_K/Q6_K: the activations are quantized to int8 per 32 values (scale amax/127)
+//   and multiplied with dp4a, as the CPU backend quantizes them to Q8_0/Q8_K for these types: an output's
+//   relative error is about the activations' relative rounding error, ~0.5-1 % for Gaussian activations.
+//   Budget: the CPU's for 32-value activation blocks, 2 % (tests/kernels/test_matmul.cpp).
+// - the f16 tensor-core GEMM (activations rounded to f16: ~1e-3; f32 weights take an f32 SGEMM): 3e-3.
 TEST_P(CudaMatmul, MatchesScalarReference) {
   REQUIRE_GPU();
   const GgmlType type = GetParam();
@@ -121,6 +133,7 @@ TEST_P(CudaMatmul, MatchesScalarReference) {
       cuda->matmul(tw.w, d.put(x), n_tok, y);
       const double err = rel(d.get(y, want.size()), want);
       double budget = (n_tok <= 4 || type == GgmlType::F32) ? 2e-5 : 3e-3;
+      if (n_tok <= 4 && int8_gemv(type)) budget = 2e-2;
       if (!native(type)) budget = 3e-3;  // f16 rounding of the dequantized weights
       EXPECT_LE(err, budget) << type_name(type) << " " << s.rows << "x" << s.cols << " tokens " << n_tok;
       // With a bias (its bytes live as long as the weight: the backend caches uploads by host address).
@@ -130,9 +143,20 @@ TEST_P(CudaMatmul, MatchesScalarReference) {
       bias.host = bias_bytes.data();
       bias.nbytes = bias_bytes.size();
       cuda->matmul(tw.w, d.put(x), n_tok, y, &bias);
+      // The bias adds exactly, so the error is measured against the product's size: relative to W x + b, a
+      // single output (1 row) whose bias cancels most of W x turned the f16 rounding of Q3_K's converted
+      // weights (~1e-3 of W x) into a 2 % "error".
+      const std::vector<float> product = want;
       for (int64_t t = 0; t < n_tok; ++t)
         for (int64_t r = 0; r < s.rows; ++r) want[t * s.rows + r] += bias_v[r];
-      EXPECT_LE(rel(d.get(y, want.size()), want), budget) << "with bias";
+      const auto got = d.get(y, want.size());
+      double diff2 = 0, norm2 = 0;
+      for (size_t i = 0; i < want.size(); ++i) {
+        diff2 += double(got[i] - want[i]) * (got[i] - want[i]);
+        norm2 += double(product[i]) * product[i];
+      }
+      EXPECT_LE(std::sqrt(diff2 / norm2), budget)
+          << "with bias: " << type_name(type) << " " << s.rows << "x" << s.cols << " tokens " << n_tok;
     }
   }
 }
@@ -155,6 +179,41 @@ TEST_P(CudaMatmul, GetRowsDequantizesLikeTheCpu) {
   EXPECT_LE(rel(d.get(out, want.size()), want), native(type) ? 1e-7 : 1e-3) << type_name(type);
   const int32_t bad = 50;
   EXPECT_THROW(cuda->get_rows(tw.w, &bad, 1, out), Error);
+}
+
+// The int8 GEMV computes exactly what it says: the dequantized weights times the activations after the
+// device's quantization (per 32 values d = amax / 127, q = round-to-even(x / d), reproduced here), summed in
+// double. Only f32 rounding of the per-block products remains (and Q4_0's Σ n x - 8 Σ x): 1e-4. This catches
+// indexing errors the 2 % budget above would hide.
+TEST_P(CudaMatmul, Int8GemvIsExactOnQuantizedActivations) {
+  REQUIRE_GPU();
+  const GgmlType type = GetParam();
+  if (!int8_gemv(type)) GTEST_SKIP() << "f32 activations";
+  auto cuda = gpu();
+  const int64_t bs = traits(type).block_size;
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{5, bs}, {67, bs * 7}, {2200, 4096}}) {
+    TestWeight tw(type, rows, cols, 11);
+    cuda->prepare_weight(tw.w);
+    const auto x = random_floats(size_t(cols), 12, 2.0f);
+    std::vector<float> xq(x.size());
+    for (int64_t b = 0; b < cols / 32; ++b) {
+      float amax = 0;
+      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[b * 32 + i]));
+      const float d = amax / 127.0f;
+      for (int i = 0; i < 32; ++i) xq[b * 32 + i] = d > 0 ? d * std::nearbyint(x[b * 32 + i] / d) : 0.0f;
+    }
+    std::vector<float> row(cols), want(rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      dequantize_row(type, tw.w.host + r * row_bytes(type, cols), row.data(), cols);
+      double acc = 0;
+      for (int64_t c = 0; c < cols; ++c) acc += double(row[c]) * xq[c];
+      want[r] = float(acc);
+    }
+    Dev d{*cuda};
+    float* y = d.make(want.size());
+    cuda->matmul(tw.w, d.put(x), 1, y);
+    EXPECT_LE(rel(d.get(y, want.size()), want), 1e-4) << type_name(type) << " " << rows << "x" << cols;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, CudaMatmul, ::testing::ValuesIn(kAllTypes),

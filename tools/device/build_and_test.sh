@@ -3,9 +3,13 @@
 # models. The GPU machine has no package registry: the build's libraries come as Debian .debs carried in
 # .debs/ (fetch them here with tools/device/fetch_debs.sh) and unpacked into a private prefix.
 # Test data: UMA_SHARED (default .device/shared, a copy of ../shared's fixtures carried with the call).
-#   usage: tools/device/build_and_test.sh [build|test|gemv|profile|bench|ceilings|all]...   (default: all)
+#   usage: tools/device/build_and_test.sh [build|test|gemv|profile|bench|llama3|depth|cpu|ceilings|all]...
+#   (default: all but depth and cpu)
 #   gemv: GEMV GB/s per type and shape against the copy ceiling (tests/backends/test_cuda_bench.cpp)
 #   profile: GPU time per op of a Q4_0 decode (UMA_CUDA_PROFILE=1, op by op)
+#   bench: pp512/tg128 of llama-7b Q4_0, Q8_0, F16, Q4_K_M on the GPU; llama3: llama3-8b Q4_0
+#   depth: tg32 of llama-7b Q4_0 after a DEPTH-token context (default 32768); cpu: the same models on the
+#   host's CPU (--device cpu, pp64/tg16)
 # Logs go to $OUT (the device tool's result folder) or ./out.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -17,14 +21,20 @@ PREFIX=${PREFIX:-/tmp/uma-deps}
 export UMA_SHARED=${UMA_SHARED:-$ROOT/.device/shared}
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(all)
-want() { for s in "${steps[@]}"; do [ "$s" = "$1" ] || [ "$s" = all ] && return 0; done; return 1; }
+want() {
+  for s in "${steps[@]}"; do
+    [ "$s" = "$1" ] && return 0
+    [ "$s" = all ] && [ "$1" != depth ] && [ "$1" != cpu ] && return 0
+  done
+  return 1
+}
 
 # Unpack the carried libraries. Debian keeps some under /lib and pkg-config files with prefix=/usr, hence
 # the sysroot. Our libraries go first on the search path for uma only (the system's stay untouched).
-if [ ! -d "$PREFIX/usr" ]; then
-  mkdir -p "$PREFIX"
-  for f in .debs/*.deb; do dpkg -x "$f" "$PREFIX"; done
-fi
+mkdir -p "$PREFIX/.unpacked"
+for f in .debs/*.deb; do  # each once per machine (a warm machine keeps the prefix)
+  [ -e "$PREFIX/.unpacked/${f##*/}" ] || { dpkg -x "$f" "$PREFIX" && touch "$PREFIX/.unpacked/${f##*/}"; }
+done
 LIBS="$PREFIX/usr/lib/x86_64-linux-gnu:$PREFIX/lib/x86_64-linux-gnu"
 export PKG_CONFIG_LIBDIR="$PREFIX/usr/lib/x86_64-linux-gnu/pkgconfig:$PREFIX/usr/share/pkgconfig"
 export PKG_CONFIG_SYSROOT_DIR="$PREFIX"
@@ -51,17 +61,18 @@ if want test; then
   "$BUILD/tests/test_backends" --gtest_brief=1 --gtest_filter=-CudaBench.* 2>&1 | tee "$OUT/test_backends.log" | grep -vE "^\[ +(OK|RUN) " | tail -60
 fi
 
-synth() {  # synth TYPE -> path of a llama-7b model of that type (made once per machine)
-  local m=/tmp/uma-llama-7b-$1.gguf
-  [ -f "$m" ] || "$BUILD/uma" synth --shape "${SYNTH_SHAPE:-llama-7b}" --type "$1" -o "$m" >"$OUT/synth-$1.log" 2>&1 \
-    || { tail -5 "$OUT/synth-$1.log" >&2; return 1; }
+synth() {  # synth TYPE [SHAPE] -> path of a model of that type and shape (default llama-7b; made once per machine)
+  local shape=${2:-llama-7b}
+  local m=/tmp/uma-$shape-$1.gguf
+  [ -f "$m" ] || "$BUILD/uma" synth --shape "$shape" --type "$1" -o "$m" >"$OUT/synth.log" 2>&1 \
+    || { tail -5 "$OUT/synth.log" >&2; return 1; }
   echo "$m"
 }
 
 if want gemv; then
   echo "== GEMV bandwidth"
   UMA_CUDA_BENCH=1 "$BUILD/tests/test_backends" --gtest_filter=CudaBench.* 2>&1 | tee "$OUT/gemv.log" \
-    | grep -E "copy ceiling|^op|^gemv|FAIL"
+    | grep -E "copy ceiling|^op|^gemv|^quantize|FAIL"
 fi
 
 if want profile; then
@@ -75,9 +86,32 @@ if want bench; then
   TYPES=${BENCH_TYPES:-"q4_0 q8_0 f16 q4_k_m"}
   for t in $TYPES; do
     m=$(synth "$t") || continue
-    "$BUILD/uma" bench -m "$m" -p "${BENCH_PP:-512}" -n "${BENCH_TG:-128}" -r "${BENCH_REPS:-3}" --no-membw 2>&1 \
-      | tee "$OUT/bench-$t.log"
+    "$BUILD/uma" bench -m "$m" --device cuda -p "${BENCH_PP:-512}" -n "${BENCH_TG:-128}" -r "${BENCH_REPS:-3}" \
+      --no-membw 2>&1 | tee "$OUT/bench-$t.log" | grep -E "^\| llama|error"
   done
+fi
+
+if want llama3; then
+  echo "== llama3-8b Q4_0"
+  m=$(synth q4_0 llama3-8b) && "$BUILD/uma" bench -m "$m" --device cuda -p 512 -n 128 -r 3 --no-membw 2>&1 \
+    | tee "$OUT/bench-llama3.log" | grep -E "^\| llama|error"
+fi
+
+if want depth; then
+  echo "== llama-7b Q4_0 decode after a ${DEPTH:-32768}-token context (filled by prefill in chunks of 512)"
+  m=$(synth q4_0) && /usr/bin/time -f "%e s wall" timeout "${DEPTH_TIMEOUT:-300}" "$BUILD/uma" bench -m "$m" \
+    --device cuda -d "${DEPTH:-32768}" -p 0 -n 32 -r 2 --no-membw 2>&1 | tee "$OUT/bench-depth.log" \
+    | grep -E "^\| llama|error|wall"
+fi
+
+if want cpu; then
+  echo "== the same models on this machine's CPU ($(nproc) threads)"
+  for t in ${CPU_TYPES:-q4_0 q8_0 f16 q4_k_m}; do
+    m=$(synth "$t") || continue
+    "$BUILD/uma" bench -m "$m" --device cpu -t "$(nproc)" -p 64 -n 16 -r 2 2>&1 | tee "$OUT/cpu-$t.log" \
+      | grep -E "^\| llama|bandwidth|error"
+  done
+  grep -m1 "model name" /proc/cpuinfo
 fi
 
 if want ceilings; then

@@ -10,4 +10,5 @@ apt-get download \
   libcurl4-openssl-dev libcurl4 libssl-dev libssl3 \
   libbrotli1 libcom-err2 libdb5.3 libffi8 libgmp10 libgnutls30 libgssapi-krb5-2 libhogweed6 libidn2-0 \
   libk5crypto3 libkeyutils1 libkrb5-3 libkrb5support0 libldap-2.5-0 libnettle8 libnghttp2-14 libp11-kit0 \
+  libcpp-httplib-dev libcpp-httplib0.11 libbrotli-dev zlib1g-dev \
   libpsl5 librtmp1 libsasl2-2 libsasl2-modules-db libssh2-1 libtasn1-6 libunistring2 libzstd1 zlib1g

@@ -48,38 +48,118 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// ---- GEMV: y[r] = W[r, :] · x (+ bias). A warp owns kRows rows: each lane loads its activations once
-// and dots them with the same part of every row, so x is read from L1 once per kRows weight rows. -------
+// ---- GEMV: y[r] = W[r, :] · x (+ bias). -------------------------------------------------------------------
 constexpr int kGemvWarps = 4;
 
-template <typename T, int kRows>
-__global__ void __launch_bounds__(kGemvWarps * kWarp)
-    gemv_kernel(const uint8_t* __restrict__ W, size_t row_bytes, int64_t rows, int64_t cols,
-                const float* __restrict__ x, float* __restrict__ y, const float* __restrict__ bias) {
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int64_t row0 = (int64_t(blockIdx.x) * kGemvWarps + warp) * kRows;
-  if (row0 >= rows) return;
-  const int64_t n_parts = cols / T::kBlockValues * T::kParts;
-  float acc[kRows] = {};
-  const uint8_t* wrow[kRows];
+// Programmatic dependent launch (sm_90): a kernel launched with the attribute (launch_pdl) may start once
+// every block of the kernel before it in the stream has called pdl_trigger (or exited); it must pdl_wait()
+// before reading anything that kernel (or an earlier one) writes: the wait returns when the previous kernel
+// has completed and its writes are visible. Without the attribute both are no-ops. The GEMVs use it to
+// fetch their weights (which no kernel writes) into L2 while the previous kernel finishes.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
+// Activations → int8 blocks of 32 for the quantized GEMV: one warp a block, d = amax / 127, q = round(x / d),
+// and d·Σq over each half block (the GEMV's weight offsets and mins need the sums). The CPU backend quantizes
+// activations to 8 bits as well (Q8_0/Q8_K), so the error against an f32 reference is of the same kind.
+__global__ void quantize_q8_kernel(const float* __restrict__ x, int64_t n_blocks, int8_t* __restrict__ xq,
+                                   float4* __restrict__ xs) {
+  pdl_trigger();  // the GEMVs after it may start prefetching their weights
+  const int lane = threadIdx.x % kWarp;
+  const int64_t blk = int64_t(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+  if (blk >= n_blocks) return;
+  const float v = x[blk * 32 + lane];
+  float amax = fabsf(v);
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) wrow[r] = W + (row0 + r < rows ? row0 + r : rows - 1) * row_bytes;
-  for (int64_t i = lane; i < n_parts; i += kWarp) {
-    const int64_t blk = i / T::kParts;
-    const int part = int(i % T::kParts);
-    float xv[T::N];
-    T::load_x(x + blk * T::kBlockValues, part, xv);
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  const float d = amax / 127.0f;
+  const int q = d > 0 ? __float2int_rn(v / d) : 0;
+  xq[blk * 32 + lane] = int8_t(q);
+  int half_sum = q;  // over the 16 lanes of this half
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) acc[r] += T::dot(wrow[r] + blk * T::kBlockBytes, part, xv);
-  }
-#pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    const float s = warp_sum(acc[r]);
-    if (lane == 0 && row0 + r < rows) y[row0 + r] = s + (bias ? bias[row0 + r] : 0.0f);
+  for (int o = 8; o > 0; o >>= 1) half_sum += __shfl_xor_sync(0xffffffffu, half_sum, o);
+  const int other = __shfl_xor_sync(0xffffffffu, half_sum, 16);
+  if (lane == 0) xs[blk] = make_float4(d, d * float(half_sum), d * float(other), 0.0f);
+}
+
+// Repacks GGUF blocks into the regions of WView (kernels.cuh): one thread a block.
+__global__ void repack_kernel(SoaSplit sp, const uint8_t* __restrict__ src, size_t block_bytes, int64_t rows,
+                              int64_t blocks_per_row, WView w) {
+  const int64_t total = rows * blocks_per_row;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / blocks_per_row, b = i % blocks_per_row;
+    const uint8_t* blk = src + i * block_bytes;
+    uint8_t* q = const_cast<uint8_t*>(w.q) + r * w.q_row + b * sp.q_len;
+    for (int k = 0; k < sp.q_len; ++k) q[k] = blk[sp.q_off + k];
+    if (sp.m_len) {
+      uint8_t* m = const_cast<uint8_t*>(w.m) + r * w.m_row + b * sp.m_len;
+      for (int k = 0; k < sp.m_len; ++k) m[k] = blk[sp.m_off + k];
+    }
+    if (sp.d_len) {
+      uint8_t* d = const_cast<uint8_t*>(w.d) + r * w.d_row + b * sp.d_len;
+      for (int k = 0; k < sp.d_len; ++k) d[k] = blk[sp.d_off + k];
+    }
   }
 }
 
-// The same dot products with the row split across the whole block: each of kWarps * 32 threads takes
+// Quantized GEMV: a block of kWarps warps owns kRows rows; its threads stride over the row's chunks (see
+// MvQ4_0 & co. in kernels.cuh), each loading a chunk's int8 activations once for all kRows rows, so every
+// thread has kRows independent 16-byte weight loads in flight; the warps' sums meet in shared memory.
+template <typename T, int kRows, int kWarps>
+__global__ void __launch_bounds__(kWarps * kWarp)
+    gemv_q8_kernel(WView w, int64_t rows, int n_chunks, const int8_t* __restrict__ xq, const float4* __restrict__ xs,
+                   float* __restrict__ y, const float* __restrict__ bias, bool prefetch) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int64_t row0 = int64_t(blockIdx.x) * kRows;
+  float acc[kRows] = {};
+  const uint8_t *q[kRows], *m[kRows], *d[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const int64_t row = row0 + r < rows ? row0 + r : rows - 1;
+    q[r] = w.q + row * w.q_row, m[r] = w.m + row * w.m_row, d[r] = w.d + row * w.d_row;
+  }
+  // Weights into L2 before waiting for the activations (see pdl_wait): this thread's quant bytes of its rows.
+  const int64_t chunk_bytes = w.q_row / n_chunks;
+  if (prefetch)
+    for (int i = threadIdx.x; i < n_chunks; i += kWarps * kWarp)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) prefetch_l2(q[r] + i * chunk_bytes);
+  pdl_wait();
+  pdl_trigger();
+#pragma unroll 2
+  for (int i = threadIdx.x; i < n_chunks; i += kWarps * kWarp) {
+    typename T::X xv;
+    T::load_x(xq, xs, i, xv);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) acc[r] += T::dot(q[r], m[r], d[r], i, xv);
+  }
+  __shared__ float part_sum[kWarps][kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const float s = warp_sum(acc[r]);
+    if (lane == 0) part_sum[warp][r] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x < kRows && row0 + threadIdx.x < rows) {
+    float s = 0;
+#pragma unroll
+    for (int wi = 0; wi < kWarps; ++wi) s += part_sum[wi][threadIdx.x];
+    y[row0 + threadIdx.x] = s + (bias ? bias[row0 + threadIdx.x] : 0.0f);
+  }
+}
+
+// Plain types (f32 activations): each of kWarps * 32 threads takes
 // every (kWarps * 32)-th part of kRows rows, and the warps' partial sums meet in shared memory. A block
 // owns kRows rows, so a 4096-row matrix gives 1024 blocks of 4 warps (~31 warps per SM on 132 SMs) with
 // kRows independent weight loads per thread in flight, while each activation load serves kRows rows.
@@ -118,34 +198,31 @@ __global__ void __launch_bounds__(kWarps * kWarp)
   }
 }
 
-// Any type and shape: one warp per row through dequant_one (plain types with odd widths).
-__global__ void gemv_generic_kernel(GgmlType type, const uint8_t* W, size_t row_bytes, int64_t rows, int64_t cols,
-                                    const float* x, float* y, const float* bias) {
+// Any type and shape: one warp per row through weight_value (plain types with odd widths).
+__global__ void gemv_generic_kernel(WView w, int64_t rows, int64_t cols, const float* x, float* y, const float* bias) {
   const int lane = threadIdx.x % kWarp;
   const int64_t r = int64_t(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
   if (r >= rows) return;
   float s = 0;
-  for (int64_t c = lane; c < cols; c += kWarp) s += dequant_one(type, W + r * row_bytes, c) * x[c];
+  for (int64_t c = lane; c < cols; c += kWarp) s += weight_value(w, r, c) * x[c];
   s = warp_sum(s);
   if (lane == 0) y[r] = s + (bias ? bias[r] : 0.0f);
 }
 
 // ---- element-wise and small kernels -------------------------------------------------------------------
-__global__ void dequant_rows_kernel(GgmlType type, const uint8_t* W, size_t row_bytes, const int32_t* ids,
-                                    int64_t n, int64_t cols, float* out) {
+__global__ void dequant_rows_kernel(WView w, const int32_t* ids, int64_t n, int64_t cols, float* out) {
   const int64_t i = blockIdx.y;
   const int64_t row = ids ? ids[i] : i;
   for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < cols; c += int64_t(gridDim.x) * blockDim.x)
-    out[i * cols + c] = dequant_one(type, W + row * row_bytes, c);
+    out[i * cols + c] = weight_value(w, row, c);
 }
 
-// Weight rows → f16 (prefill operand); two values per thread.
-__global__ void dequant_f16_kernel(GgmlType type, const uint8_t* W, size_t row_bytes, int64_t rows, int64_t cols,
-                                   __half* out) {
+// Weight rows → f16 (prefill operand).
+__global__ void dequant_f16_kernel(WView w, int64_t rows, int64_t cols, __half* out) {
   const int64_t total = rows * cols;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = i / cols, c = i % cols;
-    out[i] = __float2half(dequant_one(type, W + r * row_bytes, c));
+    out[i] = __float2half(weight_value(w, r, c));
   }
 }
 
@@ -352,12 +429,14 @@ __global__ void attn_combine_kernel(const float* partial, int n_split, int hdv, 
 
 int grid_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threads - 1) / threads, 65535)); }
 
-// A device copy of a weight, in the type the kernels read (types without a kernel become F16).
+// A device copy of a weight, in the type the kernels read (types without a kernel become F16; the
+// quantized types with a GEMV are repacked, see WView).
 struct DeviceWeight {
   GgmlType type;
-  uint8_t* data;
-  size_t row_bytes;
+  uint8_t* data;     // the allocation
+  size_t row_bytes;  // bytes a row (GGUF size: what the GEMV streams per row)
   int64_t rows, cols;
+  WView view;
 };
 
 // Device scratch that only grows. While a step is recorded (deferred) an outgrown buffer may still be
@@ -376,6 +455,12 @@ struct Scratch {
       bytes = n;
     }
     return p;
+  }
+  void release(cudaStream_t s) {  // outside recorded steps only
+    if (!p) return;
+    UMA_CHECK(cudaStreamSynchronize(s));
+    UMA_CHECK(cudaFree(p));
+    p = nullptr, bytes = 0;
   }
   ~Scratch() {
     if (p) cudaFree(p);
@@ -434,8 +519,9 @@ class CudaBackend final : public Backend {
     // UMA_CUDA_GRAPHS=0: run decode steps op by op instead of replaying a captured graph.
     profile_ = env_on("UMA_CUDA_PROFILE", false);
     graphs_ = env_on("UMA_CUDA_GRAPHS", true) && !profile_;
-    const char* g = std::getenv("UMA_CUDA_GEMV");
-    gemv_warp_rows_ = g && std::strcmp(g, "warp") == 0;
+    // UMA_CUDA_PDL=0: launch the GEMVs without programmatic dependent launch (for comparison).
+    pdl_ = env_on("UMA_CUDA_PDL", true) && prop.major >= 9;
+    prefetch_ = env_on("UMA_CUDA_PREFETCH", true);  // =0: no L2 prefetch of the weights before pdl_wait
     sm_count_ = prop.multiProcessorCount;
   }
   ~CudaBackend() override {
@@ -456,6 +542,7 @@ class CudaBackend final : public Backend {
   bool supports(GgmlType type) const override { return traits(type).supported; }
 
   float* alloc(size_t n) override {
+    q8_src_ = nullptr;  // writes device memory: the quantized activations may be stale
     void* p = nullptr;
     const size_t bytes = std::max<size_t>(n, 1) * sizeof(float);
     if (cudaMalloc(&p, bytes) != cudaSuccess) {
@@ -470,11 +557,13 @@ class CudaBackend final : public Backend {
     return static_cast<float*>(p);
   }
   void free_buffer(float* p) override {
+    q8_src_ = nullptr;
     flush();
     std::lock_guard lock(mutex_);
     if (buffers_.erase(p)) UMA_CHECK(cudaFree(p));
   }
   void upload(float* dst, const float* src, size_t n) override {
+    q8_src_ = nullptr;
     flush();
     UMA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
   }
@@ -491,6 +580,7 @@ class CudaBackend final : public Backend {
   void end_step() override;
 
   void get_rows(const Weight& table, const int32_t* ids, int64_t n, float* out) override {
+    q8_src_ = nullptr;
     const DeviceWeight& d = device_weight(table);
     for (int64_t i = 0; i < n; ++i)
       if (ids[i] < 0 || ids[i] >= table.rows())
@@ -498,12 +588,13 @@ class CudaBackend final : public Backend {
     const int32_t* dids = stage_ints(ids_, ids, n);
     submit("get_rows", 0, [this](const DeviceWeight* d, const int32_t* dids, int64_t n, float* out) {
       dim3 grid(grid_for(d->cols, 256), unsigned(n));
-      dequant_rows_kernel<<<grid, 256, 0, stream_>>>(d->type, d->data, d->row_bytes, dids, n, d->cols, out);
+      dequant_rows_kernel<<<grid, 256, 0, stream_>>>(d->view, dids, n, d->cols, out);
       UMA_LAUNCHED("get_rows");
     }, &d, dids, n, out);
   }
 
   void rms_norm(const float* x, const Weight& w, int64_t n_rows, int64_t dim, float eps, float* out) override {
+    q8_src_ = nullptr;
     if (w.type != GgmlType::F32) fail("norm weight '{}' must be F32, got {}", w.name, type_name(w.type));
     const float* g = reinterpret_cast<const float*>(device_weight(w).data);
     submit("rms_norm", 0, [this](const float* x, const float* g, int64_t n_rows, int64_t dim, float eps, float* out) {
@@ -518,12 +609,25 @@ class CudaBackend final : public Backend {
     const float* b = (bias && *bias) ? reinterpret_cast<const float*>(device_weight(*bias).data) : nullptr;
     if (n_tokens <= kMaxGemvTokens) {
       const double bytes = double(d.row_bytes) * d.rows;
-      for (int64_t t = 0; t < n_tokens; ++t)
-        submit(profile_ ? profile_name("gemv", d) : "gemv", bytes,
-               [this](const DeviceWeight* d, const float* x, float* y, const float* b) { gemv(*d, x, y, b); }, &d,
-               x + t * d.cols, y + t * d.rows, b);
+      if (soa_split(d.type).q_len) {
+        const int8_t* xq;
+        const float4* xs;
+        quantize_activations(x, n_tokens, d.cols, xq, xs);
+        for (int64_t t = 0; t < n_tokens; ++t)
+          submit(profile_ ? profile_name("gemv", d) : "gemv", bytes,
+                 [this](const DeviceWeight* d, const int8_t* xq, const float4* xs, float* y, const float* b) {
+                   gemv_q8(*d, xq, xs, y, b);
+                 }, &d, xq + t * d.cols, xs + t * d.cols / 32, y + t * d.rows, b);
+      } else {
+        for (int64_t t = 0; t < n_tokens; ++t)
+          submit(profile_ ? profile_name("gemv", d) : "gemv", bytes,
+                 [this](const DeviceWeight* d, const float* x, float* y, const float* b) { gemv(*d, x, y, b); }, &d,
+                 x + t * d.cols, y + t * d.rows, b);
+      }
+      if (q8_src_ && y < q8_src_ + q8_n_ && q8_src_ < y + n_tokens * d.rows) q8_src_ = nullptr;
       return;
     }
+    q8_src_ = nullptr;
     flush();  // cuBLAS and scratch growth stay out of recorded steps
     const auto op = [&] {
       gemm(d, x, n_tokens, y);
@@ -536,6 +640,7 @@ class CudaBackend final : public Backend {
   }
 
   void gather_rows(const float* src, int64_t dim, const int32_t* rows, int64_t n, float* dst) override {
+    q8_src_ = nullptr;
     if (n == 0) return;
     const int32_t* drows = stage_ints(rows_, rows, n);
     submit("gather_rows", 0, [this](const float* src, int64_t dim, const int32_t* drows, int64_t n, float* dst) {
@@ -546,6 +651,7 @@ class CudaBackend final : public Backend {
   }
 
   void add(float* y, const float* x, int64_t n) override {
+    q8_src_ = nullptr;
     submit("add", 0, [this](float* y, const float* x, int64_t n) {
       add_kernel<<<grid_for(n, 256), 256, 0, stream_>>>(y, x, n);
       UMA_LAUNCHED("add");
@@ -553,6 +659,7 @@ class CudaBackend final : public Backend {
   }
 
   void swiglu(const float* gate, const float* up, int64_t n, float* out) override {
+    q8_src_ = nullptr;
     submit("swiglu", 0, [this](const float* gate, const float* up, int64_t n, float* out) {
       swiglu_kernel<<<grid_for(n, 256), 256, 0, stream_>>>(gate, up, n, out);
       UMA_LAUNCHED("swiglu");
@@ -570,6 +677,23 @@ class CudaBackend final : public Backend {
 
   const DeviceWeight& device_weight(const Weight& w);
   void gemv(const DeviceWeight& d, const float* x, float* y, const float* bias);
+  void gemv_q8(const DeviceWeight& d, const int8_t* xq, const float4* xs, float* y, const float* bias);
+  // x [n_tokens, cols] as int8 blocks (quantize_q8_kernel) in the q8_ scratch. Consecutive matmuls of the
+  // same activations (q/k/v, gate/up) quantize once: every other op that writes device memory forgets it.
+  void quantize_activations(const float* x, int64_t n_tokens, int64_t cols, const int8_t*& xq, const float4*& xs) {
+    const int64_t n = n_tokens * cols;
+    if (x != q8_src_ || n != q8_n_) {
+      auto* base = static_cast<uint8_t*>(q8_.get(size_t(n) + size_t(n / 32) * sizeof(float4), deferred_));
+      submit("quantize_q8", 0, [this](const float* x, int64_t n_blocks, int8_t* xq, float4* xs) {
+        quantize_q8_kernel<<<unsigned((n_blocks + 7) / 8), 256, 0, stream_>>>(x, n_blocks, xq, xs);
+        UMA_LAUNCHED("quantize_q8");
+      }, x, n / 32, reinterpret_cast<int8_t*>(base), reinterpret_cast<float4*>(base + n));
+      q8_src_ = x, q8_n_ = n;
+      q8_base_ = base;
+    }
+    xq = reinterpret_cast<const int8_t*>(q8_base_);
+    xs = reinterpret_cast<const float4*>(q8_base_ + n);
+  }
   void gemm(const DeviceWeight& d, const float* x, int64_t n_tokens, float* y);
   DeviceLayout upload_layout(const KvCache& kv, const BatchLayout& batch);
   DeviceLayout layout_for(const KvCache& kv, const BatchLayout& batch);
@@ -671,7 +795,10 @@ class CudaBackend final : public Backend {
   size_t uploaded_ = 0, last_report_ = 0;
   void* staging_[2] = {nullptr, nullptr};
   cudaEvent_t staging_done_[2] = {nullptr, nullptr};
-  Scratch ids_, rows_, wf16_, xf16_, partial_;
+  Scratch ids_, rows_, wf16_, xf16_, partial_, repack_src_, q8_;
+  const float* q8_src_ = nullptr;  // the activations q8_ holds, if still valid
+  int64_t q8_n_ = 0;
+  uint8_t* q8_base_ = nullptr;
   // The batch layout as last uploaded outside a step (reused while it stays the same).
   Scratch layout_dev_;
   std::vector<int32_t> layout_host_;
@@ -681,7 +808,7 @@ class CudaBackend final : public Backend {
   std::vector<std::pair<RopeParams, float*>> rope_tabs_;  // inv_freq + YaRN ramp per parameter set
 
   // Step state (begin_step .. end_step).
-  bool graphs_ = true, profile_ = false, gemv_warp_rows_ = false;
+  bool graphs_ = true, profile_ = false, pdl_ = true, prefetch_ = true;
   int sm_count_ = 132;
   bool in_step_ = false, deferred_ = false, step_pending_ = false;
   const KvCache* step_kv_ = nullptr;
@@ -782,7 +909,22 @@ const DeviceWeight& CudaBackend::device_weight(const Weight& w) {
   if (!w.host) fail("weight '{}' has no data", w.name);
   DeviceWeight d{w.type, nullptr, 0, w.rows() * w.ne[2] * w.ne[3], w.cols()};
   if (!supports(w.type)) fail("the CUDA backend cannot compute with {} weights ('{}')", type_name(w.type), w.name);
-  if (has_gemv(w.type)) {
+  const SoaSplit sp = soa_split(w.type);
+  if (sp.q_len) {
+    // Upload the GGUF bytes into scratch, then repack into the regions of WView (kernels.cuh).
+    const int64_t bs = traits(w.type).block_size, nb = d.cols / bs;
+    d.row_bytes = row_bytes(w.type, d.cols);
+    const int64_t q_row = nb * sp.q_len, m_row = nb * sp.m_len, d_row = nb * sp.d_len;
+    const size_t q_bytes = size_t(q_row) * d.rows, m_bytes = size_t(m_row) * d.rows;
+    const size_t total = q_bytes + m_bytes + size_t(d_row) * d.rows;
+    UMA_CHECK(cudaMalloc(&d.data, total + 16));
+    d.view = WView{w.type, d.data, d.data + q_bytes, d.data + q_bytes + m_bytes, q_row, m_row, d_row};
+    auto* raw = static_cast<uint8_t*>(repack_src_.get(d.row_bytes * d.rows));
+    copy_to_device(raw, w.host, d.row_bytes * d.rows);
+    repack_kernel<<<grid_for(d.rows * nb, 256), 256, 0, stream_>>>(sp, raw, traits(w.type).type_size, d.rows, nb,
+                                                                   d.view);
+    UMA_LAUNCHED("repack");
+  } else if (has_gemv(w.type)) {
     d.row_bytes = row_bytes(w.type, d.cols);
     UMA_CHECK(cudaMalloc(&d.data, std::max<size_t>(w.nbytes, 16)));
     copy_to_device(d.data, w.host, d.row_bytes * d.rows);
@@ -801,58 +943,66 @@ const DeviceWeight& CudaBackend::device_weight(const Weight& w) {
     UMA_CHECK(cudaMalloc(&d.data, std::max<size_t>(half.size() * 2, 16)));
     copy_to_device(d.data, reinterpret_cast<const uint8_t*>(half.data()), half.size() * 2);
   }
+  if (!sp.q_len) d.view = WView{d.type, d.data, d.data, d.data, int64_t(d.row_bytes), 0, 0};
   UMA_CHECK(cudaStreamSynchronize(stream_));
   return weights_.emplace(key, d).first->second;
 }
 
+// Plain types: f32 activations.
 void CudaBackend::gemv(const DeviceWeight& d, const float* x, float* y, const float* bias) {
   const int64_t rows = d.rows, cols = d.cols;
   const bool plain_ok = (d.type == GgmlType::F32 ? cols % 4 : cols % 8) == 0;
-  if (gemv_warp_rows_) {
-    // The earlier kernel (UMA_CUDA_GEMV=warp, for comparison): a warp owns two rows.
-    constexpr int kRows = 2;
-    const unsigned grid = unsigned((rows + kGemvWarps * kRows - 1) / (kGemvWarps * kRows));
-    auto go = [&](auto kernel) {
-      kernel<<<grid, kGemvWarps * kWarp, 0, stream_>>>(d.data, d.row_bytes, rows, cols, x, y, bias);
-      UMA_LAUNCHED("gemv");
-    };
-    switch (d.type) {
-      case GgmlType::Q4_0: return go(gemv_kernel<GemvQ4_0, kRows>);
-      case GgmlType::Q8_0: return go(gemv_kernel<GemvQ8_0, kRows>);
-      case GgmlType::Q4_K: return go(gemv_kernel<GemvQ45_K<false>, kRows>);
-      case GgmlType::Q5_K: return go(gemv_kernel<GemvQ45_K<true>, kRows>);
-      case GgmlType::Q6_K: return go(gemv_kernel<GemvQ6_K, kRows>);
-      case GgmlType::F32: if (plain_ok) return go(gemv_kernel<GemvPlain<GgmlType::F32>, kRows>); break;
-      case GgmlType::F16: if (plain_ok) return go(gemv_kernel<GemvPlain<GgmlType::F16>, kRows>); break;
-      case GgmlType::BF16: if (plain_ok) return go(gemv_kernel<GemvPlain<GgmlType::BF16>, kRows>); break;
-      default: break;
-    }
-  } else {
-    // 4 rows a block when that still gives >= 4 blocks per SM, else 1 (small projections: GQA k/v).
-    constexpr int kWarps = 4;
-    const bool wide = rows >= 4 * 4 * sm_count_;
-    auto go = [&](auto k4, auto k1) {
-      if (wide) k4<<<unsigned((rows + 3) / 4), kWarps * kWarp, 0, stream_>>>(d.data, d.row_bytes, rows, cols, x, y, bias);
-      else k1<<<unsigned(rows), kWarps * kWarp, 0, stream_>>>(d.data, d.row_bytes, rows, cols, x, y, bias);
-      UMA_LAUNCHED("gemv");
-    };
-#define UMA_GEMV(T) return go(gemv_split_kernel<T, 4, kWarps>, gemv_split_kernel<T, 1, kWarps>)
-    switch (d.type) {
-      case GgmlType::Q4_0: UMA_GEMV(GemvQ4_0);
-      case GgmlType::Q8_0: UMA_GEMV(GemvQ8_0);
-      case GgmlType::Q4_K: UMA_GEMV(GemvQ45_K<false>);
-      case GgmlType::Q5_K: UMA_GEMV(GemvQ45_K<true>);
-      case GgmlType::Q6_K: UMA_GEMV(GemvQ6_K);
-      case GgmlType::F32: if (plain_ok) UMA_GEMV(GemvPlain<GgmlType::F32>); break;
-      case GgmlType::F16: if (plain_ok) UMA_GEMV(GemvPlain<GgmlType::F16>); break;
-      case GgmlType::BF16: if (plain_ok) UMA_GEMV(GemvPlain<GgmlType::BF16>); break;
-      default: break;
-    }
-#undef UMA_GEMV
+  // 4 rows a block when that still gives >= 4 blocks per SM, else 1 (small projections: GQA k/v).
+  const bool wide = rows >= 4 * 4 * sm_count_;
+  auto go = [&](auto k4, auto k1) {
+    if (wide) k4<<<unsigned((rows + 3) / 4), kGemvWarps * kWarp, 0, stream_>>>(d.data, d.row_bytes, rows, cols, x, y, bias);
+    else k1<<<unsigned(rows), kGemvWarps * kWarp, 0, stream_>>>(d.data, d.row_bytes, rows, cols, x, y, bias);
+    UMA_LAUNCHED("gemv");
+  };
+#define UMA_GEMV(T) return go(gemv_split_kernel<T, 4, kGemvWarps>, gemv_split_kernel<T, 1, kGemvWarps>)
+  switch (d.type) {
+    case GgmlType::F32: if (plain_ok) UMA_GEMV(GemvPlain<GgmlType::F32>); break;
+    case GgmlType::F16: if (plain_ok) UMA_GEMV(GemvPlain<GgmlType::F16>); break;
+    case GgmlType::BF16: if (plain_ok) UMA_GEMV(GemvPlain<GgmlType::BF16>); break;
+    default: break;
   }
-  gemv_generic_kernel<<<unsigned((rows + 3) / 4), 128, 0, stream_>>>(d.type, d.data, d.row_bytes, rows, cols, x, y,
-                                                                     bias);
+#undef UMA_GEMV
+  gemv_generic_kernel<<<unsigned((rows + 3) / 4), 128, 0, stream_>>>(d.view, rows, cols, x, y, bias);
   UMA_LAUNCHED("gemv_generic");
+}
+
+// Repacked quantized types: int8 activations (xq, xs from quantize_q8_kernel).
+void CudaBackend::gemv_q8(const DeviceWeight& d, const int8_t* xq, const float4* xs, float* y, const float* bias) {
+  const int64_t rows = d.rows;
+  const int n_chunks = int(d.cols / 32);  // every type's chunk covers 32 values (see kernels.cuh)
+  const bool wide = rows >= 4 * 4 * sm_count_;
+  auto go = [&](auto k4, auto k1) {
+    cudaLaunchConfig_t cfg{};
+    cfg.blockDim = dim3(kGemvWarps * kWarp);
+    cfg.stream = stream_;
+    cudaLaunchAttribute attr{};
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = pdl_ ? 1 : 0;
+    if (wide) {
+      cfg.gridDim = dim3(unsigned((rows + 3) / 4));
+      UMA_CHECK(cudaLaunchKernelEx(&cfg, k4, d.view, rows, n_chunks, xq, xs, y, bias, prefetch_));
+    } else {
+      cfg.gridDim = dim3(unsigned(rows));
+      UMA_CHECK(cudaLaunchKernelEx(&cfg, k1, d.view, rows, n_chunks, xq, xs, y, bias, prefetch_));
+    }
+  };
+#define UMA_GEMV(T) return go(gemv_q8_kernel<T, 4, kGemvWarps>, gemv_q8_kernel<T, 1, kGemvWarps>)
+  switch (d.type) {
+    case GgmlType::Q4_0: UMA_GEMV(MvQ4_0);
+    case GgmlType::Q8_0: UMA_GEMV(MvQ8_0);
+    case GgmlType::Q4_K: UMA_GEMV(MvQ45_K<false>);
+    case GgmlType::Q5_K: UMA_GEMV(MvQ45_K<true>);
+    case GgmlType::Q6_K: UMA_GEMV(MvQ6_K);
+    default: fail("no int8 GEMV for {}", type_name(d.type));
+  }
+#undef UMA_GEMV
 }
 
 // Y[t, r] = sum_k W[r, k] X[t, k]. Column-major, W is a cols x rows matrix and X cols x n_tokens, so
@@ -871,7 +1021,7 @@ void CudaBackend::gemm(const DeviceWeight& d, const float* x, int64_t n_tokens, 
     A = reinterpret_cast<const __half*>(d.data);
   } else {
     auto* w16 = static_cast<__half*>(wf16_.get(size_t(m) * k * sizeof(__half)));
-    dequant_f16_kernel<<<grid_for(int64_t(m) * k, 256), 256, 0, stream_>>>(d.type, d.data, d.row_bytes, m, k, w16);
+    dequant_f16_kernel<<<grid_for(int64_t(m) * k, 256), 256, 0, stream_>>>(d.view, m, k, w16);
     UMA_LAUNCHED("dequant_f16");
     A = w16;
   }
@@ -927,6 +1077,7 @@ DeviceLayout CudaBackend::layout_for(const KvCache& kv, const BatchLayout& batch
 // cache, so a growing context never moves it); decode steps (<= 4 tokens) are recorded for end_step.
 void CudaBackend::begin_step(const BatchLayout& batch, const KvCache& kv) {
   flush();
+  repack_src_.release(stream_);  // weights are loaded by the first step
   if (step_pending_) UMA_CHECK(cudaEventSynchronize(step_done_));  // the pinned buffers are free again
   step_pending_ = false;
   const int64_t n = batch.n_tokens;
@@ -1034,6 +1185,7 @@ const float* CudaBackend::rope_table(const RopeParams& p) {
 
 void CudaBackend::rope(float* x, int64_t n_tokens, int n_heads, int head_stride, const BatchLayout& batch,
                        const RopeParams& p) {
+  q8_src_ = nullptr;
   const int half = p.n_rot / 2;
   if (half == 0 || n_tokens == 0) return;
   const float* tab = rope_table(p);
@@ -1059,6 +1211,7 @@ void CudaBackend::rope(float* x, int64_t n_tokens, int n_heads, int head_stride,
 }
 
 void CudaBackend::store_kv(KvCache& kv, int layer, const float* k, const float* v, const BatchLayout& batch) {
+  q8_src_ = nullptr;
   if (batch.n_tokens == 0) return;
   const DeviceLayout L = layout_for(kv, batch);
   const int kw = kv.options().k_width, vw = kv.options().v_width;
@@ -1071,6 +1224,7 @@ void CudaBackend::store_kv(KvCache& kv, int layer, const float* k, const float* 
 
 void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const BatchLayout& batch,
                             const AttentionShape& s, float* out) {
+  q8_src_ = nullptr;
   if (batch.n_tokens == 0) return;
   if (s.head_dim_k > kMaxHeadDim || s.head_dim_v > kMaxHeadDim)
     fail("the CUDA attention kernel supports head dims up to {}, got {}/{}", kMaxHeadDim, s.head_dim_k,

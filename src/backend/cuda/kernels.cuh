@@ -1,6 +1,6 @@
-// Device code shared by the CUDA backend: reading GGUF blocks (quant/types.h layouts) and the per-type
-// pieces of the decode GEMV. Every reader here has a scalar twin in src/quant (dequantize_row); the tests
-// in tests/backends compare the two.
+// Device code shared by the CUDA backend: the device layout of weights (GGUF rows, or the repacked
+// quantized types), reading their values, and the per-type pieces of the decode GEMV. Every reader here has
+// a scalar twin in src/quant (dequantize_row); the tests in tests/backends compare the two.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -16,20 +16,6 @@ __device__ __forceinline__ float f16(const uint8_t* p) {
 }
 __device__ __forceinline__ float bf16(uint16_t b) { return __uint_as_float(uint32_t(b) << 16); }
 
-// Four bytes from a 2-byte aligned address (Q4_0, Q8_0 and Q6_K blocks are only 2-byte aligned).
-__device__ __forceinline__ uint32_t load_u32_a2(const uint8_t* p) {
-  const auto* h = reinterpret_cast<const uint16_t*>(p);
-  return uint32_t(h[0]) | (uint32_t(h[1]) << 16);
-}
-
-// Byte i (0..3) of w as a float, for bytes 0..255, without an int-to-float conversion (a quarter-rate
-// instruction on Hopper that bound the quantized GEMVs): 0x4B0000nn is the float 2^23 + nn exactly, so
-// subtracting 2^23 + bias yields nn - bias exactly (one byte permute and one add).
-template <int kBias>
-__device__ __forceinline__ float byte_f(uint32_t w, int i) {
-  return __int_as_float(__byte_perm(w, 0x4B000000u, 0x7540u | unsigned(i))) - float(8388608 + kBias);
-}
-
 // The 6-bit scale and min of 32-value group j (0..7) of a Q4_K/Q5_K super-block (12 packed bytes).
 __device__ __forceinline__ void k4_scale_min(int j, const uint8_t* s, float& sc, float& mn) {
   if (j < 4) {
@@ -41,173 +27,217 @@ __device__ __forceinline__ void k4_scale_min(int j, const uint8_t* s, float& sc,
   }
 }
 
-// Value `col` of a row of `type` (the slow, general reader: get_rows, prefill dequantization, odd shapes).
-__device__ __forceinline__ float dequant_one(GgmlType type, const uint8_t* row, int64_t col) {
-  switch (type) {
-    case GgmlType::F32: return reinterpret_cast<const float*>(row)[col];
-    case GgmlType::F16: return f16(row + 2 * col);
-    case GgmlType::BF16: return bf16(reinterpret_cast<const uint16_t*>(row)[col]);
+// ---- Weights on the device ---------------------------------------------------------------------------
+// F32/F16/BF16 (and the types converted to F16 at upload) keep their rows as they are: `q`, `q_row` bytes a
+// row. Q4_0, Q8_0, Q4_K, Q5_K and Q6_K are repacked at upload into up to three row-major regions, so that
+// the GEMV reads quants with aligned 16-byte loads (a GGUF Q4_0/Q8_0/Q6_K block is only 2-byte aligned):
+//   q: the quant bytes of every block of the row, back to back (16, 32, 128, 160, 192 bytes a block: a row
+//      of quants starts 16-byte aligned and holds no scales);
+//   m: the 16 bytes of per-group scales of a k-quant super-block (Q4_K/Q5_K: d, dmin, 12 packed 6-bit
+//      scales/mins; Q6_K: 16 int8 scales);
+//   d: the f16 block scale where it is not in m (Q4_0, Q8_0, Q6_K).
+// Inside each piece the bytes keep their GGUF order, so the block formulas of src/quant still apply.
+struct WView {
+  GgmlType type;
+  const uint8_t *q, *m, *d;
+  int64_t q_row, m_row, d_row;  // bytes a row in each region
+};
+
+// Where the pieces of a repacked type lie in its GGUF block (offset, length); q_len == 0: not repacked.
+struct SoaSplit {
+  int q_off, q_len, m_off, m_len, d_off, d_len;
+};
+__host__ __device__ constexpr SoaSplit soa_split(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q4_0: return {2, 16, 0, 0, 0, 2};
+    case GgmlType::Q8_0: return {2, 32, 0, 0, 0, 2};
+    case GgmlType::Q4_K: return {16, 128, 0, 16, 0, 0};
+    case GgmlType::Q5_K: return {16, 160, 0, 16, 0, 0};  // qh (32) then qs (128)
+    case GgmlType::Q6_K: return {0, 192, 192, 16, 208, 2};  // ql (128) then qh (64)
+    default: return {0, 0, 0, 0, 0, 0};
+  }
+}
+
+// Value (r, c) of a weight (the slow, general reader: get_rows and the prefill dequantization).
+__device__ __forceinline__ float weight_value(const WView& w, int64_t r, int64_t c) {
+  switch (w.type) {
+    case GgmlType::F32: return reinterpret_cast<const float*>(w.q + r * w.q_row)[c];
+    case GgmlType::F16: return f16(w.q + r * w.q_row + 2 * c);
+    case GgmlType::BF16: return bf16(reinterpret_cast<const uint16_t*>(w.q + r * w.q_row)[c]);
     case GgmlType::Q4_0: {
-      const uint8_t* b = row + (col / 32) * sizeof(BlockQ4_0);
-      const int j = col % 32;
-      const int q = j < 16 ? (b[2 + j] & 0xF) : (b[2 + j - 16] >> 4);
-      return f16(b) * float(q - 8);
+      const uint8_t* q = w.q + r * w.q_row + 16 * (c / 32);
+      const int j = c % 32;
+      const int n = j < 16 ? (q[j] & 0xF) : (q[j - 16] >> 4);
+      return f16(w.d + r * w.d_row + 2 * (c / 32)) * float(n - 8);
     }
-    case GgmlType::Q8_0: {
-      const uint8_t* b = row + (col / 32) * sizeof(BlockQ8_0);
-      return f16(b) * float(int8_t(b[2 + col % 32]));
-    }
-    case GgmlType::Q4_K: {
-      const uint8_t* b = row + (col / QK_K) * sizeof(BlockQ4_K);
-      const int e = col % QK_K, c = e / 64, h = (e % 64) / 32, l = e % 32;
-      float sc, mn;
-      k4_scale_min(2 * c + h, b + 4, sc, mn);
-      const int q = (b[16 + 32 * c + l] >> (4 * h)) & 0xF;
-      return f16(b) * sc * float(q) - f16(b + 2) * mn;
-    }
+    case GgmlType::Q8_0:
+      return f16(w.d + r * w.d_row + 2 * (c / 32)) * float(int8_t(w.q[r * w.q_row + c]));
+    case GgmlType::Q4_K:
     case GgmlType::Q5_K: {
-      const uint8_t* b = row + (col / QK_K) * sizeof(BlockQ5_K);
-      const int e = col % QK_K, c = e / 64, h = (e % 64) / 32, l = e % 32;
+      const bool q5 = w.type == GgmlType::Q5_K;
+      const int64_t sb = c / QK_K;
+      const int e = c % QK_K, cc = e / 64, h = (e % 64) / 32, l = e % 32;
+      const uint8_t* q = w.q + r * w.q_row + sb * (q5 ? 160 : 128);
+      const uint8_t* meta = w.m + r * w.m_row + 16 * sb;
       float sc, mn;
-      k4_scale_min(2 * c + h, b + 4, sc, mn);
-      const int q = ((b[48 + 32 * c + l] >> (4 * h)) & 0xF) | (((b[16 + l] >> (2 * c + h)) & 1) << 4);
-      return f16(b) * sc * float(q) - f16(b + 2) * mn;
+      k4_scale_min(2 * cc + h, meta + 4, sc, mn);
+      int n = (q[(q5 ? 32 : 0) + 32 * cc + l] >> (4 * h)) & 0xF;
+      if (q5) n |= ((q[l] >> (2 * cc + h)) & 1) << 4;
+      return f16(meta) * sc * float(n) - f16(meta + 2) * mn;
     }
     case GgmlType::Q6_K: {
-      const uint8_t* b = row + (col / QK_K) * sizeof(BlockQ6_K);
-      const int e = col % QK_K, n = e / 128, k = (e % 128) / 32, l = e % 32;
-      const int low = (b[64 * n + l + 32 * (k & 1)] >> (4 * (k >> 1))) & 0xF;
-      const int high = (b[128 + 32 * n + l] >> (2 * k)) & 3;
-      return f16(b + 208) * float(int8_t(b[192 + e / 16])) * float((low | (high << 4)) - 32);
+      const int64_t sb = c / QK_K;
+      const int e = c % QK_K, n = e / 128, k = (e % 128) / 32, l = e % 32;
+      const uint8_t* q = w.q + r * w.q_row + 192 * sb;
+      const int low = (q[64 * n + l + 32 * (k & 1)] >> (4 * (k >> 1))) & 0xF;
+      const int high = (q[128 + 32 * n + l] >> (2 * k)) & 3;
+      const float sc = float(int8_t(w.m[r * w.m_row + 16 * sb + e / 16]));
+      return f16(w.d + r * w.d_row + 2 * sb) * sc * float((low | (high << 4)) - 32);
     }
     default: return 0.0f;  // other types are converted to F16 when uploaded
   }
 }
 
-// --- Decode GEMV pieces -------------------------------------------------------------------------------
-// A row is cut into parts; lane i of a warp takes part i (mod 32), so a warp reads consecutive bytes.
-// Each type says how many values a part covers (N), how to load the activations it multiplies (load_x,
-// done once and reused for every row the warp handles) and how to dot the part with them.
-// Sizes: kBlockValues values in kBlockBytes bytes, kParts parts per block.
+// ---- Quantized GEMV on int8 activations ---------------------------------------------------------------
+// The activation vector is quantized once per matmul (quantize_q8_kernel): per 32 values an int8 quant and a
+// float4 {d, d·Σq over the first 16, d·Σq over the last 16, 0}. A GEMV thread takes one 16- or 32-byte
+// chunk of quants of a row (aligned 16-byte loads), the matching 16-byte pieces of int8 activations (loaded
+// once and reused for every row the thread handles) and multiplies them with __dp4a (4 int8 products a
+// instruction); the scales are applied once per 16 or 32 values. Weight offsets (Q4_0's -8, Q4_K's mins)
+// go through the stored activation sums; Q6_K's -32 is taken from each byte before the dot.
+// A type says: chunks a row has, how to load the activations of chunk i (X), and dot(chunk of a row, X).
 
-struct GemvQ4_0 {
-  static constexpr int kBlockValues = 32, kBlockBytes = 18, kParts = 2, N = 16;
-  // part p: qs[8p..8p+8) → values 8p..8p+7 (low nibbles) and 16+8p.. (high nibbles)
-  __device__ static void load_x(const float* xb, int p, float* xv) {
-    const float4* a = reinterpret_cast<const float4*>(xb + 8 * p);
-    const float4* b = reinterpret_cast<const float4*>(xb + 16 + 8 * p);
-    float4 v[4] = {a[0], a[1], b[0], b[1]};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      xv[4 * i] = v[i].x, xv[4 * i + 1] = v[i].y, xv[4 * i + 2] = v[i].z, xv[4 * i + 3] = v[i].w;
-    }
+__device__ __forceinline__ int dot4(uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, const int4& x, int acc) {
+  acc = __dp4a(int(a0), x.x, acc);
+  acc = __dp4a(int(a1), x.y, acc);
+  acc = __dp4a(int(a2), x.z, acc);
+  return __dp4a(int(a3), x.w, acc);
+}
+constexpr uint32_t kLow4 = 0x0F0F0F0Fu;
+
+// Q4_0: a chunk is a block (16 quant bytes: value j low nibble of byte j, value 16 + j high nibble).
+struct MvQ4_0 {
+  static constexpr int kChunkValues = 32;
+  struct X {
+    int4 lo, hi;
+    float d, s;
+  };
+  __device__ static void load_x(const int8_t* xq, const float4* xs, int i, X& x) {
+    const int4* p = reinterpret_cast<const int4*>(xq) + 2 * i;
+    x.lo = p[0], x.hi = p[1];
+    const float4 s = xs[i];
+    x.d = s.x, x.s = s.y + s.z;
   }
-  __device__ static float dot(const uint8_t* blk, int p, const float* xv) {
-    const uint32_t q0 = load_u32_a2(blk + 2 + 8 * p), q1 = load_u32_a2(blk + 6 + 8 * p);
-    const uint32_t l0 = q0 & 0x0F0F0F0Fu, l1 = q1 & 0x0F0F0F0Fu, h0 = (q0 >> 4) & 0x0F0F0F0Fu,
-                   h1 = (q1 >> 4) & 0x0F0F0F0Fu;
-    float lo = 0, hi = 0;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      lo += byte_f<8>(l0, i) * xv[i] + byte_f<8>(l1, i) * xv[4 + i];
-      hi += byte_f<8>(h0, i) * xv[8 + i] + byte_f<8>(h1, i) * xv[12 + i];
-    }
-    return f16(blk) * (lo + hi);
+  __device__ static float dot(const uint8_t* q, const uint8_t*, const uint8_t* d, int i, const X& x) {
+    const uint4 w = reinterpret_cast<const uint4*>(q)[i];
+    int s = dot4(w.x & kLow4, w.y & kLow4, w.z & kLow4, w.w & kLow4, x.lo, 0);
+    s = dot4((w.x >> 4) & kLow4, (w.y >> 4) & kLow4, (w.z >> 4) & kLow4, (w.w >> 4) & kLow4, x.hi, s);
+    return f16(d + 2 * i) * (x.d * float(s) - 8.0f * x.s);  // Σ (n - 8) x = Σ n x - 8 Σ x
   }
 };
 
-struct GemvQ8_0 {
-  static constexpr int kBlockValues = 32, kBlockBytes = 34, kParts = 4, N = 8;
-  __device__ static void load_x(const float* xb, int p, float* xv) {
-    const float4* a = reinterpret_cast<const float4*>(xb + 8 * p);
-    float4 v0 = a[0], v1 = a[1];
-    xv[0] = v0.x, xv[1] = v0.y, xv[2] = v0.z, xv[3] = v0.w, xv[4] = v1.x, xv[5] = v1.y, xv[6] = v1.z,
-    xv[7] = v1.w;
+// Q8_0: a chunk is a block (32 int8 quants, two 16-byte loads).
+struct MvQ8_0 {
+  static constexpr int kChunkValues = 32;
+  struct X {
+    int4 a, b;
+    float d;
+  };
+  __device__ static void load_x(const int8_t* xq, const float4* xs, int i, X& x) {
+    const int4* p = reinterpret_cast<const int4*>(xq) + 2 * i;
+    x.a = p[0], x.b = p[1];
+    x.d = xs[i].x;
   }
-  __device__ static float dot(const uint8_t* blk, int p, const float* xv) {
-    // int8 q as the byte q ^ 0x80 = q + 128 in 0..255
-    const uint32_t q0 = load_u32_a2(blk + 2 + 8 * p) ^ 0x80808080u, q1 = load_u32_a2(blk + 6 + 8 * p) ^ 0x80808080u;
-    float s = 0;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) s += byte_f<128>(q0, i) * xv[i] + byte_f<128>(q1, i) * xv[4 + i];
-    return f16(blk) * s;
+  __device__ static float dot(const uint8_t* q, const uint8_t*, const uint8_t* d, int i, const X& x) {
+    const uint4 w0 = reinterpret_cast<const uint4*>(q)[2 * i], w1 = reinterpret_cast<const uint4*>(q)[2 * i + 1];
+    int s = dot4(w0.x, w0.y, w0.z, w0.w, x.a, 0);
+    s = dot4(w1.x, w1.y, w1.z, w1.w, x.b, s);
+    return f16(d + 2 * i) * x.d * float(s);
   }
 };
 
-// Q4_K/Q5_K part p (16 per super-block): c = p/4, l0 = 8(p%4): values 64c+l0.. (group 2c) and 64c+32+l0..
-// (group 2c+1); the super-block is 16-byte aligned, so its bytes load as whole words.
+// Q4_K/Q5_K: 8 chunks a super-block; chunk ci = 2c + h holds 16 quant bytes 32c + 16h.. whose low nibbles
+// are values 64c + 16h.. (group 2c) and high nibbles values 64c + 32 + 16h.. (group 2c + 1); Q5_K's fifth
+// bits come from qh bytes 16h.. (bit 2c and 2c + 1).
 template <bool kQ5>
-struct GemvQ45_K {
-  static constexpr int kBlockValues = 256, kBlockBytes = kQ5 ? 176 : 144, kParts = 16, N = 16;
-  __device__ static void load_x(const float* xb, int p, float* xv) {
-    const int c = p / 4, l0 = 8 * (p % 4);
-    const float4* a = reinterpret_cast<const float4*>(xb + 64 * c + l0);
-    const float4* b = reinterpret_cast<const float4*>(xb + 64 * c + 32 + l0);
-    float4 v[4] = {a[0], a[1], b[0], b[1]};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      xv[4 * i] = v[i].x, xv[4 * i + 1] = v[i].y, xv[4 * i + 2] = v[i].z, xv[4 * i + 3] = v[i].w;
-    }
+struct MvQ45_K {
+  static constexpr int kChunkValues = 32;
+  struct X {
+    int4 a, b;
+    float d0, d1, s0, s1;
+  };
+  __device__ static void load_x(const int8_t* xq, const float4* xs, int i, X& x) {
+    const int sb = i / 8, ci = i % 8, c = ci / 2, h = ci % 2, g0 = 8 * sb + 2 * c;
+    x.a = *reinterpret_cast<const int4*>(xq + 32 * g0 + 16 * h);
+    x.b = *reinterpret_cast<const int4*>(xq + 32 * (g0 + 1) + 16 * h);
+    const float4 s0 = xs[g0], s1 = xs[g0 + 1];
+    x.d0 = s0.x, x.d1 = s1.x;
+    x.s0 = h ? s0.z : s0.y, x.s1 = h ? s1.z : s1.y;
   }
-  __device__ static float dot(const uint8_t* blk, int p, const float* xv) {
-    const int c = p / 4, l0 = 8 * (p % 4);
-    const uint2 q = *reinterpret_cast<const uint2*>(blk + (kQ5 ? 48 : 16) + 32 * c + l0);
-    uint2 h = make_uint2(0, 0);
-    if constexpr (kQ5) h = *reinterpret_cast<const uint2*>(blk + 16 + l0);
-    // Four values a word: low nibbles (group 2c), high nibbles (group 2c+1), Q5's fifth bit or'ed in.
-    uint32_t lw[2] = {q.x & 0x0F0F0F0Fu, q.y & 0x0F0F0F0Fu};
-    uint32_t hw[2] = {(q.x >> 4) & 0x0F0F0F0Fu, (q.y >> 4) & 0x0F0F0F0Fu};
+  __device__ static float dot(const uint8_t* q, const uint8_t* m, const uint8_t*, int i, const X& x) {
+    const int sb = i / 8, ci = i % 8, c = ci / 2, h = ci % 2;
+    const uint8_t* blk = q + sb * (kQ5 ? 160 : 128);
+    const uint4 w = *reinterpret_cast<const uint4*>(blk + (kQ5 ? 32 : 0) + 16 * ci);
+    uint32_t lo[4] = {w.x & kLow4, w.y & kLow4, w.z & kLow4, w.w & kLow4};
+    uint32_t hi[4] = {(w.x >> 4) & kLow4, (w.y >> 4) & kLow4, (w.z >> 4) & kLow4, (w.w >> 4) & kLow4};
     if constexpr (kQ5) {
-      lw[0] |= ((h.x >> (2 * c)) & 0x01010101u) << 4, lw[1] |= ((h.y >> (2 * c)) & 0x01010101u) << 4;
-      hw[0] |= ((h.x >> (2 * c + 1)) & 0x01010101u) << 4, hw[1] |= ((h.y >> (2 * c + 1)) & 0x01010101u) << 4;
-    }
-    float lo = 0, hi = 0, sx_lo = 0, sx_hi = 0;
+      const uint4 qh = *reinterpret_cast<const uint4*>(blk + 16 * h);
+      const uint32_t hw[4] = {qh.x, qh.y, qh.z, qh.w};
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      lo += byte_f<0>(lw[i / 4], i % 4) * xv[i];
-      hi += byte_f<0>(hw[i / 4], i % 4) * xv[8 + i];
-      sx_lo += xv[i];
-      sx_hi += xv[8 + i];
+      for (int k = 0; k < 4; ++k) {
+        lo[k] |= ((hw[k] >> (2 * c)) & 0x01010101u) << 4;
+        hi[k] |= ((hw[k] >> (2 * c + 1)) & 0x01010101u) << 4;
+      }
     }
-    float sc0, m0, sc1, m1;
-    k4_scale_min(2 * c, blk + 4, sc0, m0);
-    k4_scale_min(2 * c + 1, blk + 4, sc1, m1);
-    return f16(blk) * (sc0 * lo + sc1 * hi) - f16(blk + 2) * (m0 * sx_lo + m1 * sx_hi);
+    const int s0 = dot4(lo[0], lo[1], lo[2], lo[3], x.a, 0), s1 = dot4(hi[0], hi[1], hi[2], hi[3], x.b, 0);
+    const uint8_t* meta = m + 16 * sb;
+    float sc0, mn0, sc1, mn1;
+    k4_scale_min(2 * c, meta + 4, sc0, mn0);
+    k4_scale_min(2 * c + 1, meta + 4, sc1, mn1);
+    return f16(meta) * (sc0 * x.d0 * float(s0) + sc1 * x.d1 * float(s1)) - f16(meta + 2) * (mn0 * x.s0 + mn1 * x.s1);
   }
 };
 
-// Q6_K part p (16 per super-block): n = p/8, l0 = 4(p%8): for k = 0..3 the values 128n+32k+l0..+3.
-struct GemvQ6_K {
-  static constexpr int kBlockValues = 256, kBlockBytes = 210, kParts = 16, N = 16;
-  __device__ static void load_x(const float* xb, int p, float* xv) {
-    const int n = p / 8, l0 = 4 * (p % 8);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const float4 v = *reinterpret_cast<const float4*>(xb + 128 * n + 32 * k + l0);
-      xv[4 * k] = v.x, xv[4 * k + 1] = v.y, xv[4 * k + 2] = v.z, xv[4 * k + 3] = v.w;
-    }
+// Q6_K: 8 chunks a super-block; chunk ci = 4n + 2j + h holds ql bytes 64n + 32j + 16h.. (low nibbles: values
+// 128n + 32j + 16h.., k = j; high nibbles: k = j + 2) and their two high bits from qh bytes 32n + 16h..
+// (bits 2k). Each 16 values share one int8 scale.
+struct MvQ6_K {
+  static constexpr int kChunkValues = 32;
+  struct X {
+    int4 a, b;
+    float d0, d1;
+  };
+  __device__ static void load_x(const int8_t* xq, const float4* xs, int i, X& x) {
+    const int sb = i / 8, ci = i % 8, n = ci / 4, j = (ci / 2) % 2, h = ci % 2, g0 = 8 * sb + 4 * n + j;
+    x.a = *reinterpret_cast<const int4*>(xq + 32 * g0 + 16 * h);
+    x.b = *reinterpret_cast<const int4*>(xq + 32 * (g0 + 2) + 16 * h);
+    x.d0 = xs[g0].x, x.d1 = xs[g0 + 2].x;
   }
-  __device__ static float dot(const uint8_t* blk, int p, const float* xv) {
-    const int n = p / 8, l0 = 4 * (p % 8);
-    const uint32_t qa = load_u32_a2(blk + 64 * n + l0);       // k = 0 (low nibble), 2 (high nibble)
-    const uint32_t qb = load_u32_a2(blk + 64 * n + 32 + l0);  // k = 1, 3
-    const uint32_t qh = load_u32_a2(blk + 128 + 32 * n + l0);
-    const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192) + 8 * n + l0 / 16;
-    float s = 0;
+  // Six-bit quants q (0..63) per byte → q - 32 as int8: q + 0x60 stays below 256 (no carry between bytes),
+  // and flipping bit 7 subtracts 128 modulo 256.
+  __device__ static uint32_t centered(uint32_t q) { return (q + 0x60606060u) ^ 0x80808080u; }
+  __device__ static float dot(const uint8_t* q, const uint8_t* m, const uint8_t* d, int i, const X& x) {
+    const int sb = i / 8, ci = i % 8, n = ci / 4, j = (ci / 2) % 2, h = ci % 2;
+    const uint8_t* blk = q + 192 * sb;
+    const uint4 ql = *reinterpret_cast<const uint4*>(blk + 16 * ci);
+    const uint4 qh = *reinterpret_cast<const uint4*>(blk + 128 + 32 * n + 16 * h);
+    const uint32_t l[4] = {ql.x, ql.y, ql.z, ql.w}, hb[4] = {qh.x, qh.y, qh.z, qh.w};
+    uint32_t a[4], b[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      const uint32_t src = (k & 1) ? qb : qa;
-      const uint32_t q = ((src >> (4 * (k >> 1))) & 0x0F0F0F0Fu) | (((qh >> (2 * k)) & 0x03030303u) << 4);
-      float part = 0;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) part += byte_f<32>(q, i) * xv[4 * k + i];
-      s += float(sc[2 * k]) * part;
+      a[k] = centered((l[k] & kLow4) | (((hb[k] >> (2 * j)) & 0x03030303u) << 4));
+      b[k] = centered(((l[k] >> 4) & kLow4) | (((hb[k] >> (2 * j + 4)) & 0x03030303u) << 4));
     }
-    return f16(blk + 208) * s;
+    const int s0 = dot4(a[0], a[1], a[2], a[3], x.a, 0), s1 = dot4(b[0], b[1], b[2], b[3], x.b, 0);
+    const int8_t* sc = reinterpret_cast<const int8_t*>(m + 16 * sb) + 8 * n + 2 * j + h;
+    return f16(d + 2 * sb) * (float(sc[0]) * x.d0 * float(s0) + float(sc[4]) * x.d1 * float(s1));
   }
 };
 
-// Plain types: one part = 16 bytes (8 halves or 4 floats). Needs cols to be a multiple of the part.
+// ---- GEMV on f32 activations (plain types) -------------------------------------------------------------
+// A row is cut into parts of 16 bytes (8 halves or 4 floats); thread i takes part i (mod the block), loads
+// the activations of the part once (f32, 16-byte loads) and dots them with the part of every row it owns.
+// Needs cols to be a multiple of the part.
 template <GgmlType kType>
 struct GemvPlain {
   static constexpr int N = kType == GgmlType::F32 ? 4 : 8;
