@@ -10,85 +10,19 @@
 #include "gguf/gguf.h"
 #include "kv/kv_cache.h"
 #include "model/model.h"
-#include "safetensors.h"
+#include "fixtures.h"
 #include "test_support.h"
 
 namespace uma {
 namespace {
 
-struct Fixture {
-  std::string arch;
-  nlohmann::json reference;
-  std::map<std::string, test::RefTensor> ref;
-  std::map<std::string, test::RefTensor> peer;
-};
-
-const Fixture& fixture(const std::string& arch) {
-  static std::map<std::string, Fixture> cache;
-  auto it = cache.find(arch);
-  if (it != cache.end()) return it->second;
-  const auto dir = test::shared_dir() / "fixtures" / arch;
-  Fixture f;
-  f.arch = arch;
-  std::ifstream in(dir / "reference.json");
-  f.reference = nlohmann::json::parse(in);
-  f.ref = test::load_safetensors(dir / "reference.safetensors");
-  f.peer = test::load_safetensors(dir / "peer-llamacpp.safetensors");
-  return cache.emplace(arch, std::move(f)).first->second;
-}
-
-struct PromptRun {
-  std::vector<float> logits;                 // [len, vocab]
-  std::vector<std::vector<float>> hidden;    // per layer 0..n_layer: [len, n_embd]
-};
-
-PromptRun run_prompt(Model& model, const std::vector<int32_t>& prompt) {
-  KvCache kv(model.backend(), model.kv_options(256, 1));
-  kv.reserve(0, static_cast<int64_t>(prompt.size()));
-  Batch batch;
-  for (size_t i = 0; i < prompt.size(); ++i) batch.add(prompt[i], static_cast<int32_t>(i), 0, true);
-  PromptRun r;
-  r.hidden.resize(model.config().n_layer + 1);
-  LayerHook hook = [&](int layer, const float* h, int64_t n, int64_t d) { r.hidden[layer].assign(h, h + n * d); };
-  model.forward(batch, kv, r.logits, &hook);
-  return r;
-}
-
-std::vector<int32_t> greedy(Model& model, const std::vector<int32_t>& prompt, int n_new) {
-  KvCache kv(model.backend(), model.kv_options(256, 1));
-  Batch batch;
-  for (size_t i = 0; i < prompt.size(); ++i) batch.add(prompt[i], static_cast<int32_t>(i), 0, i + 1 == prompt.size());
-  kv.reserve(0, batch.size());
-  std::vector<float> logits;
-  std::vector<int32_t> out;
-  int32_t pos = static_cast<int32_t>(prompt.size());
-  for (int step = 0; step < n_new; ++step) {
-    model.forward(batch, kv, logits, nullptr);
-    const int32_t next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    out.push_back(next);
-    batch.clear();
-    batch.add(next, pos++, 0, true);
-    kv.reserve(0, pos);
-  }
-  return out;
-}
-
-double row_rel_l2(const std::vector<float>& a, const std::vector<float>& b, size_t row, size_t width) {
-  return test::rel_l2(std::span<const float>(a.data() + row * width, width),
-                      std::span<const float>(b.data() + row * width, width));
-}
-
-std::vector<float> final_norm(const GgufFile& file, const std::vector<float>& x, int E, float eps) {
-  const auto* g = reinterpret_cast<const float*>(file.find_tensor("output_norm.weight")->data);
-  std::vector<float> out(x.size());
-  for (size_t t = 0; t < x.size() / E; ++t) {
-    double ss = 0;
-    for (int i = 0; i < E; ++i) ss += double(x[t * E + i]) * x[t * E + i];
-    const double scale = 1.0 / std::sqrt(ss / E + eps);
-    for (int i = 0; i < E; ++i) out[t * E + i] = static_cast<float>(x[t * E + i] * scale) * g[i];
-  }
-  return out;
-}
+using test::fixture;
+using test::fixture_dir;
+using test::final_norm;
+using test::greedy;
+using test::PromptRun;
+using test::row_rel_l2;
+using test::run_prompt;
 
 class F32Reference : public ::testing::TestWithParam<std::string> {};
 
@@ -96,8 +30,8 @@ class F32Reference : public ::testing::TestWithParam<std::string> {};
 // logits and for the residual stream after every layer; llama.cpp itself only gets 1e-4..1e-1 here.
 TEST_P(F32Reference, LogitsHiddenStatesAndGreedyMatchTransformers) {
   const std::string arch = GetParam();
-  const Fixture& fx = fixture(arch);
-  auto file = GgufFile::open(test::shared_dir() / "fixtures" / arch / (arch + "-f32.gguf"));
+  const test::Fixture& fx = fixture(arch);
+  auto file = GgufFile::open(fixture_dir(arch) / (arch + "-f32.gguf"));
   auto backend = make_cpu_backend(2);
   // transformers ran the bf16 checkpoint: its RoPE frequencies are bf16-rounded (see RopeParams).
   ModelOptions options{.rope_freq_bf16 = true};
@@ -154,8 +88,8 @@ class LlamaCppPeer : public ::testing::TestWithParam<PeerCase> {};
 
 TEST_P(LlamaCppPeer, LogitsMatchLlamaCppOnTheSameFile) {
   const auto [arch, type] = GetParam();
-  const Fixture& fx = fixture(arch);
-  auto file = GgufFile::open(test::shared_dir() / "fixtures" / arch / (arch + "-" + type + ".gguf"));
+  const test::Fixture& fx = fixture(arch);
+  auto file = GgufFile::open(fixture_dir(arch) / (arch + "-" + type + ".gguf"));
   auto backend = make_cpu_backend(2);
   auto model = load_model(*file, *backend);
   const int V = model->config().n_vocab;
