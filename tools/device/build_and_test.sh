@@ -3,13 +3,13 @@
 # models. The GPU machine has no package registry: the build's libraries come as Debian .debs carried in
 # .debs/ (fetch them here with tools/device/fetch_debs.sh) and unpacked into a private prefix.
 # Test data: UMA_SHARED (default .device/shared, a copy of ../shared's fixtures carried with the call).
-#   usage: tools/device/build_and_test.sh [build|test|gemv|profile|bench|llama3|depth|cpu|ceilings|all]...
-#   (default: all but depth and cpu)
+#   usage: tools/device/build_and_test.sh [build|test|gemv|profile|bench|llama3|depth|cpu|moe|ceilings|all]...
+#   (default: all but depth, cpu and moe)
 #   gemv: GEMV GB/s per type and shape against the copy ceiling (tests/backends/test_cuda_bench.cpp)
 #   profile: GPU time per op of a Q4_0 decode (UMA_CUDA_PROFILE=1, op by op)
 #   bench: pp512/tg128 of llama-7b Q4_0, Q8_0, F16, Q4_K_M on the GPU; llama3: llama3-8b Q4_0
 #   depth: tg32 of llama-7b Q4_0 after a DEPTH-token context (default 32768); cpu: the same models on the
-#   host's CPU (--device cpu, pp64/tg16)
+#   host's CPU (--device cpu, pp64/tg16); moe: qwen3-30b-a3b and deepseek-v3-mini Q4_0 on the host's CPU
 # Logs go to $OUT (the device tool's result folder) or ./out.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -24,7 +24,7 @@ steps=("$@")
 want() {
   for s in "${steps[@]}"; do
     [ "$s" = "$1" ] && return 0
-    [ "$s" = all ] && [ "$1" != depth ] && [ "$1" != cpu ] && return 0
+    [ "$s" = all ] && [ "$1" != depth ] && [ "$1" != cpu ] && [ "$1" != moe ] && return 0
   done
   return 1
 }
@@ -112,6 +112,16 @@ if want cpu; then
       | grep -E "^\| llama|bandwidth|error"
   done
   grep -m1 "model name" /proc/cpuinfo
+fi
+
+if want moe; then
+  echo "== mixture of experts on this machine's CPU ($(nproc) threads): active vs total bytes per token"
+  for shape in ${MOE_SHAPES:-qwen3-30b-a3b deepseek-v3-mini}; do
+    m=$(synth q4_0 "$shape") || continue
+    "$BUILD/uma" bench -m "$m" --device cpu -t "$(nproc)" -p 32 -n 16 -r 2 2>&1 | tee "$OUT/moe-$shape.log" \
+      | grep -E "^\| |weights read|bandwidth|error"
+    rm -f "$m"
+  done
 fi
 
 if want ceilings; then
