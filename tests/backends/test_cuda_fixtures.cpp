@@ -5,14 +5,12 @@
 
 #include <cmath>
 #include <filesystem>
-#include <fstream>
-#include <nlohmann/json.hpp>
 
 #include "backend/backend.h"
 #include "gguf/gguf.h"
 #include "kv/kv_cache.h"
 #include "model/model.h"
-#include "safetensors.h"
+#include "fixtures.h"
 #include "test_support.h"
 
 namespace uma {
@@ -27,41 +25,16 @@ std::unique_ptr<Backend> gpu() { return nullptr; }
 #endif
 
 std::vector<float> prompt_logits(Model& model, const std::vector<int32_t>& prompt) {
-  KvCache kv(model.backend(), model.kv_options(256, 1));
-  kv.reserve(0, static_cast<int64_t>(prompt.size()));
-  Batch batch;
-  for (size_t i = 0; i < prompt.size(); ++i) batch.add(prompt[i], static_cast<int32_t>(i), 0, true);
-  std::vector<float> logits;
-  model.forward(batch, kv, logits, nullptr);
-  return logits;
-}
-
-// Prompt in one batch, then one token per step (the decode path).
-std::vector<int32_t> greedy(Model& model, const std::vector<int32_t>& prompt, int n_new) {
-  KvCache kv(model.backend(), model.kv_options(512, 1));
-  Batch batch;
-  for (size_t i = 0; i < prompt.size(); ++i) batch.add(prompt[i], static_cast<int32_t>(i), 0, i + 1 == prompt.size());
-  kv.reserve(0, batch.size());
-  std::vector<float> logits;
-  std::vector<int32_t> out;
-  int32_t pos = static_cast<int32_t>(prompt.size());
-  for (int step = 0; step < n_new; ++step) {
-    model.forward(batch, kv, logits, nullptr);
-    out.push_back(static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()));
-    batch.clear();
-    batch.add(out.back(), pos++, 0, true);
-    kv.reserve(0, pos);
-  }
-  return out;
+  return test::run_prompt(model, prompt).logits;
 }
 
 double worst_row(const std::vector<float>& a, const std::vector<float>& b, size_t rows, size_t width) {
   double worst = 0;
-  for (size_t r = 0; r < rows; ++r)
-    worst = std::max(worst, test::rel_l2(std::span<const float>(a.data() + r * width, width),
-                                         std::span<const float>(b.data() + r * width, width)));
+  for (size_t r = 0; r < rows; ++r) worst = std::max(worst, test::row_rel_l2(a, b, r, width));
   return worst;
 }
+
+using test::greedy;
 
 struct Case {
   std::string arch, type;
@@ -74,13 +47,12 @@ class CudaFixture : public ::testing::TestWithParam<Case> {};
 TEST_P(CudaFixture, MatchesReferencesLikeTheCpuPath) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA)";
   const auto [arch, type] = GetParam();
-  const auto dir = test::shared_dir() / "fixtures" / arch;
-  const auto path = dir / (arch + "-" + type + ".gguf");
+  const auto path = test::fixture_dir(arch) / (arch + "-" + type + ".gguf");
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " not present";
-  std::ifstream in(dir / "reference.json");
-  const auto reference = nlohmann::json::parse(in);
-  const auto ref = test::load_safetensors(dir / "reference.safetensors");
-  const auto peer = test::load_safetensors(dir / "peer-llamacpp.safetensors");
+  const test::Fixture& fx = test::fixture(arch);
+  const auto& reference = fx.reference;
+  const auto& ref = fx.ref;
+  const auto& peer = fx.peer;
   auto file = GgufFile::open(path);
   auto cuda = gpu();
   auto cpu = make_cpu_backend(2);
