@@ -13,7 +13,11 @@ if(UMA_CUDA AND CMAKE_CUDA_COMPILER AND UMA_CUDA_SOURCES)
   add_library(uma_cuda STATIC ${UMA_CUDA_SOURCES})
   # Without this CMake derives the CUDA dialect from CXX_STANDARD (20), which CMake 3.25 cannot map to nvcc.
   set_target_properties(uma_cuda PROPERTIES CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON)
-  target_link_libraries(uma_cuda PUBLIC fmt::fmt CUDA::cudart CUDA::cublas)
+  # cuBLAS is opened with dlopen when a CUDA backend is made (cublas_api.cpp): linking it would make every uma
+  # process, CPU-only runs included, load libcublasLt. Only its headers are needed here.
+  target_link_libraries(uma_cuda PUBLIC fmt::fmt CUDA::cudart ${CMAKE_DL_LIBS})
+  target_include_directories(uma_cuda PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+  target_compile_definitions(uma_cuda PRIVATE UMA_CUDA_LIBRARY_DIR="${CUDAToolkit_LIBRARY_DIR}")
   target_include_directories(uma_cuda PUBLIC include src)
   target_link_libraries(uma_core PUBLIC uma_cuda)
   target_compile_definitions(uma_core PUBLIC UMA_HAVE_CUDA=1)

@@ -3,6 +3,8 @@
 // weight byte once, straight from the GGUF block layout; prefill dequantizes a weight to f16 and runs a
 // cuBLAS GEMM on the tensor cores (f32 weights: an f32 SGEMM, so f32 models keep f32 accuracy).
 #include <cublas_v2.h>
+
+#include "backend/cuda/cublas_api.h"
 #include <cuda_runtime.h>
 #include <unistd.h>
 
@@ -509,8 +511,8 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(int device) : device_(device) {
     UMA_CHECK(cudaSetDevice(device));
     UMA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    check(cublasCreate(&cublas_), "cublasCreate");
-    check(cublasSetStream(cublas_, stream_), "cublasSetStream");
+    check(cuda::cublas_api().create(&cublas_), "cublasCreate");
+    check(cuda::cublas_api().set_stream(cublas_, stream_), "cublasSetStream");
     cudaDeviceProp prop{};
     UMA_CHECK(cudaGetDeviceProperties(&prop, device));
     name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
@@ -534,7 +536,7 @@ class CudaBackend final : public Backend {
     if (staging_[0]) cudaFreeHost(staging_[0]);
     if (staging_[1]) cudaFreeHost(staging_[1]);
     cudaEventDestroy(step_done_);
-    cublasDestroy(cublas_);
+    cuda::cublas_api().destroy(cublas_);
     cudaStreamDestroy(stream_);
   }
 
@@ -1011,7 +1013,7 @@ void CudaBackend::gemm(const DeviceWeight& d, const float* x, int64_t n_tokens, 
   const int m = int(d.rows), n = int(n_tokens), k = int(d.cols);
   const float one = 1.0f, zero = 0.0f;
   if (d.type == GgmlType::F32) {
-    check(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, reinterpret_cast<const float*>(d.data), k,
+    check(cuda::cublas_api().sgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, reinterpret_cast<const float*>(d.data), k,
                       x, k, &zero, y, m),
           "cublasSgemm");
     return;
@@ -1028,7 +1030,7 @@ void CudaBackend::gemm(const DeviceWeight& d, const float* x, int64_t n_tokens, 
   auto* x16 = static_cast<__half*>(xf16_.get(size_t(n) * k * sizeof(__half)));
   f32_to_f16_kernel<<<grid_for(int64_t(n) * k, 256), 256, 0, stream_>>>(x, int64_t(n) * k, x16);
   UMA_LAUNCHED("f32_to_f16");
-  check(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, A, CUDA_R_16F, k, x16, CUDA_R_16F, k, &zero, y,
+  check(cuda::cublas_api().gemm_ex(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, A, CUDA_R_16F, k, x16, CUDA_R_16F, k, &zero, y,
                      CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
         "cublasGemmEx");
 }
