@@ -9,6 +9,7 @@
 #include "backend/backend.h"
 #include "backend/cpu/cpu_ops.h"
 #include "backend/cpu/matmul.h"
+#include "backend/rope_tables.h"
 #include "kv/kv_cache.h"
 #include "quant/quant.h"
 #include "runtime/thread_pool.h"
@@ -124,26 +125,9 @@ class CpuBackend final : public Backend {
 void CpuBackend::rope(float* x, int64_t n_tokens, int n_heads, int head_stride, const BatchLayout& batch,
                       const RopeParams& p) {
   const int half = p.n_rot / 2;
-  std::vector<float> inv_freq(half);
-  for (int i = 0; i < half; ++i) {
-    float f = static_cast<float>(1.0 / std::pow(double(p.freq_base), double(2 * i) / p.n_rot));
-    if (!p.freq_factors.empty()) f = f / p.freq_factors[i];
-    if (p.freq_bf16) f = bf16_to_fp32(fp32_to_bf16(f));
-    inv_freq[i] = f;
-  }
-  // YaRN: per-pair blend between the interpolated (freq * freq_scale) and the original frequency.
-  std::vector<float> ramp_mix(half, 0.0f);
-  if (p.ext_factor > 0) {
-    auto corr_dim = [&](float n_rot_turns) {
-      return p.n_rot * std::log(p.n_ctx_orig / (n_rot_turns * 2 * float(M_PI))) / (2 * std::log(p.freq_base));
-    };
-    const float lo = std::max(0.0f, std::floor(corr_dim(p.beta_fast)));
-    const float hi = std::min(float(p.n_rot - 1), std::ceil(corr_dim(p.beta_slow)));
-    for (int i = 0; i < half; ++i) {
-      const float y = (i - lo) / std::max(0.001f, hi - lo);
-      ramp_mix[i] = (1.0f - std::min(1.0f, std::max(0.0f, y))) * p.ext_factor;
-    }
-  }
+  const RopeTables tables = rope_tables(p);
+  const std::vector<float>& inv_freq = tables.inv_freq;
+  const std::vector<float>& ramp_mix = tables.ramp_mix;
   pool_.parallel_for(n_tokens, 1, [&](int, int64_t t0, int64_t t1) {
     std::vector<float> cs(half), sn(half);
     for (int64_t t = t0; t < t1; ++t) {

@@ -5,6 +5,7 @@
 #include <cublas_v2.h>
 
 #include "backend/cuda/cublas_api.h"
+#include "backend/rope_tables.h"
 #include <cuda_runtime.h>
 #include <unistd.h>
 
@@ -1160,24 +1161,10 @@ const float* CudaBackend::rope_table(const RopeParams& p) {
     if (same(q)) return tab;
   // inv_freq and the YaRN ramp as the CPU backend computes them; one table per parameter set, kept, so
   // that a recorded step never sees a table rewritten under it.
+  const RopeTables tables = rope_tables(p);
   std::vector<float> t(2 * half, 0.0f);
-  for (int i = 0; i < half; ++i) {
-    float f = static_cast<float>(1.0 / std::pow(double(p.freq_base), double(2 * i) / p.n_rot));
-    if (!p.freq_factors.empty()) f = f / p.freq_factors[i];
-    if (p.freq_bf16) f = bf16_to_fp32(fp32_to_bf16(f));
-    t[i] = f;
-  }
-  if (p.ext_factor > 0) {
-    auto corr_dim = [&](float n_rot_turns) {
-      return p.n_rot * std::log(p.n_ctx_orig / (n_rot_turns * 2 * float(M_PI))) / (2 * std::log(p.freq_base));
-    };
-    const float lo = std::max(0.0f, std::floor(corr_dim(p.beta_fast)));
-    const float hi = std::min(float(p.n_rot - 1), std::ceil(corr_dim(p.beta_slow)));
-    for (int i = 0; i < half; ++i) {
-      const float y = (i - lo) / std::max(0.001f, hi - lo);
-      t[half + i] = (1.0f - std::min(1.0f, std::max(0.0f, y))) * p.ext_factor;
-    }
-  }
+  std::copy(tables.inv_freq.begin(), tables.inv_freq.end(), t.begin());
+  std::copy(tables.ramp_mix.begin(), tables.ramp_mix.end(), t.begin() + half);
   float* tab = nullptr;
   UMA_CHECK(cudaMalloc(&tab, t.size() * sizeof(float)));
   UMA_CHECK(cudaMemcpy(tab, t.data(), t.size() * sizeof(float), cudaMemcpyHostToDevice));
