@@ -11,18 +11,14 @@
 #include "kv/kv_cache.h"
 #include "model/model.h"
 #include "fixtures.h"
+#include "cuda_test_support.h"
 #include "test_support.h"
 
 namespace uma {
 namespace {
 
-#ifdef UMA_HAVE_CUDA
-bool have_gpu() { return cuda_device_count() > 0; }
-std::unique_ptr<Backend> gpu() { return make_cuda_backend(0); }
-#else
-bool have_gpu() { return false; }
-std::unique_ptr<Backend> gpu() { return nullptr; }
-#endif
+using test::gpu;
+using test::have_gpu;
 
 std::vector<float> prompt_logits(Model& model, const std::vector<int32_t>& prompt) {
   return test::run_prompt(model, prompt).logits;

@@ -11,21 +11,15 @@
 #include "backend/cpu/matmul.h"
 #include "kv/kv_cache.h"
 #include "quant/quant.h"
+#include "cuda_test_support.h"
 #include "test_support.h"
 
 namespace uma {
 namespace {
 
-#ifdef UMA_HAVE_CUDA
-bool have_gpu() { return cuda_device_count() > 0; }
-std::unique_ptr<Backend> gpu() { return make_cuda_backend(0); }
-#else
-bool have_gpu() { return false; }
-std::unique_ptr<Backend> gpu() { return nullptr; }
-#endif
+using test::gpu;
+using test::have_gpu;
 
-#define REQUIRE_GPU() \
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA)"
 
 std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.0f) {
   std::mt19937 rng(seed);

@@ -116,6 +116,27 @@ __global__ void repack_kernel(SoaSplit sp, const uint8_t* __restrict__ src, size
   }
 }
 
+// The end of every GEMV block: each warp reduces its kRows partial sums, and the block's first kRows threads add
+// the warps' sums (plus the bias) and write the rows.
+template <int kRows, int kWarps>
+__device__ __forceinline__ void finish_rows(const float (&acc)[kRows], int64_t row0, int64_t rows, float* y,
+                                            const float* bias) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  __shared__ float part_sum[kWarps][kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const float s = warp_sum(acc[r]);
+    if (lane == 0) part_sum[warp][r] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x < kRows && row0 + threadIdx.x < rows) {
+    float s = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) s += part_sum[w][threadIdx.x];
+    y[row0 + threadIdx.x] = s + (bias ? bias[row0 + threadIdx.x] : 0.0f);
+  }
+}
+
 // Quantized GEMV: a block of kWarps warps owns kRows rows; its threads stride over the row's chunks (see
 // MvQ4_0 & co. in kernels.cuh), each loading a chunk's int8 activations once for all kRows rows, so every
 // thread has kRows independent 16-byte weight loads in flight; the warps' sums meet in shared memory.
@@ -123,7 +144,6 @@ template <typename T, int kRows, int kWarps>
 __global__ void __launch_bounds__(kWarps * kWarp)
     gemv_q8_kernel(WView w, int64_t rows, int n_chunks, const int8_t* __restrict__ xq, const float4* __restrict__ xs,
                    float* __restrict__ y, const float* __restrict__ bias, bool prefetch) {
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int64_t row0 = int64_t(blockIdx.x) * kRows;
   float acc[kRows] = {};
   const uint8_t *q[kRows], *m[kRows], *d[kRows];
@@ -147,19 +167,7 @@ __global__ void __launch_bounds__(kWarps * kWarp)
 #pragma unroll
     for (int r = 0; r < kRows; ++r) acc[r] += T::dot(q[r], m[r], d[r], i, xv);
   }
-  __shared__ float part_sum[kWarps][kRows];
-#pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    const float s = warp_sum(acc[r]);
-    if (lane == 0) part_sum[warp][r] = s;
-  }
-  __syncthreads();
-  if (threadIdx.x < kRows && row0 + threadIdx.x < rows) {
-    float s = 0;
-#pragma unroll
-    for (int wi = 0; wi < kWarps; ++wi) s += part_sum[wi][threadIdx.x];
-    y[row0 + threadIdx.x] = s + (bias ? bias[row0 + threadIdx.x] : 0.0f);
-  }
+  finish_rows<kRows, kWarps>(acc, row0, rows, y, bias);
 }
 
 // Plain types (f32 activations): each of kWarps * 32 threads takes
@@ -170,7 +178,6 @@ template <typename T, int kRows, int kWarps>
 __global__ void __launch_bounds__(kWarps * kWarp)
     gemv_split_kernel(const uint8_t* __restrict__ W, size_t row_bytes, int64_t rows, int64_t cols,
                       const float* __restrict__ x, float* __restrict__ y, const float* __restrict__ bias) {
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int64_t row0 = int64_t(blockIdx.x) * kRows;
   const int n_parts = int(cols / T::kBlockValues * T::kParts);
   float acc[kRows] = {};
@@ -186,19 +193,7 @@ __global__ void __launch_bounds__(kWarps * kWarp)
 #pragma unroll
     for (int r = 0; r < kRows; ++r) acc[r] += T::dot(wrow[r] + int64_t(blk) * T::kBlockBytes, part, xv);
   }
-  __shared__ float part_sum[kWarps][kRows];
-#pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    const float s = warp_sum(acc[r]);
-    if (lane == 0) part_sum[warp][r] = s;
-  }
-  __syncthreads();
-  if (threadIdx.x < kRows && row0 + threadIdx.x < rows) {
-    float s = 0;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) s += part_sum[w][threadIdx.x];
-    y[row0 + threadIdx.x] = s + (bias ? bias[row0 + threadIdx.x] : 0.0f);
-  }
+  finish_rows<kRows, kWarps>(acc, row0, rows, y, bias);
 }
 
 // Any type and shape: one warp per row through weight_value (plain types with odd widths).
