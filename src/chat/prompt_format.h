@@ -22,6 +22,7 @@ class PromptFormat {
     std::string user = "User";
     std::string assistant = "Assistant";
   };
+  // Throws uma::Error (with the template's own message) when the template rejects the conversation.
   std::string render(const std::vector<ChatMessage>& messages, const Labels& labels) const;
   // Prompt tokens for rendered text: special-token text is parsed, and BOS added unless the text has it.
   std::vector<TokenId> tokenize(const std::string& text) const;
