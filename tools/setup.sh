@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake ninja-build pkg-config libhwy-dev libpcre2-dev nlohmann-json3-dev libcli11-dev
-          libfmt-dev libcpp-httplib-dev libcurl4-openssl-dev libssl-dev)
+          libfmt-dev libcpp-httplib-dev libcurl4-openssl-dev libssl-dev libgtest-dev libgmock-dev)
 if [[ "${1:-}" == "--tests" ]]; then
-  packages+=(libgtest-dev libgmock-dev chromium)
+  packages+=(chromium)
   # Node.js may come from Debian (nodejs + npm) or NodeSource (nodejs bundling npm): install only when absent.
   command -v node >/dev/null 2>&1 || packages+=(nodejs)
   command -v npm >/dev/null 2>&1 || packages+=(npm)
