@@ -114,16 +114,17 @@ Efficiency default_efficiency(Backend backend) {
       return {0.60, 0.55, 25.0, static_cast<uint64_t>(256 * kMiB), false, "uncalibrated placeholder"};
     case Backend::cpu:
       // CPU_CALIBRATION_BEGIN (tools/calibrate_cpu.sh prints a replacement for this block)
-      // Fitted 2026-11-21 on the shared 2-vCPU AMD EPYC (AVX-512 VNNI) host, llama-7b pp64/tg8, 2 threads, load
-      // average ~2 from other users (a second run at load 7.6 measured 25-50 % slower: see docs/PLAN.md);
-      // fractions of the local peak (cores x 32 FLOP x 3 GHz, int8 x2). Runtime base: `uma run` peak RSS on
-      // stories260K and the fixtures (tests/e2e/test_plan_memory.cpp).
-      return {0.81, 0.10, 248.4, static_cast<uint64_t>(14.4e6), true, "calibrated on a 2-core EPYC (2026-11-21)",
-              {{GgmlType::Q4_0, 0.0964, 0.2015},
-               {GgmlType::Q8_0, 0.0864, 0.1928},
-               {GgmlType::F16, 0.1091, 0.2446},
-               {GgmlType::Q4_K, 0.0362, 0.0862},
-               {GgmlType::Q6_K, 0.0362, 0.0862}},
+      // Fitted 2026-11-21 22:20 on the shared 2-vCPU AMD EPYC (AVX-512 VNNI) VM, idle, after the VNNI decode
+      // kernels: `TG=16 tools/calibrate_cpu.sh build` (llama-7b pp64/tg16, 2 threads). decode_bandwidth is
+      // relative to the planner's own 256 MiB probe, which on this VM reads ~31 GB/s while decode streams up to
+      // 51 GB/s (hence > 1); compute fractions are of the local peak (cores x 32 FLOP x 3 GHz, int8 x2).
+      // Runtime base: `uma run` peak RSS on stories260K and the fixtures (tests/e2e/test_plan_memory.cpp).
+      return {1.41, 0.10, 10.1, static_cast<uint64_t>(14.4e6), true, "calibrated on a 2-core EPYC (2026-11-21)",
+              {{GgmlType::Q4_0, 0.3108, 0.3973},
+               {GgmlType::Q8_0, 0.2085, 0.3906},
+               {GgmlType::F16, 0.2299, 0.5148},
+               {GgmlType::Q4_K, 0.1343, 0.2522},
+               {GgmlType::Q6_K, 0.1343, 0.2522}},
               false};
       // CPU_CALIBRATION_END
   }
