@@ -51,19 +51,6 @@ bf16_bits fp32_to_bf16(float f) {
 namespace quant_detail {
 namespace {
 
-float h2f(f16_bits h) { return fp16_to_fp32(h); }
-
-// The value of largest magnitude, with its sign (0 for an all-zero block).
-float signed_absmax(const float* x, int n) {
-  float amax = 0, max = 0;
-  for (int j = 0; j < n; ++j)
-    if (std::fabs(x[j]) > amax) {
-      amax = std::fabs(x[j]);
-      max = x[j];
-    }
-  return max;
-}
-
 void min_max(const float* x, int n, float& lo, float& hi) {
   lo = x[0];
   hi = x[0];
@@ -78,7 +65,7 @@ void min_max(const float* x, int n, float& lo, float& hi) {
 // Q4_0: value = d * (q - 8); byte j holds element j (low nibble) and element j + 16 (high nibble).
 void dequantize_q4_0(const BlockQ4_0* x, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += 32) {
-    const float d = h2f(x[i].d);
+    const float d = fp16_to_fp32(x[i].d);
     for (int j = 0; j < 16; ++j) {
       y[j] = static_cast<float>((x[i].qs[j] & 0xF) - 8) * d;
       y[j + 16] = static_cast<float>((x[i].qs[j] >> 4) - 8) * d;
@@ -89,7 +76,7 @@ void dequantize_q4_0(const BlockQ4_0* x, float* y, int64_t nb) {
 // Q4_1: value = d * q + m, same nibble order as Q4_0.
 void dequantize_q4_1(const BlockQ4_1* x, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += 32) {
-    const float d = h2f(x[i].d), m = h2f(x[i].m);
+    const float d = fp16_to_fp32(x[i].d), m = fp16_to_fp32(x[i].m);
     for (int j = 0; j < 16; ++j) {
       y[j] = static_cast<float>(x[i].qs[j] & 0xF) * d + m;
       y[j + 16] = static_cast<float>(x[i].qs[j] >> 4) * d + m;
@@ -102,7 +89,7 @@ static inline int q5_high(uint32_t qh, int j) { return ((qh >> j) & 1) << 4; }
 
 void dequantize_q5_0(const BlockQ5_0* x, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += 32) {
-    const float d = h2f(x[i].d);
+    const float d = fp16_to_fp32(x[i].d);
     uint32_t qh;
     std::memcpy(&qh, x[i].qh, 4);
     for (int j = 0; j < 16; ++j) {
@@ -114,7 +101,7 @@ void dequantize_q5_0(const BlockQ5_0* x, float* y, int64_t nb) {
 
 void dequantize_q5_1(const BlockQ5_1* x, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += 32) {
-    const float d = h2f(x[i].d), m = h2f(x[i].m);
+    const float d = fp16_to_fp32(x[i].d), m = fp16_to_fp32(x[i].m);
     uint32_t qh;
     std::memcpy(&qh, x[i].qh, 4);
     for (int j = 0; j < 16; ++j) {
@@ -126,7 +113,7 @@ void dequantize_q5_1(const BlockQ5_1* x, float* y, int64_t nb) {
 
 void dequantize_q8_0(const BlockQ8_0* x, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += 32) {
-    const float d = h2f(x[i].d);
+    const float d = fp16_to_fp32(x[i].d);
     for (int j = 0; j < 32; ++j) y[j] = static_cast<float>(x[i].qs[j]) * d;
   }
 }

@@ -1,6 +1,7 @@
 // Per-type scalar kernels behind dequantize_row()/quantize_row(); shared by quant_*.cpp and the CPU matmul.
 #pragma once
 #include <bit>
+#include <cmath>
 #include <cstdint>
 
 #include "quant/types.h"
@@ -30,6 +31,18 @@ void quantize_q4_k(const float* x, BlockQ4_K* y, int64_t nb);
 void quantize_q5_k(const float* x, BlockQ5_K* y, int64_t nb);
 void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t nb);
 void quantize_q8_k(const float* x, BlockQ8_K* y, int64_t nb);
+
+// The value of largest magnitude, with its sign (0 for an all-zero block): ggml-style quantizers scale by it so
+// that the extreme value lands exactly on the grid's most negative level.
+inline float signed_absmax(const float* x, int n) {
+  float amax = 0, max = 0;
+  for (int j = 0; j < n; ++j)
+    if (std::fabs(x[j]) > amax) {
+      amax = std::fabs(x[j]);
+      max = x[j];
+    }
+  return max;
+}
 
 // fp16 -> f32 for block scales in hot loops: shift the 15 magnitude bits into f32 position and rescale the
 // exponent bias (15 -> 127) with one multiply by 2^112, which also normalises subnormal halves. Exact for

@@ -20,18 +20,7 @@
 namespace uma::quant_detail {
 namespace {
 
-float h2f(f16_bits h) { return fp16_to_fp32(h); }
 int nearest(float v) { return static_cast<int>(std::nearbyint(v)); }
-
-float signed_absmax(const float* x, int n) {
-  float amax = 0, max = 0;
-  for (int j = 0; j < n; ++j)
-    if (std::fabs(x[j]) > amax) {
-      amax = std::fabs(x[j]);
-      max = x[j];
-    }
-  return max;
-}
 
 // Asymmetric fit of n values to d*q - m, q in 0..nmax, m >= 0 (the range always includes 0, as ggml's
 // k-quants assume): returns d, sets m. A least-squares refinement of (d, m) for the chosen q follows.
@@ -98,7 +87,7 @@ void quantize_k4_like(const float* x, int nmax, uint8_t* L, uint8_t* scales, f16
   }
   pack_k4_scales(ls, lm, scales);
   // Re-quantize against the scales as they will be decoded.
-  const float dq = h2f(d_out), dmq = h2f(dmin_out);
+  const float dq = fp16_to_fp32(d_out), dmq = fp16_to_fp32(dmin_out);
   for (int j = 0; j < 8; ++j) {
     const float ds = dq * ls[j], dm = dmq * lm[j];
     for (int l = 0; l < 32; ++l)
@@ -110,7 +99,7 @@ void quantize_k4_like(const float* x, int nmax, uint8_t* L, uint8_t* scales, f16
 
 void dequantize_q2_k(const BlockQ2_K* x, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += QK_K) {
-    const float d = h2f(x[i].d), dmin = h2f(x[i].dmin);
+    const float d = fp16_to_fp32(x[i].d), dmin = fp16_to_fp32(x[i].dmin);
     for (int e = 0; e < QK_K; ++e) {
       const int n = e / 128, s = (e % 128) / 32, l = e % 32;
       const int q = (x[i].qs[32 * n + l] >> (2 * s)) & 3;
@@ -122,7 +111,7 @@ void dequantize_q2_k(const BlockQ2_K* x, float* y, int64_t nb) {
 
 void dequantize_q3_k(const BlockQ3_K* x, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += QK_K) {
-    const float d = h2f(x[i].d);
+    const float d = fp16_to_fp32(x[i].d);
     for (int e = 0; e < QK_K; ++e) {
       const int n = e / 128, s = (e % 128) / 32, l = e % 32;
       const int low = (x[i].qs[32 * n + l] >> (2 * s)) & 3;
@@ -134,7 +123,7 @@ void dequantize_q3_k(const BlockQ3_K* x, float* y, int64_t nb) {
 
 void dequantize_q4_k(const BlockQ4_K* x, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += QK_K) {
-    const float d = h2f(x[i].d), dmin = h2f(x[i].dmin);
+    const float d = fp16_to_fp32(x[i].d), dmin = fp16_to_fp32(x[i].dmin);
     for (int e = 0; e < QK_K; ++e) {
       const int c = e / 64, h = (e % 64) / 32, l = e % 32;
       uint8_t sc, mn;
@@ -147,7 +136,7 @@ void dequantize_q4_k(const BlockQ4_K* x, float* y, int64_t nb) {
 
 void dequantize_q5_k(const BlockQ5_K* x, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += QK_K) {
-    const float d = h2f(x[i].d), dmin = h2f(x[i].dmin);
+    const float d = fp16_to_fp32(x[i].d), dmin = fp16_to_fp32(x[i].dmin);
     for (int e = 0; e < QK_K; ++e) {
       const int c = e / 64, h = (e % 64) / 32, l = e % 32;
       uint8_t sc, mn;
@@ -160,7 +149,7 @@ void dequantize_q5_k(const BlockQ5_K* x, float* y, int64_t nb) {
 
 void dequantize_q6_k(const BlockQ6_K* x, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += QK_K) {
-    const float d = h2f(x[i].d);
+    const float d = fp16_to_fp32(x[i].d);
     for (int e = 0; e < QK_K; ++e) {
       const int n = e / 128, k = (e % 128) / 32, l = e % 32;
       const int low = (x[i].ql[64 * n + l + 32 * (k & 1)] >> (4 * (k >> 1))) & 0xF;
@@ -186,7 +175,7 @@ void quantize_q2_k(const float* x, BlockQ2_K* y, int64_t nb) {
     const float d = max_sc / 15.0f, dmin = max_mn / 15.0f;
     y[i].d = fp32_to_fp16(d);
     y[i].dmin = fp32_to_fp16(dmin);
-    const float dq = h2f(y[i].d), dmq = h2f(y[i].dmin);
+    const float dq = fp16_to_fp32(y[i].d), dmq = fp16_to_fp32(y[i].dmin);
     uint8_t L[QK_K];
     for (int j = 0; j < 16; ++j) {
       const int ls = std::clamp(d > 0 ? nearest(sc[j] / d) : 0, 0, 15);
@@ -211,7 +200,7 @@ void quantize_q3_k(const float* x, BlockQ3_K* y, int64_t nb) {
     for (int j = 0; j < 16; ++j) sc[j] = signed_absmax(x + 16 * j, 16) / -4.0f;
     const float d = signed_absmax(sc, 16) / -32.0f;
     y[i].d = fp32_to_fp16(d);
-    const float dq = h2f(y[i].d);
+    const float dq = fp16_to_fp32(y[i].d);
     std::memset(y[i].scales, 0, 12);
     int8_t L[QK_K];
     for (int j = 0; j < 16; ++j) {
@@ -274,7 +263,7 @@ void quantize_q6_k(const float* x, BlockQ6_K* y, int64_t nb) {
     for (int j = 0; j < 16; ++j) sc[j] = signed_absmax(x + 16 * j, 16) / -32.0f;
     const float d = signed_absmax(sc, 16) / -128.0f;
     y[i].d = fp32_to_fp16(d);
-    const float dq = h2f(y[i].d);
+    const float dq = fp16_to_fp32(y[i].d);
     uint8_t L[QK_K];
     for (int j = 0; j < 16; ++j) {
       const int ls = std::clamp(d != 0 ? nearest(sc[j] / d) : 0, -128, 127);
