@@ -185,11 +185,7 @@ void CpuBackend::attention(const KvCache& kv, int layer, const float* q, const B
         scores[p] = d * s.scale;
         mx = std::max(mx, scores[p]);
       }
-      double sum = 0;
-      for (int64_t p = 0; p < n_ctx; ++p) {
-        scores[p] = std::exp(scores[p] - mx);
-        sum += scores[p];
-      }
+      const double sum = exp_scores(scores.data(), n_ctx, mx);
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int64_t p = 0; p < n_ctx; ++p) {
         const float* vp = V + kv.cell(seq, p) * vw + hk * s.head_dim_v;

@@ -72,11 +72,7 @@ void cpu_attention_mla(const KvCache& kv, int layer, const float* q, const Weigh
         scores[p] = d * s.scale;
         mx = std::max(mx, scores[p]);
       }
-      double sum = 0;
-      for (int64_t p = 0; p < n_ctx; ++p) {
-        scores[p] = std::exp(scores[p] - mx);
-        sum += scores[p];
-      }
+      const double sum = exp_scores(scores.data(), n_ctx, mx);
       float* o = o_lat.data() + i * L;
       std::fill(o, o + L, 0.0f);
       for (int64_t p = 0; p < n_ctx; ++p) {
