@@ -1,0 +1,172 @@
+// The paged KV cache on the device: storing a step's keys and values, and attention over them.
+#include "backend/cuda/cuda_backend.h"
+
+namespace uma::cuda {
+namespace {
+// Grid (token, slices of 256 values over k then v): one value a thread, so a decode token's 2 x 4096
+// values take 32 blocks instead of one block's serial loop.
+__global__ void store_kv_kernel(float* K, float* V, const float* k, const float* v, int kw, int vw,
+                                DeviceLayout L) {
+  const int64_t t = blockIdx.x;
+  const int64_t c = kv_cell(L, t, L.pos[t]);
+  const int j = blockIdx.y * blockDim.x + threadIdx.x;
+  if (j < kw) K[c * kw + j] = k[t * kw + j];
+  else if (j < kw + vw) V[c * vw + j - kw] = v[t * vw + j - kw];
+}
+
+// ---- attention: one block per (query head, token, split). Each warp walks every 4th key of the split
+// with an online softmax (running max m, sum l, acc over head_dim_v), lanes splitting the head dims; the
+// warps' states merge in shared memory. Splits (flash-decoding) let a single long sequence fill the GPU;
+// their partial states merge in attn_combine_kernel. -----------------------------------------------------
+constexpr int kAttnWarps = 4;
+constexpr int kMaxHeadDim = 256;
+constexpr int kDimsPerLane = kMaxHeadDim / kWarp;
+
+struct AttnArgs {
+  const float *K, *V, *q;
+  float* out;       // final output (n_split == 1) ...
+  float* partial;   // ... or [n_tokens, n_head, n_split, head_dim_v + 2] states
+  int kw, vw, n_head, group, hdk, hdv, n_split;
+  float scale;
+};
+static_assert(sizeof(AttnArgs) == 5 * sizeof(void*) + 8 * 4, "no padding: AttnArgs enters graph signatures");
+
+__global__ void __launch_bounds__(kAttnWarps * kWarp) attention_kernel(AttnArgs a, DeviceLayout L) {
+  const int h = blockIdx.x, split = blockIdx.z;
+  const int64_t t = blockIdx.y;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int hk = h / a.group;
+  // The context length comes from device memory (the position), not from a kernel argument, so that a
+  // captured decode graph stays valid as the context grows; each split takes an equal share of it.
+  const int64_t n_ctx = int64_t(L.pos[t]) + 1;
+  const int64_t keys_per_split = (n_ctx + a.n_split - 1) / a.n_split;
+  const int64_t p0 = int64_t(split) * keys_per_split, p1 = min(n_ctx, p0 + keys_per_split);
+
+  float qv[kDimsPerLane];
+  const float* qh = a.q + (t * a.n_head + h) * a.hdk;
+#pragma unroll
+  for (int i = 0; i < kDimsPerLane; ++i) {
+    const int j = lane + kWarp * i;
+    qv[i] = j < a.hdk ? qh[j] * a.scale : 0.0f;
+  }
+  float m = -INFINITY, l = 0, acc[kDimsPerLane] = {};
+  for (int64_t p = p0 + warp; p < p1; p += kAttnWarps) {
+    const int64_t c = kv_cell(L, t, p);
+    const float* kp = a.K + c * a.kw + int64_t(hk) * a.hdk;
+    float d = 0;
+#pragma unroll
+    for (int i = 0; i < kDimsPerLane; ++i) {
+      const int j = lane + kWarp * i;
+      if (j < a.hdk) d += qv[i] * kp[j];
+    }
+    const float s = warp_sum(d);
+    const float m_new = fmaxf(m, s);
+    const float corr = expf(m - m_new), e = expf(s - m_new);
+    l = l * corr + e;
+    const float* vp = a.V + c * a.vw + int64_t(hk) * a.hdv;
+#pragma unroll
+    for (int i = 0; i < kDimsPerLane; ++i) {
+      const int j = lane + kWarp * i;
+      acc[i] = acc[i] * corr + (j < a.hdv ? e * vp[j] : 0.0f);
+    }
+    m = m_new;
+  }
+  // Merge the warps.
+  __shared__ float sm[kAttnWarps], sl[kAttnWarps], sacc[kAttnWarps][kMaxHeadDim];
+  if (lane == 0) sm[warp] = m, sl[warp] = l;
+#pragma unroll
+  for (int i = 0; i < kDimsPerLane; ++i) sacc[warp][lane + kWarp * i] = acc[i];
+  __syncthreads();
+  float M = -INFINITY;
+  for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, sm[w]);
+  float Lsum = 0;
+  for (int w = 0; w < kAttnWarps; ++w) Lsum += sm[w] == -INFINITY ? 0.0f : sl[w] * expf(sm[w] - M);
+  const int64_t th = t * a.n_head + h;
+  for (int j = threadIdx.x; j < a.hdv; j += blockDim.x) {
+    float v = 0;
+    for (int w = 0; w < kAttnWarps; ++w)
+      if (sm[w] != -INFINITY) v += sacc[w][j] * expf(sm[w] - M);
+    if (a.n_split == 1) {
+      a.out[th * a.hdv + j] = v / Lsum;
+    } else {
+      a.partial[(th * a.n_split + split) * (a.hdv + 2) + 2 + j] = v;
+    }
+  }
+  if (a.n_split > 1 && threadIdx.x == 0) {
+    a.partial[(th * a.n_split + split) * (a.hdv + 2)] = M;
+    a.partial[(th * a.n_split + split) * (a.hdv + 2) + 1] = Lsum;
+  }
+}
+
+__global__ void attn_combine_kernel(const float* partial, int n_split, int hdv, float* out) {
+  const int64_t th = blockIdx.x;
+  const float* P = partial + th * n_split * (hdv + 2);
+  float M = -INFINITY;
+  for (int s = 0; s < n_split; ++s) M = fmaxf(M, P[s * (hdv + 2)]);
+  float Lsum = 0;
+  for (int s = 0; s < n_split; ++s) {
+    const float ms = P[s * (hdv + 2)];
+    if (ms != -INFINITY) Lsum += P[s * (hdv + 2) + 1] * expf(ms - M);
+  }
+  for (int j = threadIdx.x; j < hdv; j += blockDim.x) {
+    float v = 0;
+    for (int s = 0; s < n_split; ++s) {
+      const float ms = P[s * (hdv + 2)];
+      if (ms != -INFINITY) v += P[s * (hdv + 2) + 2 + j] * expf(ms - M);
+    }
+    out[th * hdv + j] = v / Lsum;
+  }
+}
+
+}  // namespace
+
+void CudaBackend::store_kv(KvCache& kv, int layer, const float* k, const float* v, const BatchLayout& batch) {
+  q8_src_ = nullptr;
+  if (batch.n_tokens == 0) return;
+  const DeviceLayout L = layout_for(kv, batch);
+  const int kw = kv.options().k_width, vw = kv.options().v_width;
+  submit("store_kv", 0, [this](float* K, float* V, const float* k, const float* v, int kw, int vw, DeviceLayout L,
+                               int64_t n) {
+    store_kv_kernel<<<dim3(unsigned(n), unsigned((kw + vw + 255) / 256)), 256, 0, stream_>>>(K, V, k, v, kw, vw, L);
+    UMA_LAUNCHED("store_kv");
+  }, kv.k(layer), kv.v(layer), k, v, kw, vw, L, batch.n_tokens);
+}
+
+void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const BatchLayout& batch,
+                            const AttentionShape& s, float* out) {
+  q8_src_ = nullptr;
+  if (batch.n_tokens == 0) return;
+  if (s.head_dim_k > kMaxHeadDim || s.head_dim_v > kMaxHeadDim)
+    fail("the CUDA attention kernel supports head dims up to {}, got {}/{}", kMaxHeadDim, s.head_dim_k,
+         s.head_dim_v);
+  const DeviceLayout L = layout_for(kv, batch);
+  // Split the keys when the grid would not fill the GPU: ~256 keys per block, at most 64 splits. A
+  // recorded step sizes the splits for the whole cache (the kernel divides the actual context among
+  // them), so the graph holds for every context length; otherwise for the longest context of the batch.
+  int64_t max_ctx = 0;
+  if (deferred_) {
+    max_ctx = kv.capacity();
+  } else {
+    for (int64_t t = 0; t < batch.n_tokens; ++t) max_ctx = std::max<int64_t>(max_ctx, batch.pos[t] + 1);
+  }
+  const int64_t blocks = batch.n_tokens * s.n_head;
+  int n_split = 1;
+  if (blocks < 264 && max_ctx > 512) n_split = int(std::min<int64_t>(64, (max_ctx + 255) / 256));
+  AttnArgs a{kv.k(layer), kv.v(layer), q, out, nullptr, kv.options().k_width, kv.options().v_width, s.n_head,
+             s.n_head / s.n_head_kv, s.head_dim_k, s.head_dim_v, n_split, s.scale};
+  if (n_split > 1)
+    a.partial = static_cast<float*>(
+        partial_.get(size_t(blocks) * n_split * (s.head_dim_v + 2) * sizeof(float), deferred_));
+  submit("attention", 0, [this](AttnArgs a, DeviceLayout L, int64_t n_tokens) {
+    dim3 grid(unsigned(a.n_head), unsigned(n_tokens), unsigned(a.n_split));
+    attention_kernel<<<grid, kAttnWarps * kWarp, 0, stream_>>>(a, L);
+    UMA_LAUNCHED("attention");
+    if (a.n_split > 1) {
+      attn_combine_kernel<<<unsigned(n_tokens * a.n_head), 128, 0, stream_>>>(a.partial, a.n_split, a.hdv, a.out);
+      UMA_LAUNCHED("attn_combine");
+    }
+  }, a, L, batch.n_tokens);
+}
+
+
+}  // namespace uma::cuda

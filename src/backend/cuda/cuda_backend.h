@@ -1,0 +1,357 @@
+// The CUDA backend's class, shared by its translation units (cuda_backend.cu: memory, weights, steps and
+// graphs; cuda_matmul.cu; cuda_elementwise.cu; cuda_attention.cu; cuda_moe.cu). Not a public header: model
+// code sees only Backend (backend/backend.h).
+//
+// Every op goes through submit(): run now, or, while a decode step is recorded, appended to the step with
+// a signature of every value the launch depends on (end_step replays a cached graph whose signature
+// matches). See docs/CUDA.md.
+#pragma once
+#include <fmt/format.h>
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <type_traits>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "backend/backend.h"
+#include "backend/cuda/cublas_api.h"
+#include "backend/cuda/cuda_util.cuh"
+#include "backend/cuda/kernels.cuh"
+#include "kv/kv_cache.h"
+#include "quant/quant.h"
+
+namespace uma::cuda {
+
+// Where a token's sequence keeps position p: the cell of the paged KV cache (kv_cache.h).
+struct DeviceLayout {
+  const int32_t* pos;      // [n_tokens]
+  const int32_t* pageoff;  // [n_tokens] offset of the token's sequence in `pages`
+  const int32_t* pages;    // page lists of the batch's sequences, concatenated
+};
+__device__ __forceinline__ int64_t kv_cell(const DeviceLayout& L, int64_t t, int64_t p) {
+  return int64_t(L.pages[L.pageoff[t] + p / KvCache::kPageSize]) * KvCache::kPageSize + p % KvCache::kPageSize;
+}
+
+
+// A device copy of a weight, in the type the kernels read (types without a kernel become F16; the
+// quantized types with a GEMV are repacked, see WView).
+struct DeviceWeight {
+  GgmlType type;
+  uint8_t* data;     // the allocation
+  size_t row_bytes;  // bytes a row (GGUF size: what the GEMV streams per row)
+  int64_t rows, cols;
+  WView view;
+};
+
+// Device scratch that only grows. While a step is recorded (deferred) an outgrown buffer may still be
+// named by a recorded op, so it is retired and freed with the backend instead of at once.
+struct Scratch {
+  void* p = nullptr;
+  size_t bytes = 0;
+  std::vector<void*> retired;
+  void* get(size_t n, bool deferred = false) {
+    if (n > bytes) {
+      if (p) {
+        if (deferred) retired.push_back(p);
+        else UMA_CHECK(cudaFree(p));
+      }
+      UMA_CHECK(cudaMalloc(&p, n));
+      bytes = n;
+    }
+    return p;
+  }
+  void release(cudaStream_t s) {  // outside recorded steps only
+    if (!p) return;
+    UMA_CHECK(cudaStreamSynchronize(s));
+    UMA_CHECK(cudaFree(p));
+    p = nullptr, bytes = 0;
+  }
+  ~Scratch() {
+    if (p) cudaFree(p);
+    for (void* r : retired) cudaFree(r);
+  }
+};
+
+// A pinned host buffer and its device twin: small per-step data (positions, page tables, token ids) is
+// written to the pinned side and copied asynchronously on the stream (inside a graph: a memcpy node that
+// re-reads the pinned side at every replay).
+struct Staged {
+  int32_t* host = nullptr;
+  int32_t* dev = nullptr;
+  size_t cap = 0;  // int32 values
+  void reserve(size_t n, cudaStream_t s) {
+    if (n <= cap) return;
+    if (host || dev) UMA_CHECK(cudaStreamSynchronize(s));
+    if (host) cudaFreeHost(host);
+    if (dev) cudaFree(dev);
+    cap = std::max<size_t>(n, 64);
+    UMA_CHECK(cudaMallocHost(&host, cap * sizeof(int32_t)));
+    UMA_CHECK(cudaMalloc(&dev, cap * sizeof(int32_t)));
+  }
+  ~Staged() {
+    if (host) cudaFreeHost(host);
+    if (dev) cudaFree(dev);
+  }
+};
+
+inline bool has_gemv(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q4_0: case GgmlType::Q8_0:
+    case GgmlType::Q4_K: case GgmlType::Q5_K: case GgmlType::Q6_K: return true;
+    default: return false;
+  }
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : device_(device) {
+    UMA_CHECK(cudaSetDevice(device));
+    UMA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    check(cuda::cublas_api().create(&cublas_), "cublasCreate");
+    check(cuda::cublas_api().set_stream(cublas_, stream_), "cublasSetStream");
+    cudaDeviceProp prop{};
+    UMA_CHECK(cudaGetDeviceProperties(&prop, device));
+    name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
+    UMA_CHECK(cudaEventCreateWithFlags(&step_done_, cudaEventDisableTiming));
+    // UMA_CUDA_PROFILE=1: time every op with events (no graphs) and print a table when the backend dies.
+    // UMA_CUDA_GRAPHS=0: run decode steps op by op instead of replaying a captured graph.
+    profile_ = env_on("UMA_CUDA_PROFILE", false);
+    graphs_ = env_on("UMA_CUDA_GRAPHS", true) && !profile_;
+    // UMA_CUDA_PDL=0: launch the GEMVs without programmatic dependent launch (for comparison).
+    pdl_ = env_on("UMA_CUDA_PDL", true) && prop.major >= 9;
+    prefetch_ = env_on("UMA_CUDA_PREFETCH", true);  // =0: no L2 prefetch of the weights before pdl_wait
+    sm_count_ = prop.multiProcessorCount;
+  }
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    if (profile_) print_profile();
+    for (auto& g : graph_cache_) cudaGraphExecDestroy(g.exec);
+    for (float* p : buffers_) cudaFree(p);
+    for (auto& [host, w] : weights_) cudaFree(w.data);
+    for (auto& [key, tab] : rope_tabs_) cudaFree(tab);
+    if (staging_[0]) cudaFreeHost(staging_[0]);
+    if (staging_[1]) cudaFreeHost(staging_[1]);
+    cudaEventDestroy(step_done_);
+    cuda::cublas_api().destroy(cublas_);
+    cudaStreamDestroy(stream_);
+  }
+
+  std::string name() const override { return name_; }
+  bool supports(GgmlType type) const override { return traits(type).supported; }
+
+  float* alloc(size_t n) override {
+    q8_src_ = nullptr;  // writes device memory: the quantized activations may be stale
+    void* p = nullptr;
+    const size_t bytes = std::max<size_t>(n, 1) * sizeof(float);
+    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+      cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      fail("out of GPU memory allocating {} MiB ({} MiB free of {}); use a smaller context (-c) or --device cpu",
+           bytes >> 20, free_b >> 20, total_b >> 20);
+    }
+    std::lock_guard lock(mutex_);
+    buffers_.insert(static_cast<float*>(p));
+    return static_cast<float*>(p);
+  }
+  void free_buffer(float* p) override {
+    q8_src_ = nullptr;
+    flush();
+    std::lock_guard lock(mutex_);
+    if (buffers_.erase(p)) UMA_CHECK(cudaFree(p));
+  }
+  void upload(float* dst, const float* src, size_t n) override {
+    q8_src_ = nullptr;
+    flush();
+    UMA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  }
+  void download(float* dst, const float* src, size_t n) override {
+    flush();
+    UMA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    UMA_CHECK(cudaStreamSynchronize(stream_));
+    if (profile_) collect_profile();
+  }
+
+  void prepare_weight(Weight& w) override { w.device = const_cast<DeviceWeight*>(&device_weight(w)); }
+
+  void begin_step(const BatchLayout& batch, const KvCache& kv) override;
+  void end_step() override;
+
+  void get_rows(const Weight& table, const int32_t* ids, int64_t n, float* out) override;
+  void rms_norm(const float* x, const Weight& w, int64_t n_rows, int64_t dim, float eps, float* out) override;
+  void matmul(const Weight& w, const float* x, int64_t n_tokens, float* y, const Weight* bias) override;
+  void gather_rows(const float* src, int64_t dim, const int32_t* rows, int64_t n, float* dst) override;
+  void add(float* y, const float* x, int64_t n) override;
+  void swiglu(const float* gate, const float* up, int64_t n, float* out) override;
+  void rope(float* x, int64_t n_tokens, int n_heads, int head_stride, const BatchLayout& batch,
+            const RopeParams& p) override;
+  void store_kv(KvCache& kv, int layer, const float* k, const float* v, const BatchLayout& batch) override;
+  void attention(const KvCache& kv, int layer, const float* q, const BatchLayout& batch, const AttentionShape& s,
+                 float* out) override;
+
+ private:
+  static constexpr int64_t kMaxGemvTokens = 4;
+
+  const DeviceWeight& device_weight(const Weight& w);
+  void gemv(const DeviceWeight& d, const float* x, float* y, const float* bias);
+  void gemv_q8(const DeviceWeight& d, const int8_t* xq, const float4* xs, float* y, const float* bias);
+  // x [n_tokens, cols] as int8 blocks (quantize_q8_kernel) in the q8_ scratch. Consecutive matmuls of the
+  // same activations (q/k/v, gate/up) quantize once: every other op that writes device memory forgets it.
+  void quantize_activations(const float* x, int64_t n_tokens, int64_t cols, const int8_t*& xq, const float4*& xs);
+  void gemm(const DeviceWeight& d, const float* x, int64_t n_tokens, float* y);
+  DeviceLayout upload_layout(const KvCache& kv, const BatchLayout& batch);
+  DeviceLayout layout_for(const KvCache& kv, const BatchLayout& batch);
+  std::vector<int32_t> host_layout(const KvCache& kv, const BatchLayout& batch) const;
+  const float* rope_table(const RopeParams& p);
+  // Small host arrays an op needs on the device. Inside a step: a pinned slot per call, copied on the
+  // stream (recorded with the step); outside: a plain async copy into `s`.
+  const int32_t* stage_ints(Scratch& s, const int32_t* v, int64_t n) {
+    if (in_step_) {
+      if (n_staged_ == staged_.size()) staged_.emplace_back(std::make_unique<Staged>());
+      Staged& st = *staged_[n_staged_++];
+      if (size_t(n) > st.cap) {
+        flush();  // a recorded op may name the old buffers
+        st.reserve(size_t(n), stream_);
+      }
+      std::memcpy(st.host, v, n * sizeof(int32_t));
+      submit("upload", 0, [this](int32_t* dst, const int32_t* src, int64_t n) {
+        UMA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+      }, st.dev, static_cast<const int32_t*>(st.host), n);
+      return st.dev;
+    }
+    auto* p = static_cast<int32_t*>(s.get(n * sizeof(int32_t)));
+    UMA_CHECK(cudaMemcpyAsync(p, v, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    return p;
+  }
+  void copy_to_device(uint8_t* dst, const uint8_t* src, size_t n);
+
+  // ---- ops: run now, or (while a decode step is recorded) appended to the step with a signature of
+  // every value the launch depends on; end_step replays a cached graph whose signature matches.
+  template <class Fn, class... A>
+  void submit(const char* name, double bytes, Fn fn, A... args) {
+    static_assert(sizeof(Fn) <= sizeof(void*), "pass every value as an argument: it must enter the signature");
+    if (deferred_) {
+      const size_t n = sig_.size();
+      sig_.resize(n + sizeof(name) + (sizeof(A) + ... + 0));
+      uint8_t* w = sig_.data() + n;
+      std::memcpy(w, &name, sizeof(name));
+      w += sizeof(name);
+      ((std::memcpy(w, &args, sizeof(A)), w += sizeof(A)), ...);
+      static_assert((std::is_trivially_copyable_v<A> && ...));
+      ops_.emplace_back([fn, args...] { fn(args...); });
+      return;
+    }
+    execute(name, bytes, [&] { fn(args...); });
+  }
+  template <class F>
+  void execute(const char* name, double bytes, F&& f) {
+    if (!profile_) {
+      f();
+      return;
+    }
+    cudaEvent_t e[2];
+    for (auto& ev : e) {
+      if (event_pool_.empty()) {
+        UMA_CHECK(cudaEventCreate(&ev));
+      } else {
+        ev = event_pool_.back();
+        event_pool_.pop_back();
+      }
+    }
+    UMA_CHECK(cudaEventRecord(e[0], stream_));
+    f();
+    UMA_CHECK(cudaEventRecord(e[1], stream_));
+    pending_.push_back({name, bytes, e[0], e[1]});
+  }
+  // Runs the recorded ops now, in order, and records no more for this step (a download mid-step, say).
+  void flush() {
+    if (!deferred_) return;
+    deferred_ = false;
+    for (auto& op : ops_) op();
+    ops_.clear();
+  }
+  const char* profile_name(const char* op, const DeviceWeight& d) {
+    std::string key = fmt::format("{} {} {}x{}", op, type_name(d.type), d.rows, d.cols);
+    return profile_names_.insert(std::move(key)).first->c_str();
+  }
+  void collect_profile();
+  void print_profile();
+
+  int device_;
+  std::string name_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  std::mutex mutex_;
+  std::unordered_set<float*> buffers_;
+  struct WeightKey {
+    const void* host;
+    size_t nbytes;
+    GgmlType type;
+    int64_t cols;
+    bool operator==(const WeightKey& o) const {
+      return host == o.host && nbytes == o.nbytes && type == o.type && cols == o.cols;
+    }
+  };
+  struct WeightKeyHash {
+    size_t operator()(const WeightKey& k) const { return std::hash<const void*>()(k.host) ^ (k.nbytes * 31); }
+  };
+  std::unordered_map<WeightKey, DeviceWeight, WeightKeyHash> weights_;
+  size_t uploaded_ = 0, last_report_ = 0;
+  void* staging_[2] = {nullptr, nullptr};
+  cudaEvent_t staging_done_[2] = {nullptr, nullptr};
+  Scratch ids_, rows_, wf16_, xf16_, partial_, repack_src_, q8_;
+  const float* q8_src_ = nullptr;  // the activations q8_ holds, if still valid
+  int64_t q8_n_ = 0;
+  uint8_t* q8_base_ = nullptr;
+  // The batch layout as last uploaded outside a step (reused while it stays the same).
+  Scratch layout_dev_;
+  std::vector<int32_t> layout_host_;
+  DeviceLayout layout_{};
+  Scratch rope_pos_;
+  std::vector<int32_t> rope_pos_host_;
+  std::vector<std::pair<RopeParams, float*>> rope_tabs_;  // inv_freq + YaRN ramp per parameter set
+
+  // Step state (begin_step .. end_step).
+  bool graphs_ = true, profile_ = false, pdl_ = true, prefetch_ = true;
+  int sm_count_ = 132;
+  bool in_step_ = false, deferred_ = false, step_pending_ = false;
+  const KvCache* step_kv_ = nullptr;
+  const int32_t* step_pos_host_ = nullptr;
+  int64_t step_tokens_ = 0;
+  DeviceLayout step_layout_{};
+  Staged step_layout_buf_;
+  std::vector<std::unique_ptr<Staged>> staged_;
+  size_t n_staged_ = 0;
+  cudaEvent_t step_done_ = nullptr;
+  std::vector<uint8_t> sig_;
+  std::vector<std::function<void()>> ops_;
+  struct CachedGraph {
+    std::vector<uint8_t> sig;
+    cudaGraphExec_t exec;
+    uint64_t used;
+  };
+  std::vector<CachedGraph> graph_cache_;
+  uint64_t steps_ = 0;
+  size_t graph_captures_ = 0, graph_replays_ = 0;
+
+  // Profile (UMA_CUDA_PROFILE).
+  struct PendingTiming {
+    const char* name;
+    double bytes;
+    cudaEvent_t start, end;
+  };
+  struct OpStats {
+    int64_t calls = 0;
+    double ms = 0, bytes = 0;
+  };
+  std::vector<PendingTiming> pending_;
+  std::vector<cudaEvent_t> event_pool_;
+  std::unordered_set<std::string> profile_names_;
+  std::unordered_map<std::string, OpStats> op_stats_;
+};
+
+}  // namespace uma::cuda
