@@ -54,6 +54,13 @@ struct BatchLayout {
   int64_t n_tokens = 0;
 };
 
+// One product of a group that shares its input (Backend::matmul_many): y = W x (+ bias).
+struct MatmulTarget {
+  const Weight* w = nullptr;
+  float* y = nullptr;
+  const Weight* bias = nullptr;  // optional
+};
+
 struct AttentionShape {
   int n_head = 0, n_head_kv = 0;
   int head_dim_k = 0, head_dim_v = 0;
@@ -142,6 +149,28 @@ class Backend {
   // q: [n_tokens, n_head, head_dim_k], out: [n_tokens, n_head, head_dim_v].
   virtual void attention(const KvCache& kv, int layer, const float* q, const BatchLayout& batch,
                          const AttentionShape& shape, float* out) = 0;
+
+  // Fused ops: each has a default made of the ops above, so a backend overrides only what it can do in
+  // fewer passes (a device backend: fewer launches and fewer round trips through memory per token).
+
+  // Several products of the same input, e.g. q/k/v or gate/up: targets[i].y = W_i x (+ b_i).
+  virtual void matmul_many(const float* x, int64_t n_tokens, const MatmulTarget* targets, size_t n_targets) {
+    for (size_t i = 0; i < n_targets; ++i) matmul(*targets[i].w, x, n_tokens, targets[i].y, targets[i].bias);
+  }
+  // The residual add and the next block's norm: x += y, then out = rms_norm(x) * w (rows as in rms_norm).
+  virtual void add_rms_norm(float* x, const float* y, const Weight& w, int64_t n_rows, int64_t dim, float eps,
+                            float* out) {
+    add(x, y, n_rows * dim);
+    rms_norm(x, w, n_rows, dim, eps, out);
+  }
+  // The tail of the attention projections: RoPE on q [n_tokens, n_head, head_dim] and k [n_tokens,
+  // n_head_kv, head_dim], then k and v into the cache.
+  virtual void rope_store_kv(KvCache& kv, int layer, float* q, float* k, const float* v, int n_head, int n_head_kv,
+                             int head_dim, const BatchLayout& batch, const RopeParams& p) {
+    rope(q, batch.n_tokens, n_head, head_dim, batch, p);
+    rope(k, batch.n_tokens, n_head_kv, head_dim, batch, p);
+    store_kv(kv, layer, k, v, batch);
+  }
 
   // Composite ops with a default that fails, so that a backend can adopt them one at a time.
 

@@ -121,8 +121,8 @@ void DecoderModel::ffn(int il, const float* xn, int64_t n, float* out) {
     }
     return;
   }
-  b.matmul(l.ffn_gate, xn, n, s_.gate);
-  b.matmul(l.ffn_up, xn, n, s_.up);
+  const MatmulTarget gate_up[] = {{&l.ffn_gate, s_.gate}, {&l.ffn_up, s_.up}};
+  b.matmul_many(xn, n, gate_up, 2);
   b.swiglu(s_.gate, s_.up, n * config_.n_ff, s_.gate);
   b.matmul(l.ffn_down, s_.gate, n, out);
 }
@@ -133,16 +133,17 @@ void DecoderModel::attention_block(int il, const BatchLayout& layout, int64_t n,
   Backend& b = *backend_;
   const AttentionShape shape{c.n_head, c.n_head_kv, c.head_dim_k, c.head_dim_v,
                              1.0f / std::sqrt(static_cast<float>(c.head_dim_k))};
-  b.matmul(l.wq, s_.xn, n, s_.q, &l.bq);  // q: [n, n_head, hd_k]
-  b.matmul(l.wk, s_.xn, n, s_.k, &l.bk);  // k: [n, n_kv, hd_k]
-  b.matmul(l.wv, s_.xn, n, s_.v, &l.bv);  // v: [n, n_kv, hd_v]
+  const MatmulTarget qkv[] = {
+      {&l.wq, s_.q, &l.bq},  // q: [n, n_head, hd_k]
+      {&l.wk, s_.k, &l.bk},  // k: [n, n_kv, hd_k]
+      {&l.wv, s_.v, &l.bv},  // v: [n, n_kv, hd_v]
+  };
+  b.matmul_many(s_.xn, n, qkv, 3);
   if (options_.qk_norm) {
     b.rms_norm(s_.q, l.q_norm, n * c.n_head, c.head_dim_k, c.norm_eps, s_.q);
     b.rms_norm(s_.k, l.k_norm, n * c.n_head_kv, c.head_dim_k, c.norm_eps, s_.k);
   }
-  b.rope(s_.q, n, c.n_head, c.head_dim_k, layout, c.rope);
-  b.rope(s_.k, n, c.n_head_kv, c.head_dim_k, layout, c.rope);
-  b.store_kv(kv, il, s_.k, s_.v, layout);
+  b.rope_store_kv(kv, il, s_.q, s_.k, s_.v, c.n_head, c.n_head_kv, c.head_dim_k, layout, c.rope);
   b.attention(kv, il, s_.q, layout, shape, s_.attn);
   b.matmul(l.wo, s_.attn, n, out);
 }
@@ -164,16 +165,17 @@ void DecoderModel::forward(const Batch& batch, KvCache& kv, std::vector<float>& 
   b.begin_step(layout, kv);
   b.get_rows(tok_embd_, batch.tokens.data(), n, s_.x);  // x: [n, n_embd] residual stream
   observe(0);
+  // Each residual add is fused with the norm that follows it (the next block's input).
+  b.rms_norm(s_.x, layers_[0].attn_norm, n, c.n_embd, c.norm_eps, s_.xn);
   for (int il = 0; il < c.n_layer; ++il) {
     const DecoderLayer& l = layers_[il];
-    // Attention block.
-    b.rms_norm(s_.x, l.attn_norm, n, c.n_embd, c.norm_eps, s_.xn);
     attention_block(il, layout, n, kv, s_.ffn_out);
-    b.add(s_.x, s_.ffn_out, n * c.n_embd);
-    // Feed-forward block.
-    b.rms_norm(s_.x, l.ffn_norm, n, c.n_embd, c.norm_eps, s_.xn);
+    b.add_rms_norm(s_.x, s_.ffn_out, l.ffn_norm, n, c.n_embd, c.norm_eps, s_.xn);
     ffn(il, s_.xn, n, s_.ffn_out);
-    b.add(s_.x, s_.ffn_out, n * c.n_embd);
+    if (il + 1 < c.n_layer)
+      b.add_rms_norm(s_.x, s_.ffn_out, layers_[il + 1].attn_norm, n, c.n_embd, c.norm_eps, s_.xn);
+    else
+      b.add(s_.x, s_.ffn_out, n * c.n_embd);
     observe(il + 1);
   }
 

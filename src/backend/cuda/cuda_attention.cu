@@ -26,12 +26,15 @@ struct AttnArgs {
   const float *K, *V, *q;
   float* out;       // final output (n_split == 1) ...
   float* partial;   // ... or [n_tokens, n_head, n_split, head_dim_v + 2] states
+  int8_t* xq;       // with xs: int8 blocks of the output for the GEMV that follows (decode), or null
+  float4* xs;
   int kw, vw, n_head, group, hdk, hdv, n_split;
   float scale;
 };
-static_assert(sizeof(AttnArgs) == 5 * sizeof(void*) + 8 * 4, "no padding: AttnArgs enters graph signatures");
+static_assert(sizeof(AttnArgs) == 7 * sizeof(void*) + 8 * 4, "no padding: AttnArgs enters graph signatures");
 
 __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_kernel(AttnArgs a, DeviceLayout L) {
+  pdl_trigger();  // the output projection's GEMV may start fetching its weights
   const int h = blockIdx.x, split = blockIdx.z;
   const int64_t t = blockIdx.y;
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
@@ -88,6 +91,8 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_kernel(AttnArgs 
       if (sm[w] != -INFINITY) v += sacc[w][j] * expf(sm[w] - M);
     if (a.n_split == 1) {
       a.out[th * a.hdv + j] = v / Lsum;
+      // hdv is a multiple of 32 when xq is set: each warp holds whole blocks.
+      if (a.xq) quantize_warp_block(v / Lsum, lane, a.xq + th * a.hdv + (j & ~31), a.xs + (th * a.hdv + j) / 32);
     } else {
       a.partial[(th * a.n_split + split) * (a.hdv + 2) + 2 + j] = v;
     }
@@ -98,7 +103,7 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_kernel(AttnArgs 
   }
 }
 
-__global__ void attn_combine_kernel(const float* partial, int n_split, int hdv, float* out) {
+__global__ void attn_combine_kernel(const float* partial, int n_split, int hdv, float* out, int8_t* xq, float4* xs) {
   const int64_t th = blockIdx.x;
   const float* P = partial + th * n_split * (hdv + 2);
   float M = -INFINITY;
@@ -115,6 +120,7 @@ __global__ void attn_combine_kernel(const float* partial, int n_split, int hdv, 
       if (ms != -INFINITY) v += P[s * (hdv + 2) + 2 + j] * expf(ms - M);
     }
     out[th * hdv + j] = v / Lsum;
+    if (xq) quantize_warp_block(v / Lsum, threadIdx.x % kWarp, xq + th * hdv + (j & ~31), xs + (th * hdv + j) / 32);
   }
 }
 
@@ -152,7 +158,11 @@ void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const 
   const int64_t blocks = batch.n_tokens * s.n_head;
   int n_split = 1;
   if (blocks < 264 && max_ctx > 512) n_split = int(std::min<int64_t>(64, (max_ctx + 255) / 256));
-  AttnArgs a{kv.k(layer), kv.v(layer), q, out, nullptr, kv.options().k_width, kv.options().v_width, s.n_head,
+  // The int8 blocks of the output for the output projection of a decode step.
+  Q8Buffer q8{nullptr, nullptr};
+  if (fuse_ && batch.n_tokens <= kMaxGemvTokens && s.head_dim_v % 32 == 0)
+    q8 = q8_buffer(out, batch.n_tokens * s.n_head * s.head_dim_v);
+  AttnArgs a{kv.k(layer), kv.v(layer), q, out, nullptr, q8.xq, q8.xs, kv.options().k_width, kv.options().v_width, s.n_head,
              s.n_head / s.n_head_kv, s.head_dim_k, s.head_dim_v, n_split, s.scale};
   if (n_split > 1)
     a.partial = static_cast<float*>(
@@ -162,7 +172,8 @@ void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const 
     attention_kernel<<<grid, kAttnWarps * kWarp, 0, stream_>>>(a, L);
     UMA_LAUNCHED("attention");
     if (a.n_split > 1) {
-      attn_combine_kernel<<<unsigned(n_tokens * a.n_head), 128, 0, stream_>>>(a.partial, a.n_split, a.hdv, a.out);
+      attn_combine_kernel<<<unsigned(n_tokens * a.n_head), 128, 0, stream_>>>(a.partial, a.n_split, a.hdv, a.out,
+                                                                            a.xq, a.xs);
       UMA_LAUNCHED("attn_combine");
     }
   }, a, L, batch.n_tokens);

@@ -37,6 +37,16 @@ __device__ __forceinline__ int64_t kv_cell(const DeviceLayout& L, int64_t t, int
 }
 
 
+// RoPE as the kernels take it: inv_freq and the YaRN mix precomputed on the host with the CPU backend's
+// arithmetic (rope_tables.h), kept on the device per parameter set.
+struct RopeArgs {
+  const float *inv_freq, *ramp_mix;
+  int half, neox, yarn;
+  float freq_scale, attn_factor;
+  int unused;
+};
+static_assert(sizeof(RopeArgs) == 2 * sizeof(void*) + 6 * 4, "no padding: RopeArgs enters graph signatures");
+
 // A device copy of a weight, in the type the kernels read (types without a kernel become F16; the
 // quantized types with a GEMV are repacked, see WView).
 struct DeviceWeight {
@@ -124,6 +134,8 @@ class CudaBackend final : public Backend {
     // UMA_CUDA_PDL=0: launch the GEMVs without programmatic dependent launch (for comparison).
     pdl_ = env_on("UMA_CUDA_PDL", true) && prop.major >= 9;
     prefetch_ = env_on("UMA_CUDA_PREFETCH", true);  // =0: no L2 prefetch of the weights before pdl_wait
+    merge_ = env_on("UMA_CUDA_MERGE", true);  // =0: one GEMV launch per matrix (q/k/v, gate/up apart)
+    fuse_ = env_on("UMA_CUDA_FUSE", true);    // =0: no fused ops (norm + int8, rope + store, add + norm)
     sm_count_ = prop.multiProcessorCount;
   }
   ~CudaBackend() override {
@@ -184,11 +196,16 @@ class CudaBackend final : public Backend {
   void get_rows(const Weight& table, const int32_t* ids, int64_t n, float* out) override;
   void rms_norm(const float* x, const Weight& w, int64_t n_rows, int64_t dim, float eps, float* out) override;
   void matmul(const Weight& w, const float* x, int64_t n_tokens, float* y, const Weight* bias) override;
+  void matmul_many(const float* x, int64_t n_tokens, const MatmulTarget* targets, size_t n_targets) override;
   void gather_rows(const float* src, int64_t dim, const int32_t* rows, int64_t n, float* dst) override;
   void add(float* y, const float* x, int64_t n) override;
   void swiglu(const float* gate, const float* up, int64_t n, float* out) override;
   void rope(float* x, int64_t n_tokens, int n_heads, int head_stride, const BatchLayout& batch,
             const RopeParams& p) override;
+  void add_rms_norm(float* x, const float* y, const Weight& w, int64_t n_rows, int64_t dim, float eps,
+                    float* out) override;
+  void rope_store_kv(KvCache& kv, int layer, float* q, float* k, const float* v, int n_head, int n_head_kv,
+                     int head_dim, const BatchLayout& batch, const RopeParams& p) override;
   void store_kv(KvCache& kv, int layer, const float* k, const float* v, const BatchLayout& batch) override;
   void attention(const KvCache& kv, int layer, const float* q, const BatchLayout& batch, const AttentionShape& s,
                  float* out) override;
@@ -197,16 +214,34 @@ class CudaBackend final : public Backend {
   static constexpr int64_t kMaxGemvTokens = 4;
 
   const DeviceWeight& device_weight(const Weight& w);
-  void gemv(const DeviceWeight& d, const float* x, float* y, const float* bias);
-  void gemv_q8(const DeviceWeight& d, const int8_t* xq, const float4* xs, float* y, const float* bias);
+  // Up to kMaxGemvSegs matrices of one type and width that share an input: one GEMV launch.
+  static constexpr int kMaxGemvSegs = 3;
+  struct GemvTargets {
+    const DeviceWeight* d[kMaxGemvSegs];
+    float* y[kMaxGemvSegs];
+    const float* b[kMaxGemvSegs];
+    int n, unused;
+  };
+  static_assert(sizeof(GemvTargets) == 9 * sizeof(void*) + 8, "no padding: GemvTargets enters graph signatures");
+  void gemv(const GemvTargets& g, const float* x, int64_t n_tokens);
+  void launch_gemv(const GemvTargets& g, const float* x, const int8_t* xq, const float4* xs, int64_t n_tokens);
   // x [n_tokens, cols] as int8 blocks (quantize_q8_kernel) in the q8_ scratch. Consecutive matmuls of the
   // same activations (q/k/v, gate/up) quantize once: every other op that writes device memory forgets it.
+  // Ops whose output feeds a GEMV (rms_norm, swiglu, attention of a decode step) write the int8 blocks
+  // themselves, into q8_buffer(their output).
   void quantize_activations(const float* x, int64_t n_tokens, int64_t cols, const int8_t*& xq, const float4*& xs);
+  struct Q8Buffer {
+    int8_t* xq;
+    float4* xs;
+  };
+  Q8Buffer q8_buffer(const float* x, int64_t n);
   void gemm(const DeviceWeight& d, const float* x, int64_t n_tokens, float* y);
   DeviceLayout upload_layout(const KvCache& kv, const BatchLayout& batch);
   DeviceLayout layout_for(const KvCache& kv, const BatchLayout& batch);
   std::vector<int32_t> host_layout(const KvCache& kv, const BatchLayout& batch) const;
   const float* rope_table(const RopeParams& p);
+  RopeArgs rope_args(const RopeParams& p);
+  void norm_op(float* x, const float* y, const Weight& w, int64_t n_rows, int64_t dim, float eps, float* out);
   // Small host arrays an op needs on the device. Inside a step: a pinned slot per call, copied on the
   // stream (recorded with the step); outside: a plain async copy into `s`.
   const int32_t* stage_ints(Scratch& s, const int32_t* v, int64_t n) {
@@ -274,8 +309,8 @@ class CudaBackend final : public Backend {
     for (auto& op : ops_) op();
     ops_.clear();
   }
-  const char* profile_name(const char* op, const DeviceWeight& d) {
-    std::string key = fmt::format("{} {} {}x{}", op, type_name(d.type), d.rows, d.cols);
+  const char* profile_name(const char* op, const DeviceWeight& d, int64_t rows = 0) {
+    std::string key = fmt::format("{} {} {}x{}", op, type_name(d.type), rows ? rows : d.rows, d.cols);
     return profile_names_.insert(std::move(key)).first->c_str();
   }
   void collect_profile();
@@ -316,7 +351,7 @@ class CudaBackend final : public Backend {
   std::vector<std::pair<RopeParams, float*>> rope_tabs_;  // inv_freq + YaRN ramp per parameter set
 
   // Step state (begin_step .. end_step).
-  bool graphs_ = true, profile_ = false, pdl_ = true, prefetch_ = true;
+  bool graphs_ = true, profile_ = false, pdl_ = true, prefetch_ = true, merge_ = true, fuse_ = true;
   int sm_count_ = 132;
   bool in_step_ = false, deferred_ = false, step_pending_ = false;
   const KvCache* step_kv_ = nullptr;

@@ -12,26 +12,43 @@ __global__ void dequant_rows_kernel(WView w, const int32_t* ids, int64_t n, int6
 }
 
 
-
-
 __global__ void add_kernel(float* y, const float* x, int64_t n) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     y[i] += x[i];
 }
 
-__global__ void swiglu_kernel(const float* gate, const float* up, int64_t n, float* out) {
+// out = silu(gate) * up. With xq (n a multiple of 32): each warp also writes its 32 values as an int8 block
+// for the down projection's GEMV (no separate quantize launch).
+__global__ void swiglu_kernel(const float* gate, const float* up, int64_t n, float* out, int8_t* xq, float4* xs) {
+  pdl_trigger();
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const float g = gate[i];
-    out[i] = g / (1.0f + expf(-g)) * up[i];
+    const float v = g / (1.0f + expf(-g)) * up[i];
+    out[i] = v;
+    if (xq) quantize_warp_block(v, threadIdx.x % kWarp, xq + (i & ~int64_t(31)), xs + i / 32);
   }
 }
 
-// One block per row; the sum of squares in f32 with a tree reduction (the CPU sums in double).
-__global__ void rms_norm_kernel(const float* x, const float* w, int64_t dim, float eps, float* out) {
-  const float* xr = x + int64_t(blockIdx.x) * dim;
-  float* o = out + int64_t(blockIdx.x) * dim;
+// One block per row; the sum of squares in f32 with a tree reduction (the CPU sums in double). With y, the
+// residual add first (x += y, written back). With xq (dim a multiple of 32): the int8 blocks of the output as
+// well, each warp quantizing whole 32-value blocks.
+__global__ void rms_norm_kernel(float* x, const float* y, const float* w, int64_t dim, float eps, float* out,
+                                int8_t* xq, float4* xs) {
+  pdl_trigger();
+  const int64_t row = blockIdx.x;
+  float* xr = x + row * dim;
+  float* o = out + row * dim;
   float ss = 0;
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+  if (y) {
+    const float* yr = y + row * dim;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+      const float v = xr[i] + yr[i];
+      xr[i] = v;
+      ss += v * v;
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+  }
   __shared__ float part[32];
   ss = warp_sum(ss);
   if (threadIdx.x % kWarp == 0) part[threadIdx.x / kWarp] = ss;
@@ -43,7 +60,17 @@ __global__ void rms_norm_kernel(const float* x, const float* w, int64_t dim, flo
   }
   __syncthreads();
   const float scale = rsqrtf(part[0] / float(dim) + eps);
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) o[i] = (xr[i] * scale) * w[i];
+  if (xq) {
+    const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, n_warps = blockDim.x / kWarp;
+    for (int64_t b = warp; b < dim / 32; b += n_warps) {
+      const int64_t i = b * 32 + lane;
+      const float v = (xr[i] * scale) * w[i];
+      o[i] = v;
+      quantize_warp_block(v, lane, xq + row * dim + b * 32, xs + row * (dim / 32) + b);
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) o[i] = (xr[i] * scale) * w[i];
+  }
 }
 
 __global__ void gather_rows_kernel(const float* src, int64_t dim, const int32_t* rows, float* dst) {
@@ -52,32 +79,55 @@ __global__ void gather_rows_kernel(const float* src, int64_t dim, const int32_t*
     dst[i * dim + c] = src[int64_t(rows[i]) * dim + c];
 }
 
-// Rotary embedding: one thread per (token, head, pair). inv_freq and the YaRN mix come precomputed from the
-// host with the CPU backend's arithmetic; the angle is pos * freq in f32 as there.
+// Rotary embedding of one pair of a head (RopeArgs: cuda_backend.h); the angle is pos * freq in f32 as on the
+// CPU.
+__device__ __forceinline__ void rope_pair(float* v, int pair, float p, const RopeArgs& r) {
+  float theta;
+  if (r.yarn) {
+    const float interp = p * (r.inv_freq[pair] * r.freq_scale), extrap = p * r.inv_freq[pair];
+    theta = interp * (1 - r.ramp_mix[pair]) + extrap * r.ramp_mix[pair];
+  } else {
+    theta = p * (r.inv_freq[pair] * r.freq_scale);
+  }
+  const float cs = cosf(theta) * r.attn_factor, sn = sinf(theta) * r.attn_factor;
+  const int a = r.neox ? pair : 2 * pair, b = r.neox ? pair + r.half : 2 * pair + 1;
+  const float x0 = v[a], x1 = v[b];
+  v[a] = x0 * cs - x1 * sn;
+  v[b] = x0 * sn + x1 * cs;
+}
+
+// One thread per (token, head, pair).
 __global__ void rope_kernel(float* x, int64_t n_tokens, int n_heads, int head_stride, const int32_t* pos,
-                            const float* inv_freq, const float* ramp_mix, int half, bool neox, float freq_scale,
-                            bool yarn, float attn_factor) {
-  const int64_t total = n_tokens * n_heads * half;
+                            RopeArgs r) {
+  const int64_t total = n_tokens * n_heads * r.half;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int pair = int(i % half);
-    const int64_t th = i / half;
-    const int64_t t = th / n_heads;
-    const float p = float(pos[t]);
-    float theta;
-    if (yarn) {
-      const float interp = p * (inv_freq[pair] * freq_scale), extrap = p * inv_freq[pair];
-      theta = interp * (1 - ramp_mix[pair]) + extrap * ramp_mix[pair];
-    } else {
-      theta = p * (inv_freq[pair] * freq_scale);
-    }
-    const float cs = cosf(theta) * attn_factor, sn = sinf(theta) * attn_factor;
-    float* v = x + th * head_stride;
-    const int a = neox ? pair : 2 * pair, b = neox ? pair + half : 2 * pair + 1;
-    const float x0 = v[a], x1 = v[b];
-    v[a] = x0 * cs - x1 * sn;
-    v[b] = x0 * sn + x1 * cs;
+    const int64_t th = i / r.half;
+    rope_pair(x + th * head_stride, int(i % r.half), float(pos[th / n_heads]), r);
   }
 }
+
+// RoPE on q and k, then k and v into the cache: one block per (kv head, token) rotates the kv head's
+// query heads and its key head in place, then stores the key and value head in the token's cache cell.
+__global__ void rope_store_kv_kernel(float* q, float* k, const float* v, float* K, float* V, int n_head,
+                                     int n_head_kv, int hd, int hdv, RopeArgs r, DeviceLayout L) {
+  pdl_trigger();
+  const int hk = blockIdx.x, group = n_head / n_head_kv;
+  const int64_t t = blockIdx.y;
+  const float p = float(L.pos[t]);
+  float* kh = k + (t * n_head_kv + hk) * hd;
+  for (int i = threadIdx.x; i < (group + 1) * r.half; i += blockDim.x) {
+    const int h = i / r.half;
+    rope_pair(h < group ? q + (t * n_head + hk * group + h) * hd : kh, i % r.half, p, r);
+  }
+  __syncthreads();  // the rotated key is read by other threads below
+  const int64_t c = kv_cell(L, t, L.pos[t]);
+  const float* vh = v + (t * n_head_kv + hk) * hdv;
+  for (int j = threadIdx.x; j < hd + hdv; j += blockDim.x) {
+    if (j < hd) K[(c * n_head_kv + hk) * hd + j] = kh[j];
+    else V[(c * n_head_kv + hk) * hdv + j - hd] = vh[j - hd];
+  }
+}
+
 }  // namespace
 
 void CudaBackend::get_rows(const Weight& table, const int32_t* ids, int64_t n, float* out) {
@@ -95,14 +145,29 @@ void CudaBackend::get_rows(const Weight& table, const int32_t* ids, int64_t n, f
 }
 
 void CudaBackend::rms_norm(const float* x, const Weight& w, int64_t n_rows, int64_t dim, float eps, float* out) {
+  norm_op(const_cast<float*>(x), nullptr, w, n_rows, dim, eps, out);
+}
+
+void CudaBackend::add_rms_norm(float* x, const float* y, const Weight& w, int64_t n_rows, int64_t dim, float eps,
+                               float* out) {
+  if (!fuse_) return Backend::add_rms_norm(x, y, w, n_rows, dim, eps, out);
+  norm_op(x, y, w, n_rows, dim, eps, out);
+}
+
+// RMSNorm (after x += y when y is given); in a decode step also the int8 blocks of the output.
+void CudaBackend::norm_op(float* x, const float* y, const Weight& w, int64_t n_rows, int64_t dim, float eps,
+                          float* out) {
   q8_src_ = nullptr;
   if (w.type != GgmlType::F32) fail("norm weight '{}' must be F32, got {}", w.name, type_name(w.type));
   const float* g = reinterpret_cast<const float*>(device_weight(w).data);
-  submit("rms_norm", 0, [this](const float* x, const float* g, int64_t n_rows, int64_t dim, float eps, float* out) {
+  Q8Buffer q{nullptr, nullptr};
+  if (fuse_ && n_rows <= kMaxGemvTokens && dim % 32 == 0) q = q8_buffer(out, n_rows * dim);
+  submit(y ? "add_rms_norm" : "rms_norm", 0, [this](float* x, const float* y, const float* g, int64_t n_rows,
+                                                    int64_t dim, float eps, float* out, Q8Buffer q) {
     const int threads = dim >= 1024 ? 1024 : std::max(32, int((dim + 31) / 32 * 32));
-    rms_norm_kernel<<<unsigned(n_rows), threads, 0, stream_>>>(x, g, dim, eps, out);
+    rms_norm_kernel<<<unsigned(n_rows), threads, 0, stream_>>>(x, y, g, dim, eps, out, q.xq, q.xs);
     UMA_LAUNCHED("rms_norm");
-  }, x, g, n_rows, dim, eps, out);
+  }, x, y, g, n_rows, dim, eps, out, q);
 }
 
 void CudaBackend::gather_rows(const float* src, int64_t dim, const int32_t* rows, int64_t n, float* dst) {
@@ -126,12 +191,14 @@ void CudaBackend::add(float* y, const float* x, int64_t n) {
 
 void CudaBackend::swiglu(const float* gate, const float* up, int64_t n, float* out) {
   q8_src_ = nullptr;
-  submit("swiglu", 0, [this](const float* gate, const float* up, int64_t n, float* out) {
-    swiglu_kernel<<<grid_for(n, 256), 256, 0, stream_>>>(gate, up, n, out);
+  // The int8 blocks of the output, for the down projection of a decode step (a few tokens' worth).
+  Q8Buffer q{nullptr, nullptr};
+  if (fuse_ && n % 32 == 0 && n <= kMaxGemvTokens * 32768) q = q8_buffer(out, n);
+  submit("swiglu", 0, [this](const float* gate, const float* up, int64_t n, float* out, Q8Buffer q) {
+    swiglu_kernel<<<grid_for(n, 256), 256, 0, stream_>>>(gate, up, n, out, q.xq, q.xs);
     UMA_LAUNCHED("swiglu");
-  }, gate, up, n, out);
+  }, gate, up, n, out, q);
 }
-
 
 const float* CudaBackend::rope_table(const RopeParams& p) {
   const int half = p.n_rot / 2;
@@ -155,12 +222,18 @@ const float* CudaBackend::rope_table(const RopeParams& p) {
   return tab;
 }
 
+RopeArgs CudaBackend::rope_args(const RopeParams& p) {
+  const int half = p.n_rot / 2;
+  const float* tab = rope_table(p);
+  return RopeArgs{tab, tab + half, half, p.neox, p.ext_factor > 0, p.freq_scale, p.attn_factor, 0};
+}
+
 void CudaBackend::rope(float* x, int64_t n_tokens, int n_heads, int head_stride, const BatchLayout& batch,
                        const RopeParams& p) {
   q8_src_ = nullptr;
   const int half = p.n_rot / 2;
   if (half == 0 || n_tokens == 0) return;
-  const float* tab = rope_table(p);
+  const RopeArgs r = rope_args(p);
   const int32_t* pos;
   if (in_step_ && batch.pos == step_pos_host_ && n_tokens == step_tokens_) {
     pos = step_layout_.pos;
@@ -175,12 +248,29 @@ void CudaBackend::rope(float* x, int64_t n_tokens, int n_heads, int head_stride,
     pos = static_cast<const int32_t*>(rope_pos_.p);
   }
   submit("rope", 0, [this](float* x, int64_t n_tokens, int n_heads, int head_stride, const int32_t* pos,
-                           const float* tab, int half, bool neox, float freq_scale, bool yarn, float attn_factor) {
-    rope_kernel<<<grid_for(n_tokens * n_heads * half, 256), 256, 0, stream_>>>(
-        x, n_tokens, n_heads, head_stride, pos, tab, tab + half, half, neox, freq_scale, yarn, attn_factor);
+                           RopeArgs r) {
+    rope_kernel<<<grid_for(n_tokens * n_heads * r.half, 256), 256, 0, stream_>>>(x, n_tokens, n_heads, head_stride,
+                                                                                 pos, r);
     UMA_LAUNCHED("rope");
-  }, x, n_tokens, n_heads, head_stride, pos, tab, half, p.neox, p.freq_scale, p.ext_factor > 0, p.attn_factor);
+  }, x, n_tokens, n_heads, head_stride, pos, r);
 }
 
+void CudaBackend::rope_store_kv(KvCache& kv, int layer, float* q, float* k, const float* v, int n_head,
+                                int n_head_kv, int head_dim, const BatchLayout& batch, const RopeParams& p) {
+  const int hdv = n_head_kv > 0 ? kv.options().v_width / n_head_kv : 0;
+  const bool fits = n_head_kv > 0 && n_head % n_head_kv == 0 && kv.options().k_width == n_head_kv * head_dim &&
+                    kv.options().v_width == n_head_kv * hdv && p.n_rot > 0 && p.n_rot <= head_dim;
+  if (!fuse_ || !fits) return Backend::rope_store_kv(kv, layer, q, k, v, n_head, n_head_kv, head_dim, batch, p);
+  q8_src_ = nullptr;
+  if (batch.n_tokens == 0) return;
+  const DeviceLayout L = layout_for(kv, batch);
+  const RopeArgs r = rope_args(p);
+  submit("rope_store_kv", 0, [this](float* q, float* k, const float* v, float* K, float* V, int n_head, int n_head_kv,
+                                    int hd, int hdv, RopeArgs r, DeviceLayout L, int64_t n_tokens) {
+    rope_store_kv_kernel<<<dim3(unsigned(n_head_kv), unsigned(n_tokens)), 128, 0, stream_>>>(
+        q, k, v, K, V, n_head, n_head_kv, hd, hdv, r, L);
+    UMA_LAUNCHED("rope_store_kv");
+  }, q, k, v, kv.k(layer), kv.v(layer), n_head, n_head_kv, head_dim, hdv, r, L, batch.n_tokens);
+}
 
 }  // namespace uma::cuda

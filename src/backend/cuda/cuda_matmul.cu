@@ -17,21 +17,36 @@ __global__ void quantize_q8_kernel(const float* __restrict__ x, int64_t n_blocks
   const int lane = threadIdx.x % kWarp;
   const int64_t blk = int64_t(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
   if (blk >= n_blocks) return;
-  const float v = x[blk * 32 + lane];
-  float amax = fabsf(v);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-  const float d = amax / 127.0f;
-  const int q = d > 0 ? __float2int_rn(v / d) : 0;
-  xq[blk * 32 + lane] = int8_t(q);
-  int half_sum = q;  // over the 16 lanes of this half
-#pragma unroll
-  for (int o = 8; o > 0; o >>= 1) half_sum += __shfl_xor_sync(0xffffffffu, half_sum, o);
-  const int other = __shfl_xor_sync(0xffffffffu, half_sum, 16);
-  if (lane == 0) xs[blk] = make_float4(d, d * float(half_sum), d * float(other), 0.0f);
+  quantize_warp_block(x[blk * 32 + lane], lane, xq + blk * 32, xs + blk);
 }
 
-// the warps' sums (plus the bias) and write the rows.
+// ---- Decode GEMV: y = W x for up to kMaxGemvSegs matrices of the same type and input in one launch -------
+// (q/k/v, gate/up: one launch instead of three, and the small GQA k/v matrices ride along with q instead of
+// paying a launch and a ramp-up of their own). Blocks [first[s], first[s + 1]) compute segment s; grid.y is
+// the token.
+constexpr int kMaxGemvSegs = 3;
+struct GemvSegs {
+  WView w[kMaxGemvSegs];  // plain types: w.q = rows of q_row bytes
+  float* y[kMaxGemvSegs];
+  const float* bias[kMaxGemvSegs];
+  int64_t rows[kMaxGemvSegs];
+  int first[kMaxGemvSegs + 1];
+  int n;
+};
+
+// The segment of this block and its first row.
+template <int kRows>
+__device__ __forceinline__ int gemv_segment(const GemvSegs& g, int64_t& row0) {
+  int s = 0;
+#pragma unroll
+  for (int i = 1; i < kMaxGemvSegs; ++i)
+    if (i < g.n && int(blockIdx.x) >= g.first[i]) s = i;
+  row0 = int64_t(int(blockIdx.x) - g.first[s]) * kRows;
+  return s;
+}
+
+// The end of every GEMV block: each warp reduces its kRows partial sums, and the block's first kRows threads
+// add the warps' sums (plus the bias) and write the rows.
 template <int kRows, int kWarps>
 __device__ __forceinline__ void finish_rows(const float (&acc)[kRows], int64_t row0, int64_t rows, float* y,
                                             const float* bias) {
@@ -56,9 +71,13 @@ __device__ __forceinline__ void finish_rows(const float (&acc)[kRows], int64_t r
 // thread has kRows independent 16-byte weight loads in flight; the warps' sums meet in shared memory.
 template <typename T, int kRows, int kWarps>
 __global__ void __launch_bounds__(kWarps * kWarp)
-    gemv_q8_kernel(WView w, int64_t rows, int n_chunks, const int8_t* __restrict__ xq, const float4* __restrict__ xs,
-                   float* __restrict__ y, const float* __restrict__ bias, bool prefetch) {
-  const int64_t row0 = int64_t(blockIdx.x) * kRows;
+    gemv_q8_kernel(const __grid_constant__ GemvSegs g, int n_chunks, const int8_t* __restrict__ xq,
+                   const float4* __restrict__ xs, bool prefetch) {
+  int64_t row0;
+  const int s = gemv_segment<kRows>(g, row0);
+  const WView& w = g.w[s];
+  const int64_t rows = g.rows[s], t = blockIdx.y;
+  xq += t * n_chunks * 32, xs += t * n_chunks;
   float acc[kRows] = {};
   const uint8_t *q[kRows], *m[kRows], *d[kRows];
 #pragma unroll
@@ -81,7 +100,7 @@ __global__ void __launch_bounds__(kWarps * kWarp)
 #pragma unroll
     for (int r = 0; r < kRows; ++r) acc[r] += T::dot(q[r], m[r], d[r], i, xv);
   }
-  finish_rows<kRows, kWarps>(acc, row0, rows, y, bias);
+  finish_rows<kRows, kWarps>(acc, row0, rows, g.y[s] + t * rows, g.bias[s]);
 }
 
 // Plain types (f32 activations): each of kWarps * 32 threads takes
@@ -90,14 +109,18 @@ __global__ void __launch_bounds__(kWarps * kWarp)
 // kRows independent weight loads per thread in flight, while each activation load serves kRows rows.
 template <typename T, int kRows, int kWarps>
 __global__ void __launch_bounds__(kWarps * kWarp)
-    gemv_split_kernel(const uint8_t* __restrict__ W, size_t row_bytes, int64_t rows, int64_t cols,
-                      const float* __restrict__ x, float* __restrict__ y, const float* __restrict__ bias) {
-  const int64_t row0 = int64_t(blockIdx.x) * kRows;
+    gemv_split_kernel(const __grid_constant__ GemvSegs g, int64_t cols, const float* __restrict__ x) {
+  int64_t row0;
+  const int s = gemv_segment<kRows>(g, row0);
+  const int64_t rows = g.rows[s], row_bytes = g.w[s].q_row, t = blockIdx.y;
+  x += t * cols;
   const int n_parts = int(cols / T::kBlockValues * T::kParts);
   float acc[kRows] = {};
   const uint8_t* wrow[kRows];
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) wrow[r] = W + (row0 + r < rows ? row0 + r : rows - 1) * row_bytes;
+  for (int r = 0; r < kRows; ++r) wrow[r] = g.w[s].q + (row0 + r < rows ? row0 + r : rows - 1) * row_bytes;
+  pdl_wait();
+  pdl_trigger();
 #pragma unroll 2
   for (int i = threadIdx.x; i < n_parts; i += kWarps * kWarp) {
     const int blk = i / T::kParts;
@@ -107,7 +130,7 @@ __global__ void __launch_bounds__(kWarps * kWarp)
 #pragma unroll
     for (int r = 0; r < kRows; ++r) acc[r] += T::dot(wrow[r] + int64_t(blk) * T::kBlockBytes, part, xv);
   }
-  finish_rows<kRows, kWarps>(acc, row0, rows, y, bias);
+  finish_rows<kRows, kWarps>(acc, row0, rows, g.y[s] + t * rows, g.bias[s]);
 }
 
 // Any type and shape: one warp per row through weight_value (plain types with odd widths).
@@ -121,13 +144,104 @@ __global__ void gemv_generic_kernel(WView w, int64_t rows, int64_t cols, const f
   if (lane == 0) y[r] = s + (bias ? bias[r] : 0.0f);
 }
 
-// Weight rows → f16 (prefill operand).
-__global__ void dequant_f16_kernel(WView w, int64_t rows, int64_t cols, __half* out) {
-  const int64_t total = rows * cols;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = i / cols, c = i % cols;
-    out[i] = __float2half(weight_value(w, r, c));
+// Weight rows → f16 (prefill operand): one thread per 32 values of a row, read from the repacked layout
+// with the block formulas of src/quant, written as four 16-byte stores. Bandwidth-bound: a llama-7b Q4_0
+// layer reads 0.12 GB and writes 0.4 GB.
+template <GgmlType kType>
+__device__ __forceinline__ void dequant_group(const WView& w, int64_t r, int64_t g, float (&v)[32]) {
+  if constexpr (kType == GgmlType::Q4_0) {
+    const uint4 q = reinterpret_cast<const uint4*>(w.q + r * w.q_row)[g];
+    const float d = f16(w.d + r * w.d_row + 2 * g);
+    const uint32_t b[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      const int byte = (b[j / 4] >> (8 * (j % 4))) & 0xFF;
+      v[j] = d * float((byte & 0xF) - 8);
+      v[j + 16] = d * float((byte >> 4) - 8);
+    }
+  } else if constexpr (kType == GgmlType::Q8_0) {
+    const int4* q = reinterpret_cast<const int4*>(w.q + r * w.q_row) + 2 * g;
+    const float d = f16(w.d + r * w.d_row + 2 * g);
+    const int4 a = q[0], b = q[1];
+    const int words[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+    for (int j = 0; j < 32; ++j) v[j] = d * float(int8_t(words[j / 4] >> (8 * (j % 4))));
+  } else if constexpr (kType == GgmlType::Q4_K || kType == GgmlType::Q5_K) {
+    constexpr bool q5 = kType == GgmlType::Q5_K;
+    const int64_t sb = g / 8;
+    const int j = int(g % 8), cc = j / 2, h = j % 2;
+    const uint8_t* q = w.q + r * w.q_row + sb * (q5 ? 160 : 128);
+    const uint8_t* meta = w.m + r * w.m_row + 16 * sb;
+    float sc, mn;
+    k4_scale_min(j, meta + 4, sc, mn);
+    const float d = f16(meta) * sc, m = f16(meta + 2) * mn;
+    const uint4* qs = reinterpret_cast<const uint4*>(q + (q5 ? 32 : 0) + 32 * cc);
+    const uint4 lo = qs[0], hi = qs[1];
+    const uint32_t b[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+    uint32_t qh[8] = {};
+    if constexpr (q5) {
+      const uint4 a = reinterpret_cast<const uint4*>(q)[0], c = reinterpret_cast<const uint4*>(q)[1];
+      const uint32_t t[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
+#pragma unroll
+      for (int k = 0; k < 8; ++k) qh[k] = t[k];
+    }
+#pragma unroll
+    for (int l = 0; l < 32; ++l) {
+      int n = (b[l / 4] >> (8 * (l % 4) + 4 * h)) & 0xF;
+      if constexpr (q5) n |= ((qh[l / 4] >> (8 * (l % 4) + j)) & 1) << 4;
+      v[l] = d * float(n) - m;
+    }
+  } else if constexpr (kType == GgmlType::Q6_K) {
+    const int64_t sb = g / 8;
+    const int e0 = int(g % 8) * 32, n = e0 / 128, k = (e0 % 128) / 32;
+    const uint8_t* q = w.q + r * w.q_row + 192 * sb;
+    const uint4* ql = reinterpret_cast<const uint4*>(q + 64 * n + 32 * (k & 1));
+    const uint4* qh = reinterpret_cast<const uint4*>(q + 128 + 32 * n);
+    const uint4 l0 = ql[0], l1 = ql[1], h0 = qh[0], h1 = qh[1];
+    const uint32_t lw[8] = {l0.x, l0.y, l0.z, l0.w, l1.x, l1.y, l1.z, l1.w};
+    const uint32_t hw[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
+    const float d = f16(w.d + r * w.d_row + 2 * sb);
+    const int8_t* sc = reinterpret_cast<const int8_t*>(w.m + r * w.m_row + 16 * sb) + e0 / 16;
+    const float d0 = d * float(sc[0]), d1 = d * float(sc[1]);
+#pragma unroll
+    for (int l = 0; l < 32; ++l) {
+      const int low = (lw[l / 4] >> (8 * (l % 4) + 4 * (k >> 1))) & 0xF;
+      const int high = (hw[l / 4] >> (8 * (l % 4) + 2 * k)) & 3;
+      v[l] = (l < 16 ? d0 : d1) * float((low | (high << 4)) - 32);
+    }
+  } else if constexpr (kType == GgmlType::BF16) {
+    const uint16_t* p = reinterpret_cast<const uint16_t*>(w.q + r * w.q_row) + 32 * g;
+#pragma unroll
+    for (int l = 0; l < 32; ++l) v[l] = bf16(p[l]);
+  } else {
+#pragma unroll
+    for (int l = 0; l < 32; ++l) v[l] = weight_value(w, r, 32 * g + l);
   }
+}
+
+template <GgmlType kType>
+__global__ void dequant_f16_kernel(WView w, int64_t rows, int64_t cols, __half* out) {
+  const int64_t groups = cols / 32, total = rows * groups;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / groups, g = i % groups;
+    float v[32];
+    dequant_group<kType>(w, r, g, v);
+    uint4* o = reinterpret_cast<uint4*>(out + r * cols + 32 * g);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      __half2 h[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) h[e] = __floats2half2_rn(v[8 * k + 2 * e], v[8 * k + 2 * e + 1]);
+      o[k] = *reinterpret_cast<const uint4*>(h);
+    }
+  }
+}
+
+// Any width: one thread a value (types whose rows are not whole 32-value groups).
+__global__ void dequant_f16_any_kernel(WView w, int64_t rows, int64_t cols, __half* out) {
+  const int64_t total = rows * cols;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = __float2half(weight_value(w, i / cols, i % cols));
 }
 
 __global__ void f32_to_f16_kernel(const float* x, int64_t n, __half* out) {
@@ -144,110 +258,150 @@ __global__ void add_bias_kernel(float* y, const float* b, int64_t rows, int64_t 
 }  // namespace
 
 void CudaBackend::matmul(const Weight& w, const float* x, int64_t n_tokens, float* y, const Weight* bias) {
-  const DeviceWeight& d = device_weight(w);
-  const float* b = (bias && *bias) ? reinterpret_cast<const float*>(device_weight(*bias).data) : nullptr;
-  if (n_tokens <= kMaxGemvTokens) {
-    const double bytes = double(d.row_bytes) * d.rows;
-    if (soa_split(d.type).q_len) {
-      const int8_t* xq;
-      const float4* xs;
-      quantize_activations(x, n_tokens, d.cols, xq, xs);
-      for (int64_t t = 0; t < n_tokens; ++t)
-        submit(profile_ ? profile_name("gemv", d) : "gemv", bytes,
-               [this](const DeviceWeight* d, const int8_t* xq, const float4* xs, float* y, const float* b) {
-                 gemv_q8(*d, xq, xs, y, b);
-               }, &d, xq + t * d.cols, xs + t * d.cols / 32, y + t * d.rows, b);
-    } else {
-      for (int64_t t = 0; t < n_tokens; ++t)
-        submit(profile_ ? profile_name("gemv", d) : "gemv", bytes,
-               [this](const DeviceWeight* d, const float* x, float* y, const float* b) { gemv(*d, x, y, b); }, &d,
-               x + t * d.cols, y + t * d.rows, b);
+  const MatmulTarget target{&w, y, bias};
+  matmul_many(x, n_tokens, &target, 1);
+}
+
+void CudaBackend::matmul_many(const float* x, int64_t n_tokens, const MatmulTarget* targets, size_t n_targets) {
+  if (n_tokens > kMaxGemvTokens) {
+    q8_src_ = nullptr;
+    flush();  // cuBLAS and scratch growth stay out of recorded steps
+    for (size_t i = 0; i < n_targets; ++i) {
+      const MatmulTarget& t = targets[i];
+      const DeviceWeight& d = device_weight(*t.w);
+      const float* b = (t.bias && *t.bias) ? reinterpret_cast<const float*>(device_weight(*t.bias).data) : nullptr;
+      execute(profile_ ? profile_name("gemm", d) : "gemm", 0, [&] {
+        gemm(d, x, n_tokens, t.y);
+        if (b) {
+          add_bias_kernel<<<grid_for(d.rows * n_tokens, 256), 256, 0, stream_>>>(t.y, b, d.rows, n_tokens);
+          UMA_LAUNCHED("add_bias");
+        }
+      });
     }
-    if (q8_src_ && y < q8_src_ + q8_n_ && q8_src_ < y + n_tokens * d.rows) q8_src_ = nullptr;
     return;
   }
-  q8_src_ = nullptr;
-  flush();  // cuBLAS and scratch growth stay out of recorded steps
-  const auto op = [&] {
-    gemm(d, x, n_tokens, y);
-    if (b) {
-      add_bias_kernel<<<grid_for(d.rows * n_tokens, 256), 256, 0, stream_>>>(y, b, d.rows, n_tokens);
-      UMA_LAUNCHED("add_bias");
+  // Consecutive targets of one type and width share a launch (UMA_CUDA_MERGE=0: one launch each).
+  for (size_t i = 0; i < n_targets;) {
+    GemvTargets g{};
+    const DeviceWeight& first = device_weight(*targets[i].w);
+    size_t j = i;
+    for (; j < n_targets && g.n < (merge_ ? kMaxGemvSegs : 1); ++j) {
+      const DeviceWeight& d = device_weight(*targets[j].w);
+      if (d.type != first.type || d.cols != first.cols) break;
+      const Weight* b = targets[j].bias;
+      g.d[g.n] = &d;
+      g.y[g.n] = targets[j].y;
+      g.b[g.n] = (b && *b) ? reinterpret_cast<const float*>(device_weight(*b).data) : nullptr;
+      ++g.n;
     }
-  };
-  execute(profile_ ? profile_name("gemm", d) : "gemm", 0, op);
+    gemv(g, x, n_tokens);
+    i = j;
+  }
+  for (size_t i = 0; i < n_targets; ++i) {
+    const float* y = targets[i].y;
+    if (q8_src_ && y < q8_src_ + q8_n_ && q8_src_ < y + n_tokens * targets[i].w->rows()) q8_src_ = nullptr;
+  }
 }
 
 void CudaBackend::quantize_activations(const float* x, int64_t n_tokens, int64_t cols, const int8_t*& xq, const float4*& xs) {
   const int64_t n = n_tokens * cols;
   if (x != q8_src_ || n != q8_n_) {
-    auto* base = static_cast<uint8_t*>(q8_.get(size_t(n) + size_t(n / 32) * sizeof(float4), deferred_));
+    const Q8Buffer q = q8_buffer(x, n);
     submit("quantize_q8", 0, [this](const float* x, int64_t n_blocks, int8_t* xq, float4* xs) {
       quantize_q8_kernel<<<unsigned((n_blocks + 7) / 8), 256, 0, stream_>>>(x, n_blocks, xq, xs);
       UMA_LAUNCHED("quantize_q8");
-    }, x, n / 32, reinterpret_cast<int8_t*>(base), reinterpret_cast<float4*>(base + n));
-    q8_src_ = x, q8_n_ = n;
-    q8_base_ = base;
+    }, x, n / 32, q.xq, q.xs);
   }
   xq = reinterpret_cast<const int8_t*>(q8_base_);
   xs = reinterpret_cast<const float4*>(q8_base_ + n);
 }
 
-// Plain types: f32 activations.
-void CudaBackend::gemv(const DeviceWeight& d, const float* x, float* y, const float* bias) {
-  const int64_t rows = d.rows, cols = d.cols;
-  const bool plain_ok = (d.type == GgmlType::F32 ? cols % 4 : cols % 8) == 0;
-  // 4 rows a block when that still gives >= 4 blocks per SM, else 1 (small projections: GQA k/v).
-  const bool wide = rows >= 4 * 4 * sm_count_;
-  auto go = [&](auto k4, auto k1) {
-    if (wide) k4<<<unsigned((rows + 3) / 4), kGemvWarps * kWarp, 0, stream_>>>(d.data, d.row_bytes, rows, cols, x, y, bias);
-    else k1<<<unsigned(rows), kGemvWarps * kWarp, 0, stream_>>>(d.data, d.row_bytes, rows, cols, x, y, bias);
-    UMA_LAUNCHED("gemv");
-  };
-#define UMA_GEMV(T) return go(gemv_split_kernel<T, 4, kGemvWarps>, gemv_split_kernel<T, 1, kGemvWarps>)
-  switch (d.type) {
-    case GgmlType::F32: if (plain_ok) UMA_GEMV(GemvPlain<GgmlType::F32>); break;
-    case GgmlType::F16: if (plain_ok) UMA_GEMV(GemvPlain<GgmlType::F16>); break;
-    case GgmlType::BF16: if (plain_ok) UMA_GEMV(GemvPlain<GgmlType::BF16>); break;
-    default: break;
-  }
-#undef UMA_GEMV
-  gemv_generic_kernel<<<unsigned((rows + 3) / 4), 128, 0, stream_>>>(d.view, rows, cols, x, y, bias);
-  UMA_LAUNCHED("gemv_generic");
+CudaBackend::Q8Buffer CudaBackend::q8_buffer(const float* x, int64_t n) {
+  auto* base = static_cast<uint8_t*>(q8_.get(size_t(n) + size_t(n / 32) * sizeof(float4), deferred_));
+  q8_src_ = x, q8_n_ = n, q8_base_ = base;
+  return {reinterpret_cast<int8_t*>(base), reinterpret_cast<float4*>(base + n)};
 }
 
-// Repacked quantized types: int8 activations (xq, xs from quantize_q8_kernel).
-void CudaBackend::gemv_q8(const DeviceWeight& d, const int8_t* xq, const float4* xs, float* y, const float* bias) {
-  const int64_t rows = d.rows;
-  const int n_chunks = int(d.cols / 32);  // every type's chunk covers 32 values (see kernels.cuh)
-  const bool wide = rows >= 4 * 4 * sm_count_;
-  auto go = [&](auto k4, auto k1) {
-    cudaLaunchConfig_t cfg{};
-    cfg.blockDim = dim3(kGemvWarps * kWarp);
-    cfg.stream = stream_;
-    cudaLaunchAttribute attr{};
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = &attr;
-    cfg.numAttrs = pdl_ ? 1 : 0;
-    if (wide) {
-      cfg.gridDim = dim3(unsigned((rows + 3) / 4));
-      UMA_CHECK(cudaLaunchKernelEx(&cfg, k4, d.view, rows, n_chunks, xq, xs, y, bias, prefetch_));
-    } else {
-      cfg.gridDim = dim3(unsigned(rows));
-      UMA_CHECK(cudaLaunchKernelEx(&cfg, k1, d.view, rows, n_chunks, xq, xs, y, bias, prefetch_));
-    }
-  };
-#define UMA_GEMV(T) return go(gemv_q8_kernel<T, 4, kGemvWarps>, gemv_q8_kernel<T, 1, kGemvWarps>)
-  switch (d.type) {
-    case GgmlType::Q4_0: UMA_GEMV(MvQ4_0);
-    case GgmlType::Q8_0: UMA_GEMV(MvQ8_0);
-    case GgmlType::Q4_K: UMA_GEMV(MvQ45_K<false>);
-    case GgmlType::Q5_K: UMA_GEMV(MvQ45_K<true>);
-    case GgmlType::Q6_K: UMA_GEMV(MvQ6_K);
-    default: fail("no int8 GEMV for {}", type_name(d.type));
+// One launch for the matrices of g (same type and width) on n_tokens rows of x.
+void CudaBackend::gemv(const GemvTargets& g, const float* x, int64_t n_tokens) {
+  const DeviceWeight& d0 = *g.d[0];
+  double bytes = 0;
+  int64_t rows = 0;
+  for (int s = 0; s < g.n; ++s) bytes += double(g.d[s]->row_bytes) * g.d[s]->rows, rows += g.d[s]->rows;
+  const char* name = profile_ ? profile_name(g.n > 1 ? "gemv×" : "gemv", d0, rows) : "gemv";
+  const bool plain_ok = (d0.type == GgmlType::F32 ? d0.cols % 4 : d0.cols % 8) == 0;
+  if (soa_split(d0.type).q_len) {
+    const int8_t* xq;
+    const float4* xs;
+    quantize_activations(x, n_tokens, d0.cols, xq, xs);
+    submit(name, bytes * n_tokens, [this](GemvTargets g, const int8_t* xq, const float4* xs, int64_t n_tokens) {
+      launch_gemv(g, nullptr, xq, xs, n_tokens);
+    }, g, xq, xs, n_tokens);
+  } else if ((d0.type == GgmlType::F32 || d0.type == GgmlType::F16 || d0.type == GgmlType::BF16) && plain_ok) {
+    submit(name, bytes * n_tokens, [this](GemvTargets g, const float* x, int64_t n_tokens) {
+      launch_gemv(g, x, nullptr, nullptr, n_tokens);
+    }, g, x, n_tokens);
+  } else {
+    for (int s = 0; s < g.n; ++s)
+      submit(name, double(g.d[s]->row_bytes) * g.d[s]->rows * n_tokens,
+             [this](const DeviceWeight* d, const float* x, float* y, const float* b, int64_t n_tokens) {
+               for (int64_t t = 0; t < n_tokens; ++t) {
+                 gemv_generic_kernel<<<unsigned((d->rows + 3) / 4), 128, 0, stream_>>>(
+                     d->view, d->rows, d->cols, x + t * d->cols, y + t * d->rows, b);
+                 UMA_LAUNCHED("gemv_generic");
+               }
+             }, g.d[s], x, g.y[s], g.b[s], n_tokens);
   }
-#undef UMA_GEMV
+}
+
+// The launch: int8 activations (xq, xs) for the repacked quantized types, f32 (x) for plain types. A block
+// owns 4 rows when that still gives >= 4 blocks per SM, else 1 (small matrices: GQA k/v alone).
+void CudaBackend::launch_gemv(const GemvTargets& g, const float* x, const int8_t* xq, const float4* xs,
+                              int64_t n_tokens) {
+  const DeviceWeight& d0 = *g.d[0];
+  int64_t rows = 0;
+  for (int s = 0; s < g.n; ++s) rows += g.d[s]->rows;
+  const int per_block = rows >= 4 * 4 * sm_count_ ? 4 : 1;
+  GemvSegs segs{};
+  segs.n = g.n;
+  for (int s = 0; s < g.n; ++s) {
+    segs.w[s] = g.d[s]->view;
+    segs.y[s] = g.y[s];
+    segs.bias[s] = g.b[s];
+    segs.rows[s] = g.d[s]->rows;
+    segs.first[s + 1] = segs.first[s] + int((g.d[s]->rows + per_block - 1) / per_block);
+  }
+  cudaLaunchConfig_t cfg{};
+  cfg.blockDim = dim3(kGemvWarps * kWarp);
+  cfg.gridDim = dim3(unsigned(segs.first[g.n]), unsigned(n_tokens));
+  cfg.stream = stream_;
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = pdl_ ? 1 : 0;
+  const int n_chunks = int(d0.cols / 32);  // every quantized type's chunk covers 32 values (kernels.cuh)
+  auto q8 = [&](auto k4, auto k1) {
+    UMA_CHECK(cudaLaunchKernelEx(&cfg, per_block == 4 ? k4 : k1, segs, n_chunks, xq, xs, prefetch_));
+  };
+  auto plain = [&](auto k4, auto k1) {
+    UMA_CHECK(cudaLaunchKernelEx(&cfg, per_block == 4 ? k4 : k1, segs, d0.cols, x));
+  };
+#define UMA_Q8(T) return q8(gemv_q8_kernel<T, 4, kGemvWarps>, gemv_q8_kernel<T, 1, kGemvWarps>)
+#define UMA_PLAIN(T) return plain(gemv_split_kernel<T, 4, kGemvWarps>, gemv_split_kernel<T, 1, kGemvWarps>)
+  switch (d0.type) {
+    case GgmlType::Q4_0: UMA_Q8(MvQ4_0);
+    case GgmlType::Q8_0: UMA_Q8(MvQ8_0);
+    case GgmlType::Q4_K: UMA_Q8(MvQ45_K<false>);
+    case GgmlType::Q5_K: UMA_Q8(MvQ45_K<true>);
+    case GgmlType::Q6_K: UMA_Q8(MvQ6_K);
+    case GgmlType::F32: UMA_PLAIN(GemvPlain<GgmlType::F32>);
+    case GgmlType::F16: UMA_PLAIN(GemvPlain<GgmlType::F16>);
+    case GgmlType::BF16: UMA_PLAIN(GemvPlain<GgmlType::BF16>);
+    default: fail("no GEMV kernel for {}", type_name(d0.type));
+  }
+#undef UMA_Q8
+#undef UMA_PLAIN
 }
 
 // Y[t, r] = sum_k W[r, k] X[t, k]. Column-major, W is a cols x rows matrix and X cols x n_tokens, so
@@ -266,7 +420,21 @@ void CudaBackend::gemm(const DeviceWeight& d, const float* x, int64_t n_tokens, 
     A = reinterpret_cast<const __half*>(d.data);
   } else {
     auto* w16 = static_cast<__half*>(wf16_.get(size_t(m) * k * sizeof(__half)));
-    dequant_f16_kernel<<<grid_for(int64_t(m) * k, 256), 256, 0, stream_>>>(d.view, m, k, w16);
+    const int grid = grid_for(int64_t(m) * (k / 32), 256);
+    auto typed = [&](auto kernel) { kernel<<<grid, 256, 0, stream_>>>(d.view, m, k, w16); };
+    if (k % 32 != 0) {
+      dequant_f16_any_kernel<<<grid_for(int64_t(m) * k, 256), 256, 0, stream_>>>(d.view, m, k, w16);
+    } else {
+      switch (d.type) {
+        case GgmlType::Q4_0: typed(dequant_f16_kernel<GgmlType::Q4_0>); break;
+        case GgmlType::Q8_0: typed(dequant_f16_kernel<GgmlType::Q8_0>); break;
+        case GgmlType::Q4_K: typed(dequant_f16_kernel<GgmlType::Q4_K>); break;
+        case GgmlType::Q5_K: typed(dequant_f16_kernel<GgmlType::Q5_K>); break;
+        case GgmlType::Q6_K: typed(dequant_f16_kernel<GgmlType::Q6_K>); break;
+        case GgmlType::BF16: typed(dequant_f16_kernel<GgmlType::BF16>); break;
+        default: typed(dequant_f16_kernel<GgmlType::F16>); break;  // F16 rows with padding: weight_value
+      }
+    }
     UMA_LAUNCHED("dequant_f16");
     A = w16;
   }

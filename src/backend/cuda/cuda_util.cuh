@@ -49,6 +49,23 @@ __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
+// One warp quantizes the 32 values it holds (value `v` in lane `lane`) into an int8 block for the decode
+// GEMVs: d = amax / 127, q = round(v / d) (ties to even), plus d·Σq over each half block (the GEMVs' weight
+// offsets and mins need the sums). Every lane of the warp must call it.
+__device__ __forceinline__ void quantize_warp_block(float v, int lane, int8_t* xq, float4* xs) {
+  float amax = fabsf(v);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  const float d = amax / 127.0f;
+  const int q = d > 0 ? __float2int_rn(v / d) : 0;
+  xq[lane] = int8_t(q);
+  int half_sum = q;  // over the 16 lanes of this half
+#pragma unroll
+  for (int o = 8; o > 0; o >>= 1) half_sum += __shfl_xor_sync(0xffffffffu, half_sum, o);
+  const int other = __shfl_xor_sync(0xffffffffu, half_sum, 16);
+  if (lane == 0) *xs = make_float4(d, d * float(half_sum), d * float(other), 0.0f);
+}
+
 inline int grid_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threads - 1) / threads, 65535)); }
 inline bool env_on(const char* name, bool dflt) {
   const char* v = std::getenv(name);
