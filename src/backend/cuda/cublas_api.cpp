@@ -35,6 +35,7 @@ const CublasApi& cublas_api() {
     a.set_stream = symbol<decltype(a.set_stream)>(lib, "cublasSetStream_v2");
     a.sgemm = symbol<decltype(a.sgemm)>(lib, "cublasSgemm_v2");
     a.gemm_ex = symbol<decltype(a.gemm_ex)>(lib, "cublasGemmEx");
+    a.sgemm_strided_batched = symbol<decltype(a.sgemm_strided_batched)>(lib, "cublasSgemmStridedBatched");
     return a;
   }();
   return api;

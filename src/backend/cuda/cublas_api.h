@@ -15,6 +15,9 @@ struct CublasApi {
   cublasStatus_t (*gemm_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void*,
                             const void*, cudaDataType, int, const void*, cudaDataType, int, const void*, void*,
                             cudaDataType, int, cublasComputeType_t, cublasGemmAlgo_t);
+  cublasStatus_t (*sgemm_strided_batched)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                                          const float*, const float*, int, long long, const float*, int, long long,
+                                          const float*, float*, int, long long, int);
 };
 
 // Loads libcublas on first use; throws uma::Error naming the library when it cannot be found.

@@ -1,4 +1,5 @@
 // The paged KV cache on the device: storing a step's keys and values, and attention over them.
+#include "backend/cuda/cublas_api.h"
 #include "backend/cuda/cuda_backend.h"
 
 namespace uma::cuda {
@@ -124,7 +125,116 @@ __global__ void attn_combine_kernel(const float* partial, int n_split, int hdv, 
   }
 }
 
+// ---- prefill attention as matrix products (attention_gemm): per sequence of the batch, its keys and values
+// gathered from the pages into contiguous rows, S = scale · Q Kᵀ for every head (cuBLAS, f32), a causal
+// softmax over each row of S, then O = P V (cuBLAS). The tensor-core-free f32 SGEMMs keep the CPU's
+// accuracy; the work is O(m · n_ctx · head_dim) per head, read from L2 instead of once per query.
+__global__ void gather_kv_kernel(const float* K, const float* V, int kw, int vw, DeviceLayout L, int64_t t0,
+                                 float* Kc, float* Vc) {
+  const int64_t p = blockIdx.x;
+  const int64_t c = kv_cell(L, t0, p);
+  for (int j = threadIdx.x; j < kw + vw; j += blockDim.x) {
+    if (j < kw) Kc[p * kw + j] = K[c * kw + j];
+    else Vc[p * vw + j - kw] = V[c * vw + j - kw];
+  }
+}
+
+// Rows of S [n_head, m, n_keys]: row i sees keys 0 .. p_first + i; the rest become 0.
+__global__ void causal_softmax_kernel(float* S, int64_t m, int64_t n_keys, int64_t p_first) {
+  float* s = S + int64_t(blockIdx.x) * n_keys;
+  const int64_t limit = min(n_keys, p_first + int64_t(blockIdx.x) % m + 1);
+  __shared__ float red[32];
+  auto block_reduce = [&](float v, bool is_max) {
+    for (int o = 16; o > 0; o >>= 1) {
+      const float w = __shfl_xor_sync(0xffffffffu, v, o);
+      v = is_max ? fmaxf(v, w) : v + w;
+    }
+    if (threadIdx.x % kWarp == 0) red[threadIdx.x / kWarp] = v;
+    __syncthreads();
+    v = threadIdx.x < blockDim.x / kWarp ? red[threadIdx.x] : (is_max ? -INFINITY : 0.0f);
+    if (threadIdx.x < kWarp)
+      for (int o = 16; o > 0; o >>= 1) {
+        const float w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = is_max ? fmaxf(v, w) : v + w;
+      }
+    if (threadIdx.x == 0) red[0] = v;
+    __syncthreads();
+    v = red[0];
+    __syncthreads();
+    return v;
+  };
+  float mx = -INFINITY;
+  for (int64_t j = threadIdx.x; j < limit; j += blockDim.x) mx = fmaxf(mx, s[j]);
+  mx = block_reduce(mx, true);
+  float sum = 0;
+  for (int64_t j = threadIdx.x; j < limit; j += blockDim.x) {
+    const float e = expf(s[j] - mx);
+    s[j] = e;
+    sum += e;
+  }
+  sum = block_reduce(sum, false);
+  const float inv = 1.0f / sum;
+  for (int64_t j = threadIdx.x; j < n_keys; j += blockDim.x) s[j] = j < limit ? s[j] * inv : 0.0f;
+}
+
 }  // namespace
+
+// Prefill attention through cuBLAS (see above). Returns false (nothing done) when the batch is not made of
+// runs of consecutive positions per sequence, or the gathered keys would need more than 2 GiB.
+bool CudaBackend::attention_gemm(const KvCache& kv, int layer, const float* q, const BatchLayout& batch,
+                                 const AttentionShape& s, float* out, const DeviceLayout& L) {
+  const int64_t n = batch.n_tokens;
+  const int kw = kv.options().k_width, vw = kv.options().v_width;
+  const int group = s.n_head / s.n_head_kv;
+  if (group * s.n_head_kv != s.n_head) return false;
+  // Runs [t0, t1) of one sequence at consecutive positions.
+  std::vector<std::pair<int64_t, int64_t>> runs;
+  int64_t max_ctx = 0;
+  for (int64_t t = 0; t < n;) {
+    int64_t e = t + 1;
+    while (e < n && batch.seq[e] == batch.seq[t] && batch.pos[e] == batch.pos[e - 1] + 1) ++e;
+    for (auto& [a, b] : runs)
+      if (batch.seq[a] == batch.seq[t]) return false;  // one run per sequence
+    runs.emplace_back(t, e);
+    max_ctx = std::max<int64_t>(max_ctx, batch.pos[e - 1] + 1);
+    t = e;
+  }
+  const size_t kv_bytes = size_t(max_ctx) * (kw + vw) * sizeof(float);
+  if (kv_bytes > (size_t(2) << 30)) return false;
+  const auto& blas = cuda::cublas_api();
+  auto* kc = static_cast<float*>(attn_kv_.get(kv_bytes));
+  float* vc = kc + max_ctx * kw;
+  constexpr size_t kScoreBudget = size_t(128) << 20;  // floats of S at a time (512 MiB)
+  for (auto [t0, t1] : runs) {
+    const int64_t m = t1 - t0, p_first = batch.pos[t0], n_ctx = batch.pos[t1 - 1] + 1;
+    gather_kv_kernel<<<unsigned(n_ctx), 256, 0, stream_>>>(kv.k(layer), kv.v(layer), kw, vw, L, t0, kc, vc);
+    UMA_LAUNCHED("gather_kv");
+    const int64_t rows = std::clamp<int64_t>(int64_t(kScoreBudget / (size_t(s.n_head) * n_ctx)), 1, m);
+    for (int64_t i0 = 0; i0 < m; i0 += rows) {
+      const int64_t mc = std::min(rows, m - i0), n_keys = p_first + i0 + mc;
+      auto* S = static_cast<float*>(attn_scores_.get(size_t(s.n_head) * mc * n_keys * sizeof(float)));
+      const float one = 1.0f, zero = 0.0f;
+      // Head h = hk * group + j: one strided batch over the kv heads hk per j.
+      for (int j = 0; j < group; ++j)
+        check(blas.sgemm_strided_batched(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, int(n_keys), int(mc), s.head_dim_k,
+                                         &s.scale, kc, kw, s.head_dim_k,
+                                         q + ((t0 + i0) * s.n_head + j) * s.head_dim_k, s.n_head * s.head_dim_k,
+                                         int64_t(group) * s.head_dim_k, &zero, S + j * mc * n_keys, int(n_keys),
+                                         int64_t(group) * mc * n_keys, s.n_head_kv),
+              "cublasSgemmStridedBatched (scores)");
+      causal_softmax_kernel<<<unsigned(s.n_head * mc), 256, 0, stream_>>>(S, mc, n_keys, p_first + i0);
+      UMA_LAUNCHED("causal_softmax");
+      for (int j = 0; j < group; ++j)
+        check(blas.sgemm_strided_batched(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, s.head_dim_v, int(mc), int(n_keys), &one,
+                                         vc, vw, s.head_dim_v, S + j * mc * n_keys, int(n_keys),
+                                         int64_t(group) * mc * n_keys, &zero,
+                                         out + ((t0 + i0) * s.n_head + j) * s.head_dim_v, s.n_head * s.head_dim_v,
+                                         int64_t(group) * s.head_dim_v, s.n_head_kv),
+              "cublasSgemmStridedBatched (values)");
+    }
+  }
+  return true;
+}
 
 void CudaBackend::store_kv(KvCache& kv, int layer, const float* k, const float* v, const BatchLayout& batch) {
   q8_src_ = nullptr;
@@ -146,6 +256,12 @@ void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const 
     fail("the CUDA attention kernel supports head dims up to {}, got {}/{}", kMaxHeadDim, s.head_dim_k,
          s.head_dim_v);
   const DeviceLayout L = layout_for(kv, batch);
+  if (batch.n_tokens > kMaxGemvTokens && gemm_attention_) {
+    flush();  // cuBLAS and scratch growth stay out of recorded steps
+    bool done = false;
+    execute("attention_gemm", 0, [&] { done = attention_gemm(kv, layer, q, batch, s, out, L); });
+    if (done) return;
+  }
   // Split the keys when the grid would not fill the GPU: ~256 keys per block, at most 64 splits. A
   // recorded step sizes the splits for the whole cache (the kernel divides the actual context among
   // them), so the graph holds for every context length; otherwise for the longest context of the batch.

@@ -136,6 +136,7 @@ class CudaBackend final : public Backend {
     prefetch_ = env_on("UMA_CUDA_PREFETCH", true);  // =0: no L2 prefetch of the weights before pdl_wait
     merge_ = env_on("UMA_CUDA_MERGE", true);  // =0: one GEMV launch per matrix (q/k/v, gate/up apart)
     fuse_ = env_on("UMA_CUDA_FUSE", true);    // =0: no fused ops (norm + int8, rope + store, add + norm)
+    gemm_attention_ = env_on("UMA_CUDA_ATTN_GEMM", true);  // =0: prefill attention with the decode kernel
     sm_count_ = prop.multiProcessorCount;
   }
   ~CudaBackend() override {
@@ -236,6 +237,8 @@ class CudaBackend final : public Backend {
   };
   Q8Buffer q8_buffer(const float* x, int64_t n);
   void gemm(const DeviceWeight& d, const float* x, int64_t n_tokens, float* y);
+  bool attention_gemm(const KvCache& kv, int layer, const float* q, const BatchLayout& batch, const AttentionShape& s,
+                      float* out, const DeviceLayout& L);
   DeviceLayout upload_layout(const KvCache& kv, const BatchLayout& batch);
   DeviceLayout layout_for(const KvCache& kv, const BatchLayout& batch);
   std::vector<int32_t> host_layout(const KvCache& kv, const BatchLayout& batch) const;
@@ -338,7 +341,7 @@ class CudaBackend final : public Backend {
   size_t uploaded_ = 0, last_report_ = 0;
   void* staging_[2] = {nullptr, nullptr};
   cudaEvent_t staging_done_[2] = {nullptr, nullptr};
-  Scratch ids_, rows_, wf16_, xf16_, partial_, repack_src_, q8_;
+  Scratch ids_, rows_, wf16_, xf16_, partial_, repack_src_, q8_, attn_kv_, attn_scores_;
   const float* q8_src_ = nullptr;  // the activations q8_ holds, if still valid
   int64_t q8_n_ = 0;
   uint8_t* q8_base_ = nullptr;
@@ -351,7 +354,8 @@ class CudaBackend final : public Backend {
   std::vector<std::pair<RopeParams, float*>> rope_tabs_;  // inv_freq + YaRN ramp per parameter set
 
   // Step state (begin_step .. end_step).
-  bool graphs_ = true, profile_ = false, pdl_ = true, prefetch_ = true, merge_ = true, fuse_ = true;
+  bool graphs_ = true, profile_ = false, pdl_ = true, prefetch_ = true, merge_ = true, fuse_ = true,
+       gemm_attention_ = true;
   int sm_count_ = 132;
   bool in_step_ = false, deferred_ = false, step_pending_ = false;
   const KvCache* step_kv_ = nullptr;
