@@ -65,6 +65,7 @@ TEST(CudaBench, GemvBandwidth) {
   float* x = cuda->alloc(xs.size());
   cuda->upload(x, xs.data(), xs.size());
   float* y = cuda->alloc(11008);
+  float* ys[3] = {cuda->alloc(11008), cuda->alloc(11008), cuda->alloc(11008)};
   for (GgmlType type : types) {
     for (const Shape& s : shapes) {
       // 64 quantized random rows tiled over the matrix; enough copies that they do not fit in L2 together.
@@ -92,12 +93,22 @@ TEST(CudaBench, GemvBandwidth) {
         cuda->prepare_weight(ws[c]);
       }
       for (int it = 0; it < 200; ++it) cuda->matmul(ws[it % copies], x, 1, y);
+      // Merged launches as the decoder issues them: q/k/v (3 × 4096 rows), gate/up (2 × 11008 rows).
+      if (s.cols == 4096 && copies >= 3) {
+        const int n = s.rows == 4096 ? 3 : 2;
+        for (int it = 0; it < 100; ++it) {
+          MatmulTarget t[3];
+          for (int i = 0; i < n; ++i) t[i] = {&ws[(it * n + i) % copies], ys[i]};
+          cuda->matmul_many(x, 1, t, n);
+        }
+      }
       std::vector<float> out(size_t(s.rows));
       cuda->download(out.data(), y, out.size());
     }
   }
   cuda->free_buffer(x);
   cuda->free_buffer(y);
+  for (float* p : ys) cuda->free_buffer(p);
   cuda.reset();  // prints the table
   unsetenv("UMA_CUDA_PROFILE");
 #endif

@@ -152,7 +152,7 @@ TEST(CudaFused, DecodeChainMatchesUnfusedAndTheCpu) {
   auto fused = gpu();
   auto plain = gpu_with("UMA_CUDA_FUSE", "0");
   auto cpu = make_cpu_backend(2);
-  const int n_head = 8, n_head_kv = 2, hd = 64, n_embd = n_head * hd, n_ff = 384;
+  const int n_head = 8, n_head_kv = 2, hd = 64, n_embd = n_head * hd, n_ff = 768;
   TestWeight norm(GgmlType::F32, 0, n_embd, 1), wq(GgmlType::Q4_0, n_embd, n_embd, 2),
       wk(GgmlType::Q4_0, n_head_kv * hd, n_embd, 3), wv(GgmlType::Q4_0, n_head_kv * hd, n_embd, 4),
       wo(GgmlType::Q8_0, n_embd, n_embd, 5), wdown(GgmlType::Q4_K, n_embd, n_ff, 6);

@@ -8,6 +8,8 @@
 #   gemv: GEMV GB/s per type and shape against the copy ceiling (tests/backends/test_cuda_bench.cpp)
 #   profile: GPU time per op of a Q4_0 decode (UMA_CUDA_PROFILE=1, op by op)
 #   bench: pp512/tg128 of llama-7b Q4_0, Q8_0, F16, Q4_K_M on the GPU; llama3: llama3-8b Q4_0
+#   pprofile: GPU time per op of a pp512 prefill (Q4_0, F16); ncu: kernel durations of Q4_0 decode steps
+#   inside the CUDA graph (Nsight Compute, to $OUT/ncu.csv)
 #   depth: tg32 of llama-7b Q4_0 after a DEPTH-token context (default 32768); cpu: the same models on the
 #   host's CPU (--device cpu, pp64/tg16); moe: qwen3-30b-a3b and deepseek-v3-mini Q4_0 on the host's CPU
 # Logs go to $OUT (the device tool's result folder) or ./out.
@@ -24,7 +26,7 @@ steps=("$@")
 want() {
   for s in "${steps[@]}"; do
     [ "$s" = "$1" ] && return 0
-    [ "$s" = all ] && [ "$1" != depth ] && [ "$1" != cpu ] && [ "$1" != moe ] && return 0
+    case "$1" in depth | cpu | moe | pprofile | ncu) ;; *) [ "$s" = all ] && return 0 ;; esac
   done
   return 1
 }
@@ -79,6 +81,23 @@ if want profile; then
   echo "== per-op GPU time of a Q4_0 decode (events around every op, no graph)"
   m=$(synth q4_0) && UMA_CUDA_PROFILE=1 "$BUILD/uma" bench -m "$m" -p 0 -n 64 -r 1 --no-membw 2>&1 \
     | tee "$OUT/profile.log" | grep -vE "^\| *(model|---)" | tail -22
+fi
+
+if want pprofile; then
+  echo "== per-op GPU time of a pp512 prefill (events around every op)"
+  for t in ${PROFILE_TYPES:-q4_0 f16}; do
+    m=$(synth "$t") && UMA_CUDA_PROFILE=1 "$BUILD/uma" bench -m "$m" -p 512 -n 0 -r 2 --no-membw 2>&1 \
+      | tee "$OUT/pprofile-$t.log" | grep -vE "^\| *(model|---)" | head -16
+  done
+fi
+
+if want ncu; then
+  echo "== kernel durations of Q4_0 decode steps inside the CUDA graph (Nsight Compute, one kernel at a time)"
+  m=$(synth q4_0) && ncu --graph-profiling node --metrics gpu__time_duration.sum --csv \
+    --launch-skip "${NCU_SKIP:-0}" --launch-count "${NCU_COUNT:-1500}" \
+    "$BUILD/uma" bench -m "$m" --device cuda -p 0 -n 3 -r 1 --no-membw >"$OUT/ncu.csv" 2>"$OUT/ncu.err" \
+    || tail -5 "$OUT/ncu.err"
+  wc -l "$OUT/ncu.csv"
 fi
 
 if want bench; then

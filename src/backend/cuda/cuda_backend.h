@@ -8,6 +8,7 @@
 #pragma once
 #include <fmt/format.h>
 
+#include <cstdio>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -137,6 +138,7 @@ class CudaBackend final : public Backend {
     merge_ = env_on("UMA_CUDA_MERGE", true);  // =0: one GEMV launch per matrix (q/k/v, gate/up apart)
     fuse_ = env_on("UMA_CUDA_FUSE", true);    // =0: no fused ops (norm + int8, rope + store, add + norm)
     gemm_attention_ = env_on("UMA_CUDA_ATTN_GEMM", true);  // =0: prefill attention with the decode kernel
+    if (const char* g = std::getenv("UMA_CUDA_GEMV")) std::sscanf(g, "%dx%d", &gemv_rows_, &gemv_warps_);
     sm_count_ = prop.multiProcessorCount;
   }
   ~CudaBackend() override {
@@ -357,6 +359,7 @@ class CudaBackend final : public Backend {
   bool graphs_ = true, profile_ = false, pdl_ = true, prefetch_ = true, merge_ = true, fuse_ = true,
        gemm_attention_ = true;
   int sm_count_ = 132;
+  int gemv_rows_ = 4, gemv_warps_ = 4;  // block shape of the GEMVs of large matrices (UMA_CUDA_GEMV)
   bool in_step_ = false, deferred_ = false, step_pending_ = false;
   const KvCache* step_kv_ = nullptr;
   const int32_t* step_pos_host_ = nullptr;

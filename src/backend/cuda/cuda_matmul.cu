@@ -6,7 +6,6 @@
 namespace uma::cuda {
 namespace {
 
-constexpr int kGemvWarps = 4;
 
 // Activations → int8 blocks of 32 for the quantized GEMV: one warp a block, d = amax / 127, q = round(x / d),
 // and d·Σq over each half block (the GEMV's weight offsets and mins need the sums). The CPU backend quantizes
@@ -361,7 +360,10 @@ void CudaBackend::launch_gemv(const GemvTargets& g, const float* x, const int8_t
   const DeviceWeight& d0 = *g.d[0];
   int64_t rows = 0;
   for (int s = 0; s < g.n; ++s) rows += g.d[s]->rows;
-  const int per_block = rows >= 4 * 4 * sm_count_ ? 4 : 1;
+  // Block shapes (rows a block x warps): 4 x 4 by default; 1 x 4 when the matrix is too small for >= 4
+  // blocks per SM. UMA_CUDA_GEMV=RxW picks another wide shape (8x4, 2x8, 4x8) for measurements.
+  const bool wide = rows >= 4 * 4 * sm_count_;
+  const int per_block = wide ? gemv_rows_ : 1, warps = wide ? gemv_warps_ : 4;
   GemvSegs segs{};
   segs.n = g.n;
   for (int s = 0; s < g.n; ++s) {
@@ -372,7 +374,7 @@ void CudaBackend::launch_gemv(const GemvTargets& g, const float* x, const int8_t
     segs.first[s + 1] = segs.first[s] + int((g.d[s]->rows + per_block - 1) / per_block);
   }
   cudaLaunchConfig_t cfg{};
-  cfg.blockDim = dim3(kGemvWarps * kWarp);
+  cfg.blockDim = dim3(warps * kWarp);
   cfg.gridDim = dim3(unsigned(segs.first[g.n]), unsigned(n_tokens));
   cfg.stream = stream_;
   cudaLaunchAttribute attr{};
@@ -381,14 +383,23 @@ void CudaBackend::launch_gemv(const GemvTargets& g, const float* x, const int8_t
   cfg.attrs = &attr;
   cfg.numAttrs = pdl_ ? 1 : 0;
   const int n_chunks = int(d0.cols / 32);  // every quantized type's chunk covers 32 values (kernels.cuh)
-  auto q8 = [&](auto k4, auto k1) {
-    UMA_CHECK(cudaLaunchKernelEx(&cfg, per_block == 4 ? k4 : k1, segs, n_chunks, xq, xs, prefetch_));
+  const int shape = per_block * 16 + warps;
+  auto pick = [&](auto k1x4, auto k4x4, auto k8x4, auto k2x8, auto k4x8, auto launch) {
+    switch (shape) {
+      case 1 * 16 + 4: return launch(k1x4);
+      case 8 * 16 + 4: return launch(k8x4);
+      case 2 * 16 + 8: return launch(k2x8);
+      case 4 * 16 + 8: return launch(k4x8);
+      default: return launch(k4x4);
+    }
   };
-  auto plain = [&](auto k4, auto k1) {
-    UMA_CHECK(cudaLaunchKernelEx(&cfg, per_block == 4 ? k4 : k1, segs, d0.cols, x));
-  };
-#define UMA_Q8(T) return q8(gemv_q8_kernel<T, 4, kGemvWarps>, gemv_q8_kernel<T, 1, kGemvWarps>)
-#define UMA_PLAIN(T) return plain(gemv_split_kernel<T, 4, kGemvWarps>, gemv_split_kernel<T, 1, kGemvWarps>)
+  auto q8 = [&](auto kernel) { UMA_CHECK(cudaLaunchKernelEx(&cfg, kernel, segs, n_chunks, xq, xs, prefetch_)); };
+  auto plain = [&](auto kernel) { UMA_CHECK(cudaLaunchKernelEx(&cfg, kernel, segs, d0.cols, x)); };
+#define UMA_Q8(T)                                                                                         \
+  return pick(gemv_q8_kernel<T, 1, 4>, gemv_q8_kernel<T, 4, 4>, gemv_q8_kernel<T, 8, 4>,                  \
+              gemv_q8_kernel<T, 2, 8>, gemv_q8_kernel<T, 4, 8>, q8)
+#define UMA_PLAIN(T) return pick(gemv_split_kernel<T, 1, 4>, gemv_split_kernel<T, 4, 4>, \
+                                 gemv_split_kernel<T, 8, 4>, gemv_split_kernel<T, 2, 8>, gemv_split_kernel<T, 4, 8>, plain)
   switch (d0.type) {
     case GgmlType::Q4_0: UMA_Q8(MvQ4_0);
     case GgmlType::Q8_0: UMA_Q8(MvQ8_0);
