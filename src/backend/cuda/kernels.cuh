@@ -27,6 +27,19 @@ __device__ __forceinline__ void k4_scale_min(int j, const uint8_t* s, float& sc,
   }
 }
 
+// The same from the super-block's 16 bytes held in registers (meta.y, .z, .w = the 12 scale bytes).
+__device__ __forceinline__ void k4_scale_min_reg(int j, const uint4& meta, float& sc, float& mn) {
+  const int sh = 8 * (j & 3);
+  const uint32_t b1 = (meta.y >> sh) & 0xFF, b2 = (meta.z >> sh) & 0xFF, b3 = (meta.w >> sh) & 0xFF;
+  if (j < 4) {
+    sc = float(b1 & 63);
+    mn = float(b2 & 63);
+  } else {
+    sc = float((b3 & 0xF) | ((b1 >> 6) << 4));
+    mn = float((b3 >> 4) | ((b2 >> 6) << 4));
+  }
+}
+
 // ---- Weights on the device ---------------------------------------------------------------------------
 // F32/F16/BF16 (and the types converted to F16 at upload) keep their rows as they are: `q`, `q_row` bytes a
 // row. Q4_0, Q8_0, Q4_K, Q5_K and Q6_K are repacked at upload into up to three row-major regions, so that
@@ -190,11 +203,14 @@ struct MvQ45_K {
       }
     }
     const int s0 = dot4(lo[0], lo[1], lo[2], lo[3], x.a, 0), s1 = dot4(hi[0], hi[1], hi[2], hi[3], x.b, 0);
-    const uint8_t* meta = m + 16 * sb;
+    // The super-block's 16 bytes of d, dmin and scales in one load; the two groups' 6-bit scale and min
+    // (k4_scale_min) picked out of the registers with shifts.
+    const uint4 meta = *reinterpret_cast<const uint4*>(m + 16 * sb);
     float sc0, mn0, sc1, mn1;
-    k4_scale_min(2 * c, meta + 4, sc0, mn0);
-    k4_scale_min(2 * c + 1, meta + 4, sc1, mn1);
-    return f16(meta) * (sc0 * x.d0 * float(s0) + sc1 * x.d1 * float(s1)) - f16(meta + 2) * (mn0 * x.s0 + mn1 * x.s1);
+    k4_scale_min_reg(2 * c, meta, sc0, mn0);
+    k4_scale_min_reg(2 * c + 1, meta, sc1, mn1);
+    const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&meta.x));
+    return dm.x * (sc0 * x.d0 * float(s0) + sc1 * x.d1 * float(s1)) - dm.y * (mn0 * x.s0 + mn1 * x.s1);
   }
 };
 
