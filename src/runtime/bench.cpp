@@ -117,9 +117,15 @@ BenchReport run_bench(Engine& engine, const BenchOptions& o) {
     kv.reserve(0, pos0 + n_tokens);
     model.forward(batch, kv, logits, nullptr);
   };
-  // Warm-up: the first pass faults the mapped weights in from the page cache.
+  // Warm-up: the first pass faults the mapped weights in from the page cache. A GPU backend also runs one
+  // untimed prompt pass (as llama-bench does): its first batched pass loads the GEMM kernels and sizes its
+  // scratch buffers, which would otherwise land in the first timed repeat.
   kv.truncate(0, 0);
   step(1, 0);
+  if (o.n_prompt > 0 && r.backend.rfind("cpu", 0) != 0) {
+    kv.truncate(0, 0);
+    step(std::min(o.n_prompt, static_cast<int>(engine.n_ctx())), 0);
+  }
   // A context of `depth` tokens, kept by every test (each truncates back to it).
   const int d = std::max(0, o.depth);
   kv.truncate(0, 0);
