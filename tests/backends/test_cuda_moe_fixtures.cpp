@@ -1,0 +1,110 @@
+// The MoE fixtures (mixtral, qwen3_moe, deepseek_v3: MoE routing, shared experts, MLA) through the CUDA
+// backend with the CPU path's budgets (tests/model/test_moe_fixtures.cpp explains them): f32 GGUFs against
+// transformers (logits and the hidden state after every layer <= 1e-4, greedy equal) and llama.cpp (1e-5);
+// quantized GGUFs against llama.cpp (<= 0.05 at >= 85 % of positions, same top-1 at >= 90 %); the distance
+// to uma's CPU backend is printed. A file that is not present is skipped (the GPU machine carries a subset).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+
+#include "backend/backend.h"
+#include "gguf/gguf.h"
+#include "model/model.h"
+#include "fixtures.h"
+#include "cuda_test_support.h"
+#include "test_support.h"
+
+namespace uma {
+namespace {
+
+using test::gpu;
+using test::have_gpu;
+
+struct Case {
+  std::string arch, type;
+};
+
+class CudaMoeFixture : public ::testing::TestWithParam<Case> {};
+
+TEST_P(CudaMoeFixture, MatchesReferencesLikeTheCpuPath) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA)";
+  const auto [arch, type] = GetParam();
+  const auto path = test::fixture_dir(arch) / (arch + "-" + type + ".gguf");
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " not present";
+  const test::Fixture& fx = test::fixture(arch);
+  auto file = GgufFile::open(path);
+  auto cuda = gpu();
+  auto cpu = make_cpu_backend(2);
+  auto model = load_model(*file, *cuda);
+  auto model_cpu = load_model(*file, *cpu);
+  const size_t V = static_cast<size_t>(model->config().n_vocab);
+  const auto& prompts = fx.reference["prompts"];
+  for (size_t pi = 0; pi < prompts.size(); ++pi) {
+    const auto prompt = prompts[pi].get<std::vector<int32_t>>();
+    const size_t n = prompt.size();
+    const auto logits = test::run_prompt(*model, prompt).logits;
+    const auto logits_cpu = test::run_prompt(*model_cpu, prompt).logits;
+    const auto& peer = fx.peer.at(type + ".logits." + std::to_string(pi)).data;
+    double worst = 0, worst_cpu = 0;
+    size_t within = 0, same_top1 = 0;
+    for (size_t t = 0; t < n; ++t) {
+      const double e = test::row_rel_l2(logits, peer, t, V);
+      worst = std::max(worst, e);
+      worst_cpu = std::max(worst_cpu, test::row_rel_l2(logits, logits_cpu, t, V));
+      within += e <= 0.05;
+      const float *a = logits.data() + t * V, *b = peer.data() + t * V;
+      same_top1 += (std::max_element(a, a + V) - a) == (std::max_element(b, b + V) - b);
+    }
+    std::printf("  %s %s prompt %zu: max rel_l2 vs llama.cpp %.3g (%zu/%zu <= 0.05, top-1 %zu/%zu), vs uma cpu %.3g\n",
+                arch.c_str(), type.c_str(), pi, worst, within, n, same_top1, n, worst_cpu);
+    EXPECT_GE(same_top1, n * 9 / 10) << "top-1 vs llama.cpp, prompt " << pi;
+    if (type == "f32") {
+      EXPECT_LE(worst, 1e-5) << "vs llama.cpp, prompt " << pi;
+      const auto want = fx.reference["greedy"][pi].get<std::vector<int32_t>>();
+      EXPECT_EQ(test::greedy(*model, prompt, static_cast<int>(want.size())),
+                test::greedy(*model_cpu, prompt, static_cast<int>(want.size())))
+          << "greedy vs uma cpu, prompt " << pi;
+    } else {
+      EXPECT_GE(within, n * 85 / 100) << "vs llama.cpp, prompt " << pi;
+    }
+  }
+  if (type != "f32") return;
+  // Against transformers with the CPU test's options (bf16-rounded RoPE frequencies): logits, the residual
+  // stream after every layer (the last one after the final norm, as transformers reports it), greedy.
+  auto hf_model = load_model(*file, *cuda, ModelOptions{.rope_freq_bf16 = true});
+  const int E = hf_model->config().n_embd, L = hf_model->config().n_layer;
+  for (size_t pi = 0; pi < prompts.size(); ++pi) {
+    const auto prompt = prompts[pi].get<std::vector<int32_t>>();
+    test::PromptRun r = test::run_prompt(*hf_model, prompt);
+    double worst = 0;
+    for (size_t t = 0; t < prompt.size(); ++t)
+      worst = std::max(worst, test::row_rel_l2(r.logits, fx.ref.at("logits." + std::to_string(pi)).data, t, V));
+    std::printf("  %s prompt %zu: max rel_l2 vs transformers %.3g", arch.c_str(), pi, worst);
+    EXPECT_LE(worst, 1e-4) << "vs transformers, prompt " << pi;
+    r.hidden[L] = test::final_norm(*file, r.hidden[L], E, hf_model->config().norm_eps);
+    for (int l = 0; l <= L; ++l) {
+      const auto& h = fx.ref.at("hidden." + std::to_string(pi) + "." + std::to_string(l)).data;
+      double hw = 0;
+      for (size_t t = 0; t < prompt.size(); ++t) hw = std::max(hw, test::row_rel_l2(r.hidden[l], h, t, E));
+      std::printf(", h%d %.2g", l, hw);
+      EXPECT_LE(hw, 1e-4) << "prompt " << pi << " hidden state after layer " << l;
+    }
+    std::printf("\n");
+    const auto want = fx.reference["greedy"][pi].get<std::vector<int32_t>>();
+    EXPECT_EQ(test::greedy(*hf_model, prompt, static_cast<int>(want.size())), want) << "greedy, prompt " << pi;
+  }
+}
+
+std::vector<Case> cases() {
+  std::vector<Case> out;
+  for (const char* arch : {"mixtral", "qwen3_moe", "deepseek_v3"})
+    for (const char* type : {"f32", "Q8_0", "Q4_0", "Q4_K_M", "Q6_K"}) out.push_back({arch, type});
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Files, CudaMoeFixture, ::testing::ValuesIn(cases()),
+                         [](const auto& info) { return info.param.arch + "_" + info.param.type; });
+
+}  // namespace
+}  // namespace uma
