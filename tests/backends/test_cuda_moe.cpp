@@ -8,6 +8,7 @@
 #include <random>
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu_ops.h"
 #include "kv/kv_cache.h"
 #include "quant/quant.h"
 #include "cuda_test_support.h"
@@ -70,10 +71,6 @@ struct Dev {
   }
 };
 
-bool int8_type(GgmlType t) {
-  return t == GgmlType::Q4_0 || t == GgmlType::Q8_0 || t == GgmlType::Q4_K || t == GgmlType::Q5_K ||
-         t == GgmlType::Q6_K;
-}
 bool plain_type(GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16; }
 
 // Both backends on the same routes: f32 activations on plain weights differ only in summation order (1e-5);
@@ -182,6 +179,85 @@ TEST(CudaMoeShapes, DecodeStepGraphReplaysWithNewRoutes) {
     cuda->moe_ffn(w, c.p, x, n, out);
     cuda->end_step();
     EXPECT_LE(test::rel_l2(d.get(out, want.size()), want), 3e-2) << "step " << step;
+  }
+}
+
+// The int8 expert path computes exactly what it says: on the routes the CPU picks from the same router
+// logits, the dequantized experts times the activations after the device's quantization (per 32 values
+// d = amax / 127, q = round-to-even(x / d)), h = silu(g) * u quantized the same way, down, weighted sum, all
+// in double here. Only f32 rounding remains (and an h that lands on a rounding boundary): 1e-4. This catches
+// indexing errors (expert, row, pair, tile) that the 3 % budget above would hide.
+std::vector<double> device_q8(const float* x, int64_t n) {
+  std::vector<double> out(size_t(n), 0.0);
+  for (int64_t b = 0; b < n / 32; ++b) {
+    float amax = 0;
+    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[b * 32 + i]));
+    const float d = amax / 127.0f;
+    for (int i = 0; i < 32; ++i) out[b * 32 + i] = d > 0 ? double(d) * std::nearbyint(x[b * 32 + i] / d) : 0.0;
+  }
+  return out;
+}
+
+std::vector<float> dequant_rows(const Weight& w, int64_t first, int64_t n) {
+  std::vector<float> out(size_t(n * w.ne[0]));
+  const size_t rb = row_bytes(w.type, w.ne[0]);
+  for (int64_t r = 0; r < n; ++r) dequantize_row(w.type, w.host + (first + r) * rb, out.data() + r * w.ne[0], w.ne[0]);
+  return out;
+}
+
+TEST(CudaMoeShapes, Int8ExpertsAreExactOnQuantizedActivations) {
+  REQUIRE_GPU();
+  struct T3 {
+    GgmlType g, u, d;
+  };
+  for (const T3 t : {T3{GgmlType::Q4_0, GgmlType::Q4_0, GgmlType::Q4_0}, T3{GgmlType::Q8_0, GgmlType::Q8_0, GgmlType::Q8_0},
+                     T3{GgmlType::Q4_K, GgmlType::Q4_K, GgmlType::Q6_K}, T3{GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q5_K}}) {
+    const MoeCase& c = kRoutings[1];
+    const int64_t E = 256, F = 512, NE = c.p.n_expert, K = c.p.n_expert_used;
+    auto cuda = gpu();
+    RandWeight router(GgmlType::F32, E, NE, 1, 1);
+    RandWeight gate(t.g, E, F, NE, 2), up(t.u, E, F, NE, 3), down(t.d, F, E, NE, 4);
+    RandWeight bias(GgmlType::F32, NE, 1, 1, 5, 0.3f);
+    const MoeWeights w{&router.w, &bias.w, &gate.w, &up.w, &down.w};
+    const float* rw = reinterpret_cast<const float*>(router.w.host);
+    const float* bv = reinterpret_cast<const float*>(bias.w.host);
+    for (int64_t n : {1, 3, 17}) {
+      const auto x = randn(size_t(n * E), 77 + uint32_t(n), 1.5f);
+      std::vector<float> want(size_t(n * E), 0.0f);
+      for (int64_t tk = 0; tk < n; ++tk) {
+        const float* xt = x.data() + tk * E;
+        std::vector<float> logits(NE);
+        for (int64_t e = 0; e < NE; ++e) {
+          double a = 0;
+          for (int64_t i = 0; i < E; ++i) a += double(rw[e * E + i]) * xt[i];
+          logits[e] = float(a);
+        }
+        const MoeRoute r = moe_route(logits.data(), bv, c.p);
+        const auto xq = device_q8(xt, E);
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t e = r.expert[k];
+          const auto wg = dequant_rows(gate.w, e * F, F), wu = dequant_rows(up.w, e * F, F),
+                     wd = dequant_rows(down.w, e * E, E);
+          std::vector<float> h(F);
+          for (int64_t f = 0; f < F; ++f) {
+            double g = 0, u = 0;
+            for (int64_t i = 0; i < E; ++i) g += wg[f * E + i] * xq[i], u += wu[f * E + i] * xq[i];
+            h[f] = float(g / (1.0 + std::exp(-g)) * u);
+          }
+          const auto hq = device_q8(h.data(), F);
+          for (int64_t o = 0; o < E; ++o) {
+            double y = 0;
+            for (int64_t f = 0; f < F; ++f) y += wd[o * F + f] * hq[f];
+            want[tk * E + o] += float(y * r.weight[k]);
+          }
+        }
+      }
+      Dev d{*cuda};
+      float* out = d.make(want.size());
+      cuda->moe_ffn(w, c.p, d.put(x), n, out);
+      EXPECT_LE(test::rel_l2(d.get(out, want.size()), want), 1e-4)
+          << type_name(t.g) << "/" << type_name(t.u) << "/" << type_name(t.d) << ", " << n << " tokens";
+    }
   }
 }
 
