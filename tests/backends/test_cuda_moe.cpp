@@ -185,8 +185,9 @@ TEST(CudaMoeShapes, DecodeStepGraphReplaysWithNewRoutes) {
 // The int8 expert path computes exactly what it says: on the routes the CPU picks from the same router
 // logits, the dequantized experts times the activations after the device's quantization (per 32 values
 // d = amax / 127, q = round-to-even(x / d)), h = silu(g) * u quantized the same way, down, weighted sum, all
-// in double here. Only f32 rounding remains (and an h that lands on a rounding boundary): 1e-4. This catches
-// indexing errors (expert, row, pair, tile) that the 3 % budget above would hide.
+// in double here. Only f32 rounding remains, plus an h whose f32 value lands on the other side of a rounding
+// boundary than the host's (measured 1.7e-4 at Q4_0, 17 tokens, where Σ n x - 8 Σ x also cancels): 5e-4.
+// This catches indexing errors (expert, row, pair, tile: O(1)) that the 3 % budget above would hide.
 std::vector<double> device_q8(const float* x, int64_t n) {
   std::vector<double> out(size_t(n), 0.0);
   for (int64_t b = 0; b < n / 32; ++b) {
@@ -255,7 +256,7 @@ TEST(CudaMoeShapes, Int8ExpertsAreExactOnQuantizedActivations) {
       Dev d{*cuda};
       float* out = d.make(want.size());
       cuda->moe_ffn(w, c.p, d.put(x), n, out);
-      EXPECT_LE(test::rel_l2(d.get(out, want.size()), want), 1e-4)
+      EXPECT_LE(test::rel_l2(d.get(out, want.size()), want), 5e-4)
           << type_name(t.g) << "/" << type_name(t.u) << "/" << type_name(t.d) << ", " << n << " tokens";
     }
   }

@@ -5,8 +5,9 @@
 //      as the "expert": wk_b's rows of head h start at h * kv_lora);
 //   2. mla_attention_kernel: scores q_lat·c + q_rope·k_rope, online softmax, o_lat = Σ a_p c_p. All heads
 //      share one cache row, so a block takes 8 heads of one token and loads each tile of 16 cache rows
-//      into shared memory once for all of them; long contexts split over blocks (flash-decoding) and merge in
-//      mla_combine_kernel. The context length comes from the position in device memory (graph-safe).
+//      into shared memory once for all of them; when that grid is small (decode) the context splits over
+//      blocks (flash-decoding) and the parts merge in mla_combine_kernel. The context length comes from the
+//      position in device memory (graph-safe).
 //   3. out = W_uv,h o_lat (expert_gemv again).
 #include "backend/cuda/cuda_backend.h"
 
@@ -174,7 +175,9 @@ void CudaBackend::attention_mla(const KvCache& kv, int layer, const float* q, co
   const DeviceWeight& dv = device_weight(wv_b);
   const DeviceLayout L = layout_for(kv, batch);
 
-  // Splits as for attention (cuda_attention.cu): sized for the whole cache in a recorded step.
+  // Splits (flash-decoding): a decode token has only n_head / 8 blocks, so split the keys into chunks of
+  // >= 64 whenever the grid is smaller than the GPU (at most 64 splits); a recorded step sizes them for the
+  // whole cache (each split takes its share of the actual context, empty ones return at once).
   int64_t max_ctx = 0;
   if (deferred_) {
     max_ctx = kv.capacity();
@@ -183,7 +186,7 @@ void CudaBackend::attention_mla(const KvCache& kv, int layer, const float* q, co
   }
   const int64_t groups = (H + kMlaHeads - 1) / kMlaHeads;
   int n_split = 1;
-  if (n * groups < 264 && max_ctx > 512) n_split = int(std::min<int64_t>(64, (max_ctx + 255) / 256));
+  if (n * groups < sm_count_ && max_ctx > 64) n_split = int(std::min<int64_t>(64, (max_ctx + 63) / 64));
 
   // Scratch: q_nope rows [n*H, nope], q_lat and o_lat [n*H, lat].
   auto up4 = [](int64_t v) { return (v + 3) / 4 * 4; };
