@@ -213,6 +213,34 @@ class CudaBackend final : public Backend {
   void attention(const KvCache& kv, int layer, const float* q, const BatchLayout& batch, const AttentionShape& s,
                  float* out) override;
 
+  // ---- MoE and MLA (cuda_moe.cu, cuda_mla.cu; docs/MOE.md) -------------------------------------------
+  void moe_ffn(const MoeWeights& w, const MoeParams& p, const float* x, int64_t n_tokens, float* out) override;
+  void attention_mla(const KvCache& kv, int layer, const float* q, const Weight& wk_b, const Weight& wv_b,
+                     const BatchLayout& batch, const MlaShape& shape, float* out) override;
+
+ private:
+  // Which slice of a stacked weight ("expert": MoE expert or MLA head) and which activation rows each block
+  // of an expert GEMV takes. Every field lives on the device or is fixed per shape, so a recorded decode
+  // step never needs the host to know the routing. No padding: it enters graph signatures.
+  struct ExpertTiles {
+    const int32_t* ids;      // kDirect: tile p is pair p, its expert ids[p]
+    const int32_t* list;     // kGrouped: per tile {expert, first index into order, pairs}
+    const int32_t* order;    // kGrouped: pair indices grouped by expert
+    const int32_t* n_tiles;  // kGrouped: tiles in list
+    int32_t mode;            // kDirect, kGrouped, kHeads (pair = token * heads + head, expert = head)
+    int32_t heads;           // kHeads
+    int32_t n_pairs;         // kDirect: pairs; kHeads: tokens
+    int32_t unused = 0;
+  };
+  static constexpr int32_t kDirect = 0, kGrouped = 1, kHeads = 2;
+  // y[pair, r] = W_e[r, :] · x[pair / act_div, :] for r < rows (expert e's rows start at e * rows), or with
+  // `up`: silu(W_e x) * (U_e x). Quantized weights read int8 activations (quantize_activations of all
+  // act_rows rows of x); tok_per_tile: 1 or 8 pairs a block (tiles built for it).
+  void expert_gemv(const DeviceWeight& w, const DeviceWeight* up, int64_t rows, const float* x, int64_t act_rows,
+                   int act_div, const ExpertTiles& tiles, int64_t max_tiles, int tok_per_tile, float* y);
+  Scratch moe_f_, moe_i_, mla_f_, mla_part_;
+  // ---- end MoE and MLA ------------------------------------------------------------------------------
+
  private:
   static constexpr int64_t kMaxGemvTokens = 4;
 
