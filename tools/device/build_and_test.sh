@@ -12,6 +12,7 @@
 #   inside the CUDA graph (Nsight Compute, to $OUT/ncu.csv)
 #   depth: tg32 of llama-7b Q4_0 after a DEPTH-token context (default 32768); cpu: the same models on the
 #   host's CPU (--device cpu, pp64/tg16); moe: qwen3-30b-a3b and deepseek-v3-mini Q4_0 on the host's CPU
+#   (MOE_DEVICE=cuda: on the GPU, pp512/tg128)
 # Logs go to $OUT (the device tool's result folder) or ./out.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -134,10 +135,12 @@ if want cpu; then
 fi
 
 if want moe; then
-  echo "== mixture of experts on this machine's CPU ($(nproc) threads): active vs total bytes per token"
+  MOE_DEVICE=${MOE_DEVICE:-cpu}  # cuda: pp512/tg128 on the GPU instead
+  echo "== mixture of experts on $MOE_DEVICE: active vs total bytes per token"
   for shape in ${MOE_SHAPES:-qwen3-30b-a3b deepseek-v3-mini}; do
     m=$(synth q4_0 "$shape") || continue
-    "$BUILD/uma" bench -m "$m" --device cpu -t "$(nproc)" -p 32 -n 16 -r 2 2>&1 | tee "$OUT/moe-$shape.log" \
+    if [ "$MOE_DEVICE" = cpu ]; then args=(-t "$(nproc)" -p 32 -n 16 -r 2); else args=(-p 512 -n 128 -r 3 --no-membw); fi
+    "$BUILD/uma" bench -m "$m" --device "$MOE_DEVICE" "${args[@]}" 2>&1 | tee "$OUT/moe-$shape.log" \
       | grep -E "^\| |weights read|bandwidth|error"
     rm -f "$m"
   done

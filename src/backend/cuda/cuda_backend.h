@@ -128,6 +128,11 @@ class CudaBackend final : public Backend {
     UMA_CHECK(cudaGetDeviceProperties(&prop, device));
     name_ = std::string("cuda:") + std::to_string(device) + " (" + prop.name + ")";
     UMA_CHECK(cudaEventCreateWithFlags(&step_done_, cudaEventDisableTiming));
+    UMA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+    for (int b = 0; b < 2; ++b) {
+      UMA_CHECK(cudaEventCreateWithFlags(&dequant_done_[b], cudaEventDisableTiming));
+      UMA_CHECK(cudaEventCreateWithFlags(&gemm_done_[b], cudaEventDisableTiming));
+    }
     // UMA_CUDA_PROFILE=1: time every op with events (no graphs) and print a table when the backend dies.
     // UMA_CUDA_GRAPHS=0: run decode steps op by op instead of replaying a captured graph.
     profile_ = env_on("UMA_CUDA_PROFILE", false);
@@ -151,6 +156,9 @@ class CudaBackend final : public Backend {
     if (staging_[0]) cudaFreeHost(staging_[0]);
     if (staging_[1]) cudaFreeHost(staging_[1]);
     cudaEventDestroy(step_done_);
+    cudaStreamSynchronize(side_);
+    for (int b = 0; b < 2; ++b) cudaEventDestroy(dequant_done_[b]), cudaEventDestroy(gemm_done_[b]);
+    cudaStreamDestroy(side_);
     cuda::cublas_api().destroy(cublas_);
     cudaStreamDestroy(stream_);
   }
@@ -266,7 +274,8 @@ class CudaBackend final : public Backend {
     float4* xs;
   };
   Q8Buffer q8_buffer(const float* x, int64_t n);
-  void gemm(const DeviceWeight& d, const float* x, int64_t n_tokens, float* y);
+  void gemm_many(const float* x, int64_t n_tokens, const MatmulTarget* targets, size_t n_targets);
+  void dequant_f16(const DeviceWeight& d, __half* w16, cudaStream_t stream);
   bool attention_gemm(const KvCache& kv, int layer, const float* q, const BatchLayout& batch, const AttentionShape& s,
                       float* out, const DeviceLayout& L);
   DeviceLayout upload_layout(const KvCache& kv, const BatchLayout& batch);
@@ -371,7 +380,10 @@ class CudaBackend final : public Backend {
   size_t uploaded_ = 0, last_report_ = 0;
   void* staging_[2] = {nullptr, nullptr};
   cudaEvent_t staging_done_[2] = {nullptr, nullptr};
-  Scratch ids_, rows_, wf16_, xf16_, partial_, repack_src_, q8_, attn_kv_, attn_scores_;
+  Scratch wf16_[2];  // dequantized prefill operands, double-buffered (gemm_many)
+  cudaStream_t side_ = nullptr;  // the dequantization stream of gemm_many
+  cudaEvent_t dequant_done_[2] = {}, gemm_done_[2] = {};
+  Scratch ids_, rows_, xf16_, partial_, repack_src_, q8_, attn_kv_, attn_scores_;
   const float* q8_src_ = nullptr;  // the activations q8_ holds, if still valid
   int64_t q8_n_ = 0;
   uint8_t* q8_base_ = nullptr;

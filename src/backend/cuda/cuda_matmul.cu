@@ -265,18 +265,8 @@ void CudaBackend::matmul_many(const float* x, int64_t n_tokens, const MatmulTarg
   if (n_tokens > kMaxGemvTokens) {
     q8_src_ = nullptr;
     flush();  // cuBLAS and scratch growth stay out of recorded steps
-    for (size_t i = 0; i < n_targets; ++i) {
-      const MatmulTarget& t = targets[i];
-      const DeviceWeight& d = device_weight(*t.w);
-      const float* b = (t.bias && *t.bias) ? reinterpret_cast<const float*>(device_weight(*t.bias).data) : nullptr;
-      execute(profile_ ? profile_name("gemm", d) : "gemm", 0, [&] {
-        gemm(d, x, n_tokens, t.y);
-        if (b) {
-          add_bias_kernel<<<grid_for(d.rows * n_tokens, 256), 256, 0, stream_>>>(t.y, b, d.rows, n_tokens);
-          UMA_LAUNCHED("add_bias");
-        }
-      });
-    }
+    execute(profile_ ? profile_name(n_targets > 1 ? "gemm×" : "gemm", device_weight(*targets[0].w)) : "gemm", 0,
+            [&] { gemm_many(x, n_tokens, targets, n_targets); });
     return;
   }
   // Consecutive targets of one type and width share a launch (UMA_CUDA_MERGE=0: one launch each).
@@ -415,47 +405,95 @@ void CudaBackend::launch_gemv(const GemvTargets& g, const float* x, const int8_t
 #undef UMA_PLAIN
 }
 
-// Y[t, r] = sum_k W[r, k] X[t, k]. Column-major, W is a cols x rows matrix and X cols x n_tokens, so
-// Y (rows x n_tokens) = W^T X.
-void CudaBackend::gemm(const DeviceWeight& d, const float* x, int64_t n_tokens, float* y) {
-  const int m = int(d.rows), n = int(n_tokens), k = int(d.cols);
-  const float one = 1.0f, zero = 0.0f;
-  if (d.type == GgmlType::F32) {
-    check(cuda::cublas_api().sgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, reinterpret_cast<const float*>(d.data), k,
-                      x, k, &zero, y, m),
-          "cublasSgemm");
-    return;
-  }
-  const __half* A;
-  if (d.type == GgmlType::F16 && d.row_bytes == size_t(k) * 2) {
-    A = reinterpret_cast<const __half*>(d.data);
+// Weight rows → f16 into w16 (the prefill GEMM's operand), on `stream`.
+void CudaBackend::dequant_f16(const DeviceWeight& d, __half* w16, cudaStream_t stream) {
+  const int64_t m = d.rows, k = d.cols;
+  const int grid = grid_for(m * (k / 32), 256);
+  auto typed = [&](auto kernel) { kernel<<<grid, 256, 0, stream>>>(d.view, m, k, w16); };
+  if (k % 32 != 0) {
+    dequant_f16_any_kernel<<<grid_for(m * k, 256), 256, 0, stream>>>(d.view, m, k, w16);
   } else {
-    auto* w16 = static_cast<__half*>(wf16_.get(size_t(m) * k * sizeof(__half)));
-    const int grid = grid_for(int64_t(m) * (k / 32), 256);
-    auto typed = [&](auto kernel) { kernel<<<grid, 256, 0, stream_>>>(d.view, m, k, w16); };
-    if (k % 32 != 0) {
-      dequant_f16_any_kernel<<<grid_for(int64_t(m) * k, 256), 256, 0, stream_>>>(d.view, m, k, w16);
-    } else {
-      switch (d.type) {
-        case GgmlType::Q4_0: typed(dequant_f16_kernel<GgmlType::Q4_0>); break;
-        case GgmlType::Q8_0: typed(dequant_f16_kernel<GgmlType::Q8_0>); break;
-        case GgmlType::Q4_K: typed(dequant_f16_kernel<GgmlType::Q4_K>); break;
-        case GgmlType::Q5_K: typed(dequant_f16_kernel<GgmlType::Q5_K>); break;
-        case GgmlType::Q6_K: typed(dequant_f16_kernel<GgmlType::Q6_K>); break;
-        case GgmlType::BF16: typed(dequant_f16_kernel<GgmlType::BF16>); break;
-        default: typed(dequant_f16_kernel<GgmlType::F16>); break;  // F16 rows with padding: weight_value
-      }
+    switch (d.type) {
+      case GgmlType::Q4_0: typed(dequant_f16_kernel<GgmlType::Q4_0>); break;
+      case GgmlType::Q8_0: typed(dequant_f16_kernel<GgmlType::Q8_0>); break;
+      case GgmlType::Q4_K: typed(dequant_f16_kernel<GgmlType::Q4_K>); break;
+      case GgmlType::Q5_K: typed(dequant_f16_kernel<GgmlType::Q5_K>); break;
+      case GgmlType::Q6_K: typed(dequant_f16_kernel<GgmlType::Q6_K>); break;
+      case GgmlType::BF16: typed(dequant_f16_kernel<GgmlType::BF16>); break;
+      default: typed(dequant_f16_kernel<GgmlType::F16>); break;  // F16 rows with padding: weight_value
     }
-    UMA_LAUNCHED("dequant_f16");
-    A = w16;
   }
-  auto* x16 = static_cast<__half*>(xf16_.get(size_t(n) * k * sizeof(__half)));
-  f32_to_f16_kernel<<<grid_for(int64_t(n) * k, 256), 256, 0, stream_>>>(x, int64_t(n) * k, x16);
-  UMA_LAUNCHED("f32_to_f16");
-  check(cuda::cublas_api().gemm_ex(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, A, CUDA_R_16F, k, x16, CUDA_R_16F, k, &zero, y,
-                     CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-        "cublasGemmEx");
+  UMA_LAUNCHED("dequant_f16");
 }
 
+// Prefill products of one input: Y[t, r] = sum_k W[r, k] X[t, k] through cuBLAS. Column-major, W is a
+// cols x rows matrix and X cols x n_tokens, so Y (rows x n_tokens) = W^T X. F32 weights take an f32 SGEMM
+// (f32 models keep f32 accuracy); the others an f16 tensor-core GEMM with f32 accumulation, x converted to f16
+// once for the group. Weights that are not F16 are dequantized into one of two buffers on a side stream one
+// matrix ahead, so the next matrix's dequantization (bandwidth-bound) runs under this one's GEMM (compute-bound).
+void CudaBackend::gemm_many(const float* x, int64_t n_tokens, const MatmulTarget* targets, size_t n_targets) {
+  const auto& blas = cuda::cublas_api();
+  const float one = 1.0f, zero = 0.0f;
+  std::vector<const DeviceWeight*> ds(n_targets);
+  size_t w16_bytes = 0;
+  int64_t k16 = 0;
+  for (size_t i = 0; i < n_targets; ++i) {
+    ds[i] = &device_weight(*targets[i].w);
+    const DeviceWeight& d = *ds[i];
+    if (d.type == GgmlType::F32) continue;
+    k16 = std::max(k16, d.cols);
+    if (!(d.type == GgmlType::F16 && d.row_bytes == size_t(d.cols) * 2))
+      w16_bytes = std::max(w16_bytes, size_t(d.rows) * d.cols * sizeof(__half));
+  }
+  auto plain_f16 = [](const DeviceWeight& d) { return d.type == GgmlType::F16 && d.row_bytes == size_t(d.cols) * 2; };
+  if (w16_bytes > wf16_[0].bytes || w16_bytes > wf16_[1].bytes) {  // no queued work may hold the old buffers
+    UMA_CHECK(cudaStreamSynchronize(side_));
+    UMA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  __half* w16[2] = {nullptr, nullptr};
+  if (w16_bytes)
+    for (int b = 0; b < 2; ++b) w16[b] = static_cast<__half*>(wf16_[b].get(w16_bytes));
+  __half* x16 = nullptr;
+  if (k16) {
+    x16 = static_cast<__half*>(xf16_.get(size_t(n_tokens) * k16 * sizeof(__half)));
+    f32_to_f16_kernel<<<grid_for(n_tokens * ds[0]->cols, 256), 256, 0, stream_>>>(x, n_tokens * ds[0]->cols, x16);
+    UMA_LAUNCHED("f32_to_f16");
+  }
+  auto prepare = [&](size_t i) {  // dequantize target i into buffer i % 2 once its last GEMM is done
+    if (i >= n_targets || ds[i]->type == GgmlType::F32 || plain_f16(*ds[i])) return;
+    UMA_CHECK(cudaStreamWaitEvent(side_, gemm_done_[i % 2]));
+    dequant_f16(*ds[i], w16[i % 2], side_);
+    UMA_CHECK(cudaEventRecord(dequant_done_[i % 2], side_));
+  };
+  prepare(0);
+  for (size_t i = 0; i < n_targets; ++i) {
+    prepare(i + 1);
+    const DeviceWeight& d = *ds[i];
+    const int m = int(d.rows), n = int(n_tokens), k = int(d.cols);
+    float* y = targets[i].y;
+    if (d.type == GgmlType::F32) {
+      check(blas.sgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, reinterpret_cast<const float*>(d.data), k,
+                       x, k, &zero, y, m),
+            "cublasSgemm");
+    } else {
+      const __half* A = reinterpret_cast<const __half*>(d.data);
+      if (!plain_f16(d)) {
+        UMA_CHECK(cudaStreamWaitEvent(stream_, dequant_done_[i % 2]));
+        A = w16[i % 2];
+      }
+      if (d.cols != ds[0]->cols) fail("matmul_many: inputs of different widths ({} and {})", d.cols, ds[0]->cols);
+      check(blas.gemm_ex(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, A, CUDA_R_16F, k, x16, CUDA_R_16F, k, &zero,
+                         y, CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            "cublasGemmEx");
+      UMA_CHECK(cudaEventRecord(gemm_done_[i % 2], stream_));
+    }
+    const Weight* bias = targets[i].bias;
+    if (bias && *bias) {
+      const float* b = reinterpret_cast<const float*>(device_weight(*bias).data);
+      add_bias_kernel<<<grid_for(d.rows * n_tokens, 256), 256, 0, stream_>>>(y, b, d.rows, n_tokens);
+      UMA_LAUNCHED("add_bias");
+    }
+  }
+}
 
 }  // namespace uma::cuda
