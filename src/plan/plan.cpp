@@ -98,18 +98,24 @@ Efficiency default_efficiency(Backend backend) {
   // `uma bench` on synthetic llama-7b files (tools/calibrate_cpu.sh prints the CPU fit); Metal is a placeholder.
   switch (backend) {
     case Backend::cuda:
-      // Calibrated on H200 (2025-11, docs/PERFORMANCE.md "CUDA", llama-7b after CUDA graphs: tg128 Q4_0 254,
-      // Q8_0 223, F16 219, Q4_K_M 231 t/s; pp512 7,862 / 7,981 / 12,661 / 7,260). Decode: F16 reads at 0.73 of the
-      // catalog bandwidth (its GEMV's rate) plus ~22.5 us per layer of small kernels inside the graph; the quantized
-      // GEMVs are bound per value, not per byte, so they get a decode compute fraction of the int8 peak. Prefill:
-      // pp512 over the int8 (quantized) or fp16 peak (uma dequantizes to f16 for cuBLAS).
-      return {0.73, 0.40, 22.5, static_cast<uint64_t>(512 * kMiB), true, "calibrated on H200 (2025-11)",
-              {{GgmlType::Q4_0, 0.00207, 0.053},
-               {GgmlType::Q8_0, 0.00177, 0.054},
-               {GgmlType::F16, 0.175, 0.171},
-               {GgmlType::Q4_K, 0.00185, 0.049},
-               {GgmlType::Q6_K, 0.00185, 0.049}},
-              false};
+      // Fitted 2026-11-21 on an H100 SXM5 (device tool `nvidia-h100-x1`; docs/PERFORMANCE.md "CUDA", docs/PLAN.md):
+      // llama-7b tg128 Q4_0 369, Q8_0 263, F16 173, Q4_K_M 305 t/s; pp512 16,624 / 16,814 / 25,064 / 16,532 t/s,
+      // against the catalog's 3,350 GB/s, 1,979 int8 TOPS and 989 fp16 TFLOPS. ~10 us per layer of small kernels
+      // (norms, rope, attention, swiglu) add to every forward pass. Decode: F16 streams at 0.723 of the catalog
+      // bandwidth; the quantized GEMVs are slower than their bytes (bound per value), so each type gets a decode
+      // compute fraction of the int8 peak that reproduces its time. Prefill: f16 tensor-core GEMMs (quantized
+      // weights dequantized first) over the int8 or fp16 peak, after attention at 0.30 of the fp32 peak.
+      // Checked on llama3-8b Q4_0 (PLAN.md).
+      return {0.723, 0.30, 10.0, static_cast<uint64_t>(512 * kMiB), true, "calibrated on H100 SXM (2026-11-21)",
+              {{GgmlType::Q4_0, 0.002793, 0.1238},
+               {GgmlType::Q8_0, 0.001915, 0.1254},
+               {GgmlType::F16, 0.175, 0.4015},
+               {GgmlType::Q4_K, 0.002259, 0.1230},
+               {GgmlType::Q6_K, 0.002259, 0.1230}},
+              false,
+              // MoE (cuda_moe.cu): fitted on qwen3-30b-a3b Q4_0 (tg128 296, pp512 4,381 t/s), checked on
+              // deepseek-v3-mini (PLAN.md).
+              36.9, 4.04};
     case Backend::metal:
       return {0.60, 0.55, 25.0, static_cast<uint64_t>(256 * kMiB), false, "uncalibrated placeholder"};
     case Backend::cpu:
@@ -328,7 +334,10 @@ Plan make_plan(const PlanInputs& in) {
       }
       return t;
     };
-    const double fixed = n_layers_here * eff.layer_overhead_us * 1e-6;
+    int moe_layers_here = 0;
+    for (int il = dp.layer_begin; il < dp.layer_end; ++il) moe_layers_here += layers[static_cast<size_t>(il)].expert_bytes > 0;
+    const double fixed = n_layers_here * eff.layer_overhead_us * 1e-6 + moe_layers_here * eff.moe_layer_overhead_us * 1e-6;
+    const double moe_prefill = moe_layers_here * static_cast<double>(B) * eff.moe_prefill_token_us * 1e-6;
     // A hop to the next device carries one hidden state (F32) per token.
     double hop = 0;
     if (d + 1 < nd) {
@@ -337,7 +346,7 @@ Plan make_plan(const PlanInputs& in) {
     }
     const double t_dec_mem = bw > 0 ? dec_bytes / bw : 0, t_dec_cmp = compute_seconds(dec_flops, true);
     dp.bandwidth_bound = t_dec_mem >= t_dec_cmp;
-    const double t_pre = std::max(bw > 0 ? pre_bytes / bw : 0, compute_seconds(pre_flops, false));
+    const double t_pre = std::max(bw > 0 ? pre_bytes / bw : 0, compute_seconds(pre_flops, false)) + moe_prefill;
     // A synchronous backend (CPU) pays its per-layer overhead on top of the work; an asynchronous one (CUDA)
     // queues kernels while earlier ones run, so the slower of issuing and executing sets the pace.
     auto with_overhead = [&](double work) { return eff.overlapped_overhead ? std::max(work, fixed) : work + fixed; };

@@ -40,6 +40,10 @@ struct Efficiency {
   // true: the per-layer overhead overlaps the work (kernels queued asynchronously), time = max(work, overhead);
   // false: it adds (a CPU backend that wakes its threads for every operation).
   bool overlapped_overhead = false;
+  // Mixture-of-experts layers cost more than their bytes and FLOPs say (routing, many small expert products):
+  // per MoE layer and decoded token, and per MoE layer and prompt token. 0 where not calibrated.
+  double moe_layer_overhead_us = 0;
+  double moe_prefill_token_us = 0;
 };
 Efficiency default_efficiency(Backend backend);
 

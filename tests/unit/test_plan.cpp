@@ -165,6 +165,34 @@ TEST(Plan, CpuUsesEachWeightTypesKernelRate) {
   }
 }
 
+TEST(Plan, MoeLayersAddTheirCalibratedOverhead) {
+  // Qwen3-30B-A3B: 48 layers, all MoE. The MoE terms add per MoE layer: a fixed cost per forward pass (decode
+  // and prefill alike) and, in prefill, a cost per prompt token.
+  PlanInputs in;
+  in.model = *find_model("qwen3-30b-a3b");
+  in.quant = quant_scheme("Q4_0");
+  in.n_ctx = 1024;
+  in.n_batch = 256;
+  in.machine = parse_machine("h100-sxm", hardware_catalog());
+  Efficiency eff = default_efficiency(Backend::cuda);
+  eff.moe_layer_overhead_us = eff.moe_prefill_token_us = 0;
+  in.efficiency_override = eff;
+  const Plan base = make_plan(in);
+  eff.moe_layer_overhead_us = 100;
+  eff.moe_prefill_token_us = 2;
+  in.efficiency_override = eff;
+  const Plan moe = make_plan(in);
+  EXPECT_NEAR(1e3 / moe.decode_tps - 1e3 / base.decode_tps, 48 * 0.100, 1e-6);
+  EXPECT_NEAR(256e3 / moe.prefill_tps - 256e3 / base.prefill_tps, 48 * 0.100 + 48 * 256 * 0.002, 1e-6);
+  // A dense model has no MoE layer: unchanged.
+  in.model = *find_model("llama-3-8b");
+  const Plan dense_moe = make_plan(in);
+  in.efficiency_override.reset();
+  eff.moe_layer_overhead_us = eff.moe_prefill_token_us = 0;
+  in.efficiency_override = eff;
+  EXPECT_DOUBLE_EQ(make_plan(in).decode_tps, dense_moe.decode_tps);
+}
+
 TEST(Plan, LayerSplitCoversEveryLayerOnce) {
   Plan p = plan_for("llama-3-70b", "Q4_K_M", "4090+3090+4090");
   ASSERT_EQ(p.devices.size(), 3u);

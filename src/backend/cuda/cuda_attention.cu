@@ -36,6 +36,7 @@ static_assert(sizeof(AttnArgs) == 7 * sizeof(void*) + 8 * 4, "no padding: AttnAr
 
 __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_kernel(AttnArgs a, DeviceLayout L) {
   pdl_trigger();  // the output projection's GEMV may start fetching its weights
+  pdl_wait();
   const int h = blockIdx.x, split = blockIdx.z;
   const int64_t t = blockIdx.y;
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
@@ -105,6 +106,8 @@ __global__ void __launch_bounds__(kAttnWarps * kWarp) attention_kernel(AttnArgs 
 }
 
 __global__ void attn_combine_kernel(const float* partial, int n_split, int hdv, float* out, int8_t* xq, float4* xs) {
+  pdl_trigger();
+  pdl_wait();
   const int64_t th = blockIdx.x;
   const float* P = partial + th * n_split * (hdv + 2);
   float M = -INFINITY;
@@ -285,11 +288,11 @@ void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const 
         partial_.get(size_t(blocks) * n_split * (s.head_dim_v + 2) * sizeof(float), deferred_));
   submit("attention", 0, [this](AttnArgs a, DeviceLayout L, int64_t n_tokens) {
     dim3 grid(unsigned(a.n_head), unsigned(n_tokens), unsigned(a.n_split));
-    attention_kernel<<<grid, kAttnWarps * kWarp, 0, stream_>>>(a, L);
+    launch(pdl_, grid, kAttnWarps * kWarp, stream_, attention_kernel, a, L);
     UMA_LAUNCHED("attention");
     if (a.n_split > 1) {
-      attn_combine_kernel<<<unsigned(n_tokens * a.n_head), 128, 0, stream_>>>(a.partial, a.n_split, a.hdv, a.out,
-                                                                            a.xq, a.xs);
+      launch(pdl_, unsigned(n_tokens * a.n_head), 128, stream_, attn_combine_kernel, a.partial, a.n_split, a.hdv,
+             a.out, a.xq, a.xs);
       UMA_LAUNCHED("attn_combine");
     }
   }, a, L, batch.n_tokens);

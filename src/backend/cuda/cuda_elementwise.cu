@@ -21,6 +21,7 @@ __global__ void add_kernel(float* y, const float* x, int64_t n) {
 // for the down projection's GEMV (no separate quantize launch).
 __global__ void swiglu_kernel(const float* gate, const float* up, int64_t n, float* out, int8_t* xq, float4* xs) {
   pdl_trigger();
+  pdl_wait();
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     const float g = gate[i];
     const float v = g / (1.0f + expf(-g)) * up[i];
@@ -35,6 +36,7 @@ __global__ void swiglu_kernel(const float* gate, const float* up, int64_t n, flo
 __global__ void rms_norm_kernel(float* x, const float* y, const float* w, int64_t dim, float eps, float* out,
                                 int8_t* xq, float4* xs) {
   pdl_trigger();
+  pdl_wait();
   const int64_t row = blockIdx.x;
   float* xr = x + row * dim;
   float* o = out + row * dim;
@@ -111,6 +113,7 @@ __global__ void rope_kernel(float* x, int64_t n_tokens, int n_heads, int head_st
 __global__ void rope_store_kv_kernel(float* q, float* k, const float* v, float* K, float* V, int n_head,
                                      int n_head_kv, int hd, int hdv, RopeArgs r, DeviceLayout L) {
   pdl_trigger();
+  pdl_wait();
   const int hk = blockIdx.x, group = n_head / n_head_kv;
   const int64_t t = blockIdx.y;
   const float p = float(L.pos[t]);
@@ -165,7 +168,7 @@ void CudaBackend::norm_op(float* x, const float* y, const Weight& w, int64_t n_r
   submit(y ? "add_rms_norm" : "rms_norm", 0, [this](float* x, const float* y, const float* g, int64_t n_rows,
                                                     int64_t dim, float eps, float* out, Q8Buffer q) {
     const int threads = dim >= 1024 ? 1024 : std::max(32, int((dim + 31) / 32 * 32));
-    rms_norm_kernel<<<unsigned(n_rows), threads, 0, stream_>>>(x, y, g, dim, eps, out, q.xq, q.xs);
+    launch(pdl_, unsigned(n_rows), threads, stream_, rms_norm_kernel, x, y, g, dim, eps, out, q.xq, q.xs);
     UMA_LAUNCHED("rms_norm");
   }, x, y, g, n_rows, dim, eps, out, q);
 }
@@ -195,7 +198,7 @@ void CudaBackend::swiglu(const float* gate, const float* up, int64_t n, float* o
   Q8Buffer q{nullptr, nullptr};
   if (fuse_ && n % 32 == 0 && n <= kMaxGemvTokens * 32768) q = q8_buffer(out, n);
   submit("swiglu", 0, [this](const float* gate, const float* up, int64_t n, float* out, Q8Buffer q) {
-    swiglu_kernel<<<grid_for(n, 256), 256, 0, stream_>>>(gate, up, n, out, q.xq, q.xs);
+    launch(pdl_, grid_for(n, 256), 256, stream_, swiglu_kernel, gate, up, n, out, q.xq, q.xs);
     UMA_LAUNCHED("swiglu");
   }, gate, up, n, out, q);
 }
@@ -267,8 +270,8 @@ void CudaBackend::rope_store_kv(KvCache& kv, int layer, float* q, float* k, cons
   const RopeArgs r = rope_args(p);
   submit("rope_store_kv", 0, [this](float* q, float* k, const float* v, float* K, float* V, int n_head, int n_head_kv,
                                     int hd, int hdv, RopeArgs r, DeviceLayout L, int64_t n_tokens) {
-    rope_store_kv_kernel<<<dim3(unsigned(n_head_kv), unsigned(n_tokens)), 128, 0, stream_>>>(
-        q, k, v, K, V, n_head, n_head_kv, hd, hdv, r, L);
+    launch(pdl_, dim3(unsigned(n_head_kv), unsigned(n_tokens)), 128, stream_, rope_store_kv_kernel, q, k, v, K, V,
+           n_head, n_head_kv, hd, hdv, r, L);
     UMA_LAUNCHED("rope_store_kv");
   }, q, k, v, kv.k(layer), kv.v(layer), n_head, n_head_kv, head_dim, hdv, r, L, batch.n_tokens);
 }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "uma/error.h"
 
@@ -64,6 +65,23 @@ __device__ __forceinline__ void quantize_warp_block(float v, int lane, int8_t* x
   for (int o = 8; o > 0; o >>= 1) half_sum += __shfl_xor_sync(0xffffffffu, half_sum, o);
   const int other = __shfl_xor_sync(0xffffffffu, half_sum, 16);
   if (lane == 0) *xs = make_float4(d, d * float(half_sum), d * float(other), 0.0f);
+}
+
+// Launches `kernel` on `stream`, with programmatic dependent launch when `pdl` (see pdl_wait): the kernel may
+// start while the previous one finishes, so it must pdl_wait() before reading what earlier kernels wrote.
+template <typename... KernelArgs, typename... Args>
+inline void launch(bool pdl, dim3 grid, dim3 block, cudaStream_t stream, void (*kernel)(KernelArgs...),
+                   Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), "cudaLaunchKernelEx");
 }
 
 inline int grid_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threads - 1) / threads, 65535)); }
