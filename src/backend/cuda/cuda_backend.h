@@ -145,7 +145,6 @@ class CudaBackend final : public Backend {
     gemm_attention_ = env_on("UMA_CUDA_ATTN_GEMM", true);  // =0: prefill attention with the decode kernel
     if (const char* g = std::getenv("UMA_CUDA_GEMV")) std::sscanf(g, "%dx%d", &gemv_rows_, &gemv_warps_);
     sm_count_ = prop.multiProcessorCount;
-    clusters_ = prop.major >= 9 && env_on("UMA_CUDA_CLUSTER_NORM", true);  // =0: one block per row
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
@@ -400,8 +399,7 @@ class CudaBackend final : public Backend {
   bool graphs_ = true, profile_ = false, pdl_ = true, prefetch_ = true, merge_ = true, fuse_ = true,
        gemm_attention_ = true;
   int sm_count_ = 132;
-  int gemv_rows_ = 4, gemv_warps_ = 4;
-  bool clusters_ = false;  // thread-block clusters (sm_90): the decode RMSNorm  // block shape of the GEMVs of large matrices (UMA_CUDA_GEMV)
+  int gemv_rows_ = 4, gemv_warps_ = 4;  // block shape of the GEMVs of large matrices (UMA_CUDA_GEMV)
   bool in_step_ = false, deferred_ = false, step_pending_ = false;
   const KvCache* step_kv_ = nullptr;
   const int32_t* step_pos_host_ = nullptr;

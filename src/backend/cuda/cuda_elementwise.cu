@@ -1,6 +1,4 @@
 // Element-wise and row ops: embedding rows, RMSNorm, add, SwiGLU, row gathers, RoPE.
-#include <cooperative_groups.h>
-
 #include "backend/cuda/cuda_backend.h"
 #include "backend/rope_tables.h"
 
@@ -75,63 +73,6 @@ __global__ void rms_norm_kernel(float* x, const float* y, const float* w, int64_
   } else {
     for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) o[i] = (xr[i] * scale) * w[i];
   }
-}
-
-// The same for a decode step's few rows on Hopper: a thread-block cluster of kNormCluster blocks per row, each
-// owning a slice (its residual add, its part of the sum of squares, its outputs); the partial sums meet through
-// distributed shared memory. One block per row put a whole row's two dependent passes on one SM, on the
-// critical path twice a layer.
-constexpr int kNormCluster = 8;
-__global__ void rms_norm_cluster_kernel(float* x, const float* y, const float* w, int64_t dim, float eps, float* out,
-                                        int8_t* xq, float4* xs) {
-  pdl_trigger();
-  pdl_wait();
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  namespace cg = cooperative_groups;
-  cg::cluster_group cluster = cg::this_cluster();
-  const int64_t row = blockIdx.y, slice = dim / kNormCluster, c0 = int64_t(cluster.block_rank()) * slice;
-  float* xr = x + row * dim + c0;
-  const float* yr = y ? y + row * dim + c0 : nullptr;
-  float ss = 0;
-  for (int64_t i = threadIdx.x; i < slice; i += blockDim.x) {
-    float v = xr[i];
-    if (yr) {
-      v += yr[i];
-      xr[i] = v;
-    }
-    ss += v * v;
-  }
-  __shared__ float part[32];
-  __shared__ float block_ss;
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, n_warps = blockDim.x / kWarp;
-  ss = warp_sum(ss);
-  if (lane == 0) part[warp] = ss;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float t = 0;
-    for (int i = 0; i < n_warps; ++i) t += part[i];
-    block_ss = t;
-  }
-  cluster.sync();
-  float total = 0;
-  for (int r = 0; r < kNormCluster; ++r) total += *cluster.map_shared_rank(&block_ss, r);
-  cluster.sync();  // no block leaves (its shared memory with it) while another still reads it
-  const float scale = rsqrtf(total / float(dim) + eps);
-  float* o = out + row * dim + c0;
-  const float* wr = w + c0;
-  if (xq) {
-    for (int64_t b = warp; b < slice / 32; b += n_warps) {
-      const int64_t i = b * 32 + lane;
-      const float v = (xr[i] * scale) * wr[i];
-      o[i] = v;
-      quantize_warp_block(v, lane, xq + row * dim + c0 + b * 32, xs + (row * dim + c0) / 32 + b);
-    }
-  } else {
-    for (int64_t i = threadIdx.x; i < slice; i += blockDim.x) o[i] = (xr[i] * scale) * wr[i];
-  }
-#else
-  __trap();  // launched only on sm_90 and newer
-#endif
 }
 
 __global__ void gather_rows_kernel(const float* src, int64_t dim, const int32_t* rows, float* dst) {
@@ -226,21 +167,6 @@ void CudaBackend::norm_op(float* x, const float* y, const Weight& w, int64_t n_r
   if (fuse_ && n_rows <= kMaxGemvTokens && dim % 32 == 0) q = q8_buffer(out, n_rows * dim);
   submit(y ? "add_rms_norm" : "rms_norm", 0, [this](float* x, const float* y, const float* g, int64_t n_rows,
                                                     int64_t dim, float eps, float* out, Q8Buffer q) {
-    if (clusters_ && fuse_ && n_rows <= kMaxGemvTokens && dim % (kNormCluster * 32) == 0) {
-      cudaLaunchConfig_t cfg{};
-      cfg.gridDim = dim3(kNormCluster, unsigned(n_rows));
-      cfg.blockDim = dim3(128);
-      cfg.stream = stream_;
-      cudaLaunchAttribute attrs[2] = {};
-      attrs[0].id = cudaLaunchAttributeClusterDimension;
-      attrs[0].val.clusterDim.x = kNormCluster, attrs[0].val.clusterDim.y = 1, attrs[0].val.clusterDim.z = 1;
-      attrs[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      attrs[1].val.programmaticStreamSerializationAllowed = 1;
-      cfg.attrs = attrs;
-      cfg.numAttrs = pdl_ ? 2 : 1;
-      UMA_CHECK(cudaLaunchKernelEx(&cfg, rms_norm_cluster_kernel, x, y, g, dim, eps, out, q.xq, q.xs));
-      return;
-    }
     const int threads = dim >= 1024 ? 1024 : std::max(32, int((dim + 31) / 32 * 32));
     launch(pdl_, unsigned(n_rows), threads, stream_, rms_norm_kernel, x, y, g, dim, eps, out, q.xq, q.xs);
     UMA_LAUNCHED("rms_norm");
