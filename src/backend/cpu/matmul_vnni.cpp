@@ -1,4 +1,5 @@
-// Decode GEMV for Q4_0/Q8_0 with AVX512-VNNI's vpdpbusd (u8 x s8 -> s32, 4 products per lane per instruction).
+// Decode GEMV for Q4_0/Q8_0 (Q4_K/Q6_K: see below) with AVX512-VNNI vpdpbusd (u8 x s8 -> s32, 4 products per
+// lane per instruction).
 //
 // Why beside the Highway kernels: Highway 1.0 has no u8 x s8 dot-product op, so its portable kernels widen
 // both operands to int16 and use vpdpwssd — 32 values per instruction plus the widening. That leaves one core
@@ -9,9 +10,20 @@
 //   Q8_0: vpdpbusd needs one unsigned side: |w| as u8, and the activation negated where w < 0.
 // Each 32-bit lane then holds a partial sum of one of the two blocks (see Layout); one FMA per pair applies
 // d_w * d_a per lane. About 12 instructions per 64 weights instead of ~48.
+//
+// Q4_K and Q6_K (256-value super-blocks with integer sub-block scales) against Q8_K activations, as the generic
+// k-quant path: vpmaddubsw (u8 weights x s8 activations -> s16 pair sums) then vpdpwssd (s16 x s16 sub-block
+// scales -> s32, accumulated), so each 64 weights cost ~6 instructions and the scales are applied in integers
+// before one FMA per super-block. The values unpack in natural order (Q4_K: 32 low nibbles = sub-block 2c,
+// 32 high nibbles = sub-block 2c+1; Q6_K: 64 low nibbles of ql = values 128n..128n+63), so the activations
+// are Q8_K blocks as quantize_row writes them. Offsets (Q4_K's -min, Q6_K's -32) come from the activations'
+// 16-value sums.
 #include "backend/cpu/matmul_vnni.h"
 
 #include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "quant/quant.h"
@@ -19,7 +31,7 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-#define UMA_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c")))
+#define UMA_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")))
 #endif
 
 namespace uma::cpu {
@@ -37,12 +49,19 @@ constexpr __mmask16 second_block_lanes(Layout l) { return l == Layout::natural ?
 
 // One token's Q8_0 activations in the layout the row kernels read.
 struct Activation {
+  std::vector<float> x;          // the f32 activations these were made from (to reuse them for the same x)
+  Layout layout = Layout::natural;
   std::vector<int8_t> q;         // [cols] quantized values, in `layout` order within each block pair
   std::vector<int32_t> neg8sum;  // [cols / 4] -8 * sum of each group of 4, same order (the Q4_0 offset)
   std::vector<float> dpat;       // [cols / 64 * 16] per block pair: each lane's d_a
 };
 
 void prepare(const float* x, int64_t cols, Layout layout, Activation& a) {
+  // q, k and v (gate and up) are products with the same activations: quantize them once.
+  if (a.layout == layout && a.x.size() == size_t(cols) && std::memcmp(a.x.data(), x, cols * sizeof(float)) == 0)
+    return;
+  a.layout = layout;
+  a.x.assign(x, x + cols);
   const int64_t nb = cols / 32;
   std::vector<BlockQ8_0> blocks(nb);
   quantize_row(GgmlType::Q8_0, x, blocks.data(), cols);
@@ -133,6 +152,123 @@ UMA_VNNI_TARGET float row_q8_0(const BlockQ8_0* b, const Activation& a, int64_t 
   });
 }
 
+// ---------------------------------------------------------------------------------------------------
+// k-quants against Q8_K activations.
+struct ActivationK {
+  std::vector<float> x;  // as Activation::x
+  std::vector<BlockQ8_K> b;
+};
+
+void prepare_k(const float* x, int64_t cols, ActivationK& a) {
+  if (a.x.size() == size_t(cols) && std::memcmp(a.x.data(), x, cols * sizeof(float)) == 0) return;
+  a.x.assign(x, x + cols);
+  a.b.resize(cols / QK_K);
+  quantize_row(GgmlType::Q8_K, x, a.b.data(), cols);
+}
+
+// Lane index patterns for spread16: lane i takes value i / (32 / n).
+template <int n>
+constexpr std::array<int16_t, 32> spread_index() {
+  std::array<int16_t, 32> a{};
+  for (int i = 0; i < 32; ++i) a[i] = static_cast<int16_t>(i / (32 / n));
+  return a;
+}
+alignas(64) constexpr std::array<int16_t, 32> kSpread2 = spread_index<2>(), kSpread4 = spread_index<4>();
+
+// Spreads the 16-bit lane values v[first], v[first+1], ... (n of them) over the 32 lanes of a 512-bit vector,
+// each repeated 32 / n times (n = 2: lanes 0-15 take v[first], 16-31 v[first+1]).
+template <int n>
+UMA_VNNI_TARGET inline __m512i spread16(__m512i v, int first) {
+  const __m512i base = _mm512_load_si512((n == 2 ? kSpread2 : kSpread4).data());
+  return _mm512_permutexvar_epi16(_mm512_add_epi16(base, _mm512_set1_epi16(static_cast<int16_t>(first))), v);
+}
+
+UMA_VNNI_TARGET inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+// The 8 six-bit scales and mins of a Q4_K super-block as bytes (the layout of quant_detail::k4_scale_min:
+// sub-blocks 0-3 in the low 6 bits of bytes 0-3 / 4-7, sub-blocks 4-7 split over bytes 8-11 and the top
+// two bits of bytes 0-7), four at a time in 32-bit words.
+inline void q4_k_scales(const uint8_t* s, uint8_t sc[8], uint8_t mn[8]) {
+  uint32_t u[3];
+  std::memcpy(u, s, 12);
+  const uint32_t lo6 = 0x3f3f3f3f, lo4 = 0x0f0f0f0f, top2 = 0x03030303;
+  const uint32_t s_lo = u[0] & lo6, m_lo = u[1] & lo6;
+  const uint32_t s_hi = (u[2] & lo4) | (((u[0] >> 6) & top2) << 4);
+  const uint32_t m_hi = ((u[2] >> 4) & lo4) | (((u[1] >> 6) & top2) << 4);
+  std::memcpy(sc, &s_lo, 4);
+  std::memcpy(sc + 4, &s_hi, 4);
+  std::memcpy(mn, &m_lo, 4);
+  std::memcpy(mn + 4, &m_hi, 4);
+}
+
+UMA_VNNI_TARGET float row_q4_k(const BlockQ4_K* b, const BlockQ8_K* a, int64_t nb) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  __m512 acc = _mm512_setzero_ps();
+  __m256 acc_min = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    uint8_t sc[8], mn[8];
+    q4_k_scales(b[i].scales, sc, mn);
+    uint64_t sc64;
+    std::memcpy(&sc64, sc, 8);
+    const __m512i sc16 = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(_mm_cvtsi64_si128(static_cast<int64_t>(sc64))));
+    __m512i isum = _mm512_setzero_si512();
+    for (int c = 0; c < 4; ++c) {
+      // [low nibbles | high nibbles] of 32 bytes = sub-blocks 2c and 2c+1 = values 64c .. 64c+63.
+      const __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qs + 32 * c)));
+      const __m512i w = _mm512_and_si512(_mm512_mask_srli_epi16(v, 0xFFFF0000, v, 4), m4);
+      const __m512i p = _mm512_maddubs_epi16(w, _mm512_loadu_si512(a[i].qs + 64 * c));
+      isum = _mm512_dpwssd_epi32(isum, p, spread16<2>(sc16, 2 * c));
+    }
+    // -min terms: mn[j] * (bsums[2j] + bsums[2j+1]), one vpmaddwd over the 16 sums with each min twice.
+    uint64_t mn64;
+    std::memcpy(&mn64, mn, 8);
+    const __m128i mn8 = _mm_cvtsi64_si128(static_cast<int64_t>(mn64));
+    const __m256i mn16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mn8, mn8));
+    const __m256i msum = _mm256_madd_epi16(mn16, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].bsums)));
+    const float d = a[i].d * _cvtsh_ss(b[i].d), dmin = a[i].d * _cvtsh_ss(b[i].dmin);
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d), acc);
+    acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(dmin), acc_min);
+  }
+  return _mm512_reduce_add_ps(acc) - hsum(acc_min);
+}
+
+UMA_VNNI_TARGET float row_q6_k(const BlockQ6_K* b, const BlockQ8_K* a, int64_t nb) {
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(0x30);
+  // Shift counts of the 2 high bits: values 128n + 32k + l take bits 2k..2k+1 of qh[32n + l].
+  const __m512i sh01 = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
+  const __m512i sh23 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
+  __m512 acc = _mm512_setzero_ps();
+  __m256 acc_off = _mm256_setzero_ps();
+  for (int64_t i = 0; i < nb; ++i) {
+    const __m256i sc16_256 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b[i].scales)));
+    const __m512i sc16 = _mm512_castsi256_si512(sc16_256);
+    __m512i isum = _mm512_setzero_si512();
+    for (int n = 0; n < 2; ++n) {
+      const __m512i ql = _mm512_loadu_si512(b[i].ql + 64 * n);
+      const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[i].qh + 32 * n)));
+      // Values 128n + 0..63 (low nibbles) and 128n + 64..127 (high nibbles), 6 bits each (0..63).
+      const __m512i w0 = _mm512_or_si512(_mm512_and_si512(ql, m4),
+                                         _mm512_and_si512(_mm512_slli_epi16(_mm512_srlv_epi16(qh, sh01), 4), m2));
+      const __m512i w1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                                         _mm512_and_si512(_mm512_slli_epi16(_mm512_srlv_epi16(qh, sh23), 4), m2));
+      const __m512i p0 = _mm512_maddubs_epi16(w0, _mm512_loadu_si512(a[i].qs + 128 * n));
+      const __m512i p1 = _mm512_maddubs_epi16(w1, _mm512_loadu_si512(a[i].qs + 128 * n + 64));
+      isum = _mm512_dpwssd_epi32(isum, p0, spread16<4>(sc16, 8 * n));
+      isum = _mm512_dpwssd_epi32(isum, p1, spread16<4>(sc16, 8 * n + 4));
+    }
+    // The -32 offset: 32 * sum over groups of scale * (sum of the group's 16 activations).
+    const __m256i off = _mm256_madd_epi16(sc16_256, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[i].bsums)));
+    const float d = a[i].d * _cvtsh_ss(b[i].d);
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(d), acc);
+    acc_off = _mm256_fmadd_ps(_mm256_cvtepi32_ps(off), _mm256_set1_ps(32 * d), acc_off);
+  }
+  return _mm512_reduce_add_ps(acc) - hsum(acc_off);
+}
+
 }  // namespace
 
 bool vnni_decode_supported(const WeightView& w) {
@@ -142,16 +278,40 @@ bool vnni_decode_supported(const WeightView& w) {
   // Pairs of 32-value blocks: the row must hold an even number of blocks. (No hwy::SupportedTargets()
   // here: Highway 1.0 re-runs CPUID on every call, and CPUID traps to the hypervisor in a VM — at hundreds
   // of matmuls per token that alone cost 8x on a tiny model.)
-  return cpu_ok && (w.type == GgmlType::Q4_0 || w.type == GgmlType::Q8_0) && w.cols % 64 == 0;
+  // UMA_CPU_VNNI=0 turns this path off (to measure the generic kernels against it).
+  static const bool off = [] {
+    const char* v = std::getenv("UMA_CPU_VNNI");
+    return v && v[0] == '0';
+  }();
+  if (!cpu_ok || off) return false;
+  switch (w.type) {
+    case GgmlType::Q4_0: case GgmlType::Q8_0: return w.cols % 64 == 0;
+    case GgmlType::Q4_K: case GgmlType::Q6_K: return w.cols % QK_K == 0;
+    default: return false;
+  }
 }
 
 void matmul_vnni_decode(const WeightView& w, const float* x, float* y, ThreadPool& pool) {
-  thread_local Activation act;
-  prepare(x, w.cols, w.type == GgmlType::Q4_0 ? Layout::interleaved : Layout::natural, act);
-  const int64_t nb = w.cols / 32;
   const size_t stride = row_bytes(w.type, w.cols);
   // At least ~64 KB of weights per chunk, as in the generic path.
   const int64_t grain = std::max<int64_t>(16, (int64_t(64) << 10) / static_cast<int64_t>(stride));
+  if (w.type == GgmlType::Q4_K || w.type == GgmlType::Q6_K) {
+    thread_local ActivationK act;
+    prepare_k(x, w.cols, act);
+    const BlockQ8_K* a = act.b.data();
+    const int64_t nb = w.cols / QK_K;
+    pool.parallel_for(w.rows, grain, [&](int, int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const uint8_t* row = w.data + r * stride;
+        y[r] = w.type == GgmlType::Q4_K ? row_q4_k(reinterpret_cast<const BlockQ4_K*>(row), a, nb)
+                                        : row_q6_k(reinterpret_cast<const BlockQ6_K*>(row), a, nb);
+      }
+    });
+    return;
+  }
+  thread_local Activation act;
+  prepare(x, w.cols, w.type == GgmlType::Q4_0 ? Layout::interleaved : Layout::natural, act);
+  const int64_t nb = w.cols / 32;
   const Activation& a = act;
   pool.parallel_for(w.rows, grain, [&](int, int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {

@@ -1,5 +1,5 @@
-// Decode (one token) fast path for Q4_0 and Q8_0 weights on x86 CPUs with AVX512-VNNI (Ice Lake, Sapphire
-// Rapids, Zen 4 and later). See matmul_vnni.cpp for why it exists beside the Highway kernels.
+// Decode (one token) fast path for Q4_0, Q8_0, Q4_K and Q6_K weights on x86 CPUs with AVX512-VNNI (Ice Lake,
+// Sapphire Rapids, Zen 4 and later). See matmul_vnni.cpp for why it exists beside the Highway kernels.
 #pragma once
 #include <cstdint>
 
@@ -8,11 +8,11 @@
 namespace uma::cpu {
 
 // True when this CPU has AVX512-F/BW/VL/VNNI and the weight is Q4_0/Q8_0 with an even number of blocks
-// per row.
+// per row, or Q4_K/Q6_K.
 bool vnni_decode_supported(const WeightView& w);
 
-// y[r] = W[r, :] · x for one token, rows split over the pool. Activations are quantized to Q8_0 exactly as
-// the generic path does, so results agree with it up to f32 summation order.
+// y[r] = W[r, :] · x for one token, rows split over the pool. Activations are quantized to Q8_0 (Q8_K for the
+// k-quants) exactly as the generic path does, so results agree with it up to f32 summation order.
 void matmul_vnni_decode(const WeightView& w, const float* x, float* y, ThreadPool& pool);
 
 }  // namespace uma::cpu
