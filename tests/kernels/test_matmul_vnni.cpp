@@ -58,6 +58,34 @@ TEST(MatmulVnni, DecodeMatchesScalarReference) {
   }
 }
 
+// The AVX-512 activation quantizers against quantize_row, byte for byte (scales included), on Gaussian
+// values with outliers, exact ties (x * id = k + 0.5), repeated extremes of both signs and zero blocks.
+TEST(MatmulVnni, ActivationQuantizersMatchScalarBitForBit) {
+  if (!cpu::vnni_decode_supported({GgmlType::Q8_0, nullptr, 1, 64})) GTEST_SKIP() << "this CPU has no AVX512-VNNI";
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  for (GgmlType type : {GgmlType::Q8_0, GgmlType::Q8_K}) {
+    for (int trial = 0; trial < 50; ++trial) {
+      const int64_t cols = 4096;
+      std::vector<float> x(cols);
+      for (auto& v : x) v = nd(rng) * (trial % 3 == 0 ? 100.0f : 1.0f);
+      if (trial % 5 == 1) x[trial] = 40.0f;
+      if (trial % 5 == 2) {  // extremes of equal magnitude and opposite sign: the first one wins
+        x[10] = -9.0f;
+        x[20] = 9.0f;
+      }
+      if (trial % 5 == 3)
+        for (int j = 0; j < 256; ++j) x[j] = 0.0f;  // an all-zero block
+      if (trial % 5 == 4)
+        for (int j = 0; j < 64; ++j) x[j] = (j % 2 ? 1.0f : -1.0f) * static_cast<float>(j % 17) * 0.5f;  // ties
+      std::vector<uint8_t> fast(row_bytes(type, cols)), ref(row_bytes(type, cols));
+      cpu::quantize_activations_avx512(type, x.data(), fast.data(), cols);
+      quantize_row(type, x.data(), ref.data(), cols);
+      ASSERT_EQ(fast, ref) << type_name(type) << " trial " << trial;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace uma
 

@@ -61,6 +61,56 @@ struct Activation {
   std::vector<BlockQ8_0> blocks;
 };
 
+// quantize_row(Q8_0) with AVX-512, bit for bit: the same float operations (amax, d = amax / 127,
+// id = 127 / amax, q = nearbyint(x * id)) in the same order, vcvtps2dq rounding to nearest-even as nearbyint
+// does. The scalar loop is most of decode's serial time between two matmuls.
+UMA_VNNI_TARGET void quantize_q8_0_fast(const float* x, BlockQ8_0* y, int64_t nb) {
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  for (int64_t i = 0; i < nb; ++i, x += 32) {
+    const __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_andnot_ps(sign, a), _mm512_andnot_ps(sign, b)));
+    const float id = amax != 0 ? 127.0f / amax : 0.0f;
+    y[i].d = fp32_to_fp16(amax / 127.0f);
+    const __m512 vid = _mm512_set1_ps(id);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(y[i].qs), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(a, vid))));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(y[i].qs + 16),
+                     _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(b, vid))));
+  }
+}
+
+// quantize_row(Q8_K), likewise bit for bit: the signed extreme is the first value of largest magnitude,
+// iscale = -127 / max, q = min(127, nearbyint(iscale * x)), plus the 16-value sums.
+UMA_VNNI_TARGET void quantize_q8_k_fast(const float* x, BlockQ8_K* y, int64_t nb) {
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  for (int64_t i = 0; i < nb; ++i, x += QK_K) {
+    __m512 m = _mm512_setzero_ps();
+    for (int j = 0; j < QK_K; j += 16) m = _mm512_max_ps(m, _mm512_andnot_ps(sign, _mm512_loadu_ps(x + j)));
+    const float amax = _mm512_reduce_max_ps(m);
+    if (amax == 0) {
+      y[i] = BlockQ8_K{};
+      continue;
+    }
+    float max = 0;
+    for (int j = 0; j < QK_K; j += 16) {
+      const __mmask16 hit =
+          _mm512_cmp_ps_mask(_mm512_andnot_ps(sign, _mm512_loadu_ps(x + j)), _mm512_set1_ps(amax), _CMP_EQ_OQ);
+      if (hit) {
+        max = x[j + __builtin_ctz(hit)];
+        break;
+      }
+    }
+    const float iscale = -127.0f / max;
+    y[i].d = 1.0f / iscale;
+    const __m512 vs = _mm512_set1_ps(iscale);
+    const __m512i hi = _mm512_set1_epi32(127);
+    for (int j = 0; j < QK_K; j += 16) {
+      const __m512i q = _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(vs, _mm512_loadu_ps(x + j))), hi);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(y[i].qs + j), _mm512_cvtsepi32_epi8(q));
+      y[i].bsums[j / 16] = static_cast<int16_t>(_mm512_reduce_add_epi32(q));
+    }
+  }
+}
+
 void prepare_quad(Activation& a, int64_t cols) {
   const BlockQ8_0* blocks = a.blocks.data();
   a.neg8sum.resize(cols / 8);
@@ -89,7 +139,7 @@ void prepare(const float* x, int64_t cols, Layout layout, Activation& a) {
   const int64_t nb = cols / 32;
   a.blocks.resize(nb);
   const BlockQ8_0* blocks = a.blocks.data();
-  quantize_row(GgmlType::Q8_0, x, a.blocks.data(), cols);
+  quantize_q8_0_fast(x, a.blocks.data(), nb);
   a.q.resize(cols);
   if (layout == Layout::quad) return prepare_quad(a, cols);
   a.neg8sum.resize(cols / 4);
@@ -225,7 +275,7 @@ void prepare_k(const float* x, int64_t cols, ActivationK& a) {
   if (a.x.size() == size_t(cols) && std::memcmp(a.x.data(), x, cols * sizeof(float)) == 0) return;
   a.x.assign(x, x + cols);
   a.b.resize(cols / QK_K);
-  quantize_row(GgmlType::Q8_K, x, a.b.data(), cols);
+  quantize_q8_k_fast(x, a.b.data(), cols / QK_K);
 }
 
 // Lane index patterns for spread16: lane i takes value i / (32 / n).
@@ -396,9 +446,15 @@ void matmul_vnni_decode(const WeightView& w, const float* x, float* y, ThreadPoo
   });
 }
 
+void quantize_activations_avx512(GgmlType type, const float* x, void* y, int64_t cols) {
+  if (type == GgmlType::Q8_0) quantize_q8_0_fast(x, static_cast<BlockQ8_0*>(y), cols / 32);
+  else quantize_q8_k_fast(x, static_cast<BlockQ8_K*>(y), cols / QK_K);
+}
+
 #else
 bool vnni_decode_supported(const WeightView&) { return false; }
 void matmul_vnni_decode(const WeightView&, const float*, float*, ThreadPool&) {}
+void quantize_activations_avx512(GgmlType, const float*, void*, int64_t) {}
 #endif
 
 }  // namespace uma::cpu

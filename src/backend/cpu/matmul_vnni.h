@@ -15,4 +15,8 @@ bool vnni_decode_supported(const WeightView& w);
 // k-quants) exactly as the generic path does, so results agree with it up to f32 summation order.
 void matmul_vnni_decode(const WeightView& w, const float* x, float* y, ThreadPool& pool);
 
+// quantize_row(type, x, y, cols) for type Q8_0 or Q8_K with AVX-512, bit-identical to it; the decode path's
+// activation quantizer (exposed for its test). Only on CPUs where vnni_decode_supported can be true.
+void quantize_activations_avx512(GgmlType type, const float* x, void* y, int64_t cols);
+
 }  // namespace uma::cpu
