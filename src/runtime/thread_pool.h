@@ -25,7 +25,7 @@ class ThreadPool {
   int size() const { return n_threads_; }
 
   // Calls fn(thread_index, begin, end) on contiguous chunks covering [0, n), each a multiple of `grain`
-  // long (except the last); the calling thread takes part. Chunks, a few per thread, are claimed from a
+  // long (except the last); the calling thread takes part. Chunks, long ones first, are claimed from a
   // shared counter, and the call returns as soon as every chunk is done: a worker that is descheduled, slow
   // to wake, or sharing its core with a hyper-thread sibling simply claims fewer (or none) instead of
   // holding everyone up. fn may therefore run several times on one thread, or only on the caller's.
@@ -50,7 +50,6 @@ class ThreadPool {
  private:
   struct Loop {
     const std::function<void(int, int64_t, int64_t)>* fn = nullptr;
-    int64_t n = 0, chunk = 0;  // chunk: values per chunk
   };
   struct alignas(64) ThreadStats {  // written by its thread only (relaxed atomics: read while running)
     std::atomic<uint64_t> busy_ns{0}, chunks{0}, wake_ns{0}, wakes{0};
@@ -78,7 +77,8 @@ class ThreadPool {
   bool stats_on_ = false;
   uint64_t region_ = 0;
   int64_t spin_ns_ = 0;
-  int chunks_per_thread_ = 4;
+  int chunks_per_thread_ = 0;    // 0: guided chunk sizes (see parallel_for)
+  std::vector<int64_t> bounds_;  // chunk c of the running parallel_for is [bounds_[c], bounds_[c + 1])
   std::unique_ptr<ThreadStats[]> tstats_;
   uint64_t regions_ = 0;
   double wall_s_ = 0;
