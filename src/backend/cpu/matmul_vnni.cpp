@@ -125,22 +125,25 @@ UMA_VNNI_TARGET void quantize_q8_k_fast(const float* x, BlockQ8_K* y, int64_t nb
   }
 }
 
-void prepare_quad(Activation& a, int64_t cols) {
+UMA_VNNI_TARGET void prepare_quad(Activation& a, int64_t cols) {
   const BlockQ8_0* blocks = a.blocks.data();
   a.neg8sum.resize(cols / 8);
   a.dpat.resize(cols / 8);
+  const __m512i ones = _mm512_set1_epi8(1);
+  const __m512i lane_block = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
   for (int64_t i = 0; i < cols / 32; i += 4) {
     int8_t* q = a.q.data() + i * 32;
     for (int k = 0; k < 4; ++k) {
-      std::copy(blocks[i + k].qs, blocks[i + k].qs + 16, q + 16 * k);
-      std::copy(blocks[i + k].qs + 16, blocks[i + k].qs + 32, q + 64 + 16 * k);
+      std::memcpy(q + 16 * k, blocks[i + k].qs, 16);
+      std::memcpy(q + 64 + 16 * k, blocks[i + k].qs + 16, 16);
     }
-    for (int j = 0; j < 16; ++j) {
-      int sum = 0;
-      for (int e = 0; e < 4; ++e) sum += q[4 * j + e] + q[64 + 4 * j + e];
-      a.neg8sum[i * 4 + j] = -8 * sum;
-      a.dpat[i * 4 + j] = fp16_to_fp32(blocks[i + j / 4].d);
-    }
+    // Lane j: -8 * (sum of its 4 lo and 4 hi values), via vpdpbusd with ones; d_a of block j / 4.
+    __m512i sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, _mm512_loadu_si512(q));
+    sum = _mm512_dpbusd_epi32(sum, ones, _mm512_loadu_si512(q + 64));
+    _mm512_storeu_si512(a.neg8sum.data() + i * 4, _mm512_slli_epi32(_mm512_sub_epi32(_mm512_setzero_si512(), sum), 3));
+    const __m128 d4 = _mm_setr_ps(fp16_to_fp32(blocks[i].d), fp16_to_fp32(blocks[i + 1].d),
+                                  fp16_to_fp32(blocks[i + 2].d), fp16_to_fp32(blocks[i + 3].d));
+    _mm512_storeu_ps(a.dpat.data() + i * 4, _mm512_permutexvar_ps(lane_block, _mm512_castps128_ps512(d4)));
   }
 }
 
