@@ -11,7 +11,6 @@
 #include "backend/cpu/matmul.h"
 #include "backend/cpu/matmul_vnni.h"
 #include "quant/quant.h"
-#include "runtime/membw.h"
 #include "runtime/thread_pool.h"
 #include "test_support.h"
 
@@ -94,12 +93,10 @@ namespace {
 
 // GEMV throughput per weight type (UMA_CPU_BENCH=1; skipped otherwise): one thread on a matrix that fits the
 // last-level cache (the kernel's compute rate per core), and all threads streaming 1 GiB of distinct
-// copies (the DRAM rate), against the read-bandwidth probe. UMA_CPU_VNNI=0 measures the generic kernels.
+// copies (the DRAM rate; compare with `uma bench`'s probe). UMA_CPU_VNNI=0 measures the generic kernels.
 TEST(CpuGemvBench, Throughput) {
   if (!std::getenv("UMA_CPU_BENCH")) GTEST_SKIP() << "set UMA_CPU_BENCH=1";
   const int threads = static_cast<int>(std::thread::hardware_concurrency());
-  const MemBandwidth bw = measure_read_bandwidth(threads, size_t(512) << 20, 3);
-  std::printf("read bandwidth probe: %.1f GB/s (%d threads)\n", bw.read_gbps, threads);
   auto time_loop = [](auto&& body) {  // seconds per call, best of a few batches
     double best = 1e30;
     for (int rep = 0; rep < 5; ++rep) {
@@ -134,9 +131,9 @@ TEST(CpuGemvBench, Throughput) {
     const double tn = time_loop([&] {
       for (int c = 0; c < copies; ++c) matmul({type, big.data() + c * bytes, rows, cols}, x.data(), 1, yb.data(), all);
     }) / copies;
-    std::printf("%-5s %s: 1 thread (cache) %6.1f GB/s %7.1f us | %d threads (DRAM) %6.1f GB/s %6.1f us = %3.0f %%\n",
+    std::printf("%-5s %s: 1 thread (cache) %6.1f GB/s %7.1f us | %d threads (DRAM) %6.1f GB/s %6.1f us\n",
                 type_name(type).data(), cpu::vnni_decode_supported(wv) ? "vnni" : "hwy ", bytes / t1 / 1e9, t1 * 1e6,
-                threads, bytes / tn / 1e9, tn * 1e6, 100 * bytes / tn / 1e9 / bw.read_gbps);
+                threads, bytes / tn / 1e9, tn * 1e6);
   }
 }
 
