@@ -57,6 +57,45 @@ TEST(MatmulVnni, DecodeMatchesScalarReference) {
   }
 }
 
+// matmul_many (one parallel region over several matrices sharing the input) gives exactly what one matmul per
+// matrix gives, for groups of mixed types and row counts, on 1-3 threads.
+TEST(MatmulVnni, ManyMatchesOneByOne) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd;
+  for (int64_t cols : {192, 4096}) {
+    std::vector<GgmlType> types = {GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4_0};
+    if (cols % QK_K == 0) types = {GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4_K};
+    std::vector<std::vector<uint8_t>> data;
+    std::vector<WeightView> views;
+    std::vector<float> wf(cols), x(cols);
+    for (size_t i = 0; i < types.size(); ++i) {
+      const int64_t rows = 5 + 37 * static_cast<int64_t>(i);
+      data.emplace_back(row_bytes(types[i], cols) * rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (auto& v : wf) v = nd(rng);
+        quantize_row(types[i], wf.data(), data.back().data() + r * row_bytes(types[i], cols), cols);
+      }
+      views.push_back({types[i], data.back().data(), rows, cols});
+    }
+    if (!cpu::vnni_decode_supported(views[0])) GTEST_SKIP() << "this CPU has no AVX512-VNNI";
+    for (auto& v : x) v = nd(rng);
+    for (int threads : {1, 2, 3}) {
+      ThreadPool pool(threads);
+      std::vector<std::vector<float>> one(views.size()), many(views.size());
+      std::vector<float*> ys;
+      for (size_t i = 0; i < views.size(); ++i) {
+        one[i].resize(views[i].rows);
+        many[i].assign(views[i].rows, -1.0f);
+        matmul(views[i], x.data(), 1, one[i].data(), pool);
+        ys.push_back(many[i].data());
+      }
+      matmul_many(views.data(), ys.data(), views.size(), x.data(), 1, pool);
+      for (size_t i = 0; i < views.size(); ++i)
+        EXPECT_EQ(one[i], many[i]) << "matrix " << i << " cols " << cols << " threads " << threads;
+    }
+  }
+}
+
 // The AVX-512 activation quantizers against quantize_row, byte for byte (scales included), on Gaussian
 // values with outliers, exact ties (x * id = k + 0.5), repeated extremes of both signs and zero blocks.
 TEST(MatmulVnni, ActivationQuantizersMatchScalarBitForBit) {

@@ -71,7 +71,10 @@ class OpTimer {
     bytes_ = static_cast<double>(w.nbytes);
     start();
   }
-  void set_key(std::string k) { key_ = std::move(k); }
+  void set_key(std::string k, double bytes) {
+    key_ = std::move(k);
+    bytes_ = bytes;
+  }
   ~OpTimer() {
     if (!p_.on) return;
     auto& s = p_.ops[key_.empty() ? std::string(name_) : key_];
@@ -160,6 +163,37 @@ class CpuBackend final : public Backend {
       for (int64_t t = 0; t < n_tokens; ++t)
         for (int64_t r = 0; r < w.rows(); ++r) y[t * w.rows() + r] += b[r];
     }
+  }
+
+  // Products sharing their input (q/k/v, gate/up): one parallel region for a decoded token (matmul_many).
+  void matmul_many(const float* x, int64_t n_tokens, const MatmulTarget* targets, size_t n) override {
+    OpTimer timer(prof_, "matmul_many");
+    if (prof_.on) {
+      std::string key = "matmul_many";
+      double bytes = 0;
+      for (size_t i = 0; i < n; ++i) {
+        key += (i ? "+" : " ") + std::string(type_name(targets[i].w->type)) + " " +
+               std::to_string(targets[i].w->rows()) + "x" + std::to_string(targets[i].w->cols());
+        bytes += static_cast<double>(targets[i].w->nbytes);
+      }
+      timer.set_key(std::move(key), bytes);
+    }
+    WeightView views[8];
+    float* ys[8];
+    if (n > 8) return Backend::matmul_many(x, n_tokens, targets, n);
+    for (size_t i = 0; i < n; ++i) {
+      const Weight& w = *targets[i].w;
+      views[i] = WeightView{w.type, w.host, w.rows(), w.cols()};
+      ys[i] = targets[i].y;
+    }
+    uma::matmul_many(views, ys, n, x, n_tokens, pool_);
+    for (size_t i = 0; i < n; ++i)
+      if (const Weight* bias = targets[i].bias; bias && *bias) {
+        const auto* b = reinterpret_cast<const float*>(bias->host);
+        const int64_t rows = targets[i].w->rows();
+        for (int64_t t = 0; t < n_tokens; ++t)
+          for (int64_t r = 0; r < rows; ++r) targets[i].y[t * rows + r] += b[r];
+      }
   }
 
   void gather_rows(const float* src, int64_t dim, const int32_t* rows, int64_t n, float* dst) override {

@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <array>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -458,39 +459,80 @@ bool vnni_decode_supported(const WeightView& w) {
   }
 }
 
-void matmul_vnni_decode(const WeightView& w, const float* x, float* y, ThreadPool& pool) {
-  const size_t stride = row_bytes(w.type, w.cols);
+namespace {
+
+// One matrix of a decode call: its rows, the kernel and the activations it reads.
+struct DecodeMatrix {
+  enum class Kernel { q4_0_quad, q4_0_pair, q8_0, q4_k, q6_k } kernel;
+  const uint8_t* data;
+  size_t stride;
+  int64_t nb, rows;
+  float* y;
+  const Activation* a = nullptr;
+  const BlockQ8_K* ak = nullptr;
+
+  UMA_VNNI_TARGET void row(int64_t r) const {
+    const uint8_t* p = data + r * stride;
+    switch (kernel) {
+      case Kernel::q4_0_quad: y[r] = row_q4_0_quad(reinterpret_cast<const BlockQ4_0*>(p), *a, nb); break;
+      case Kernel::q4_0_pair: y[r] = row_q4_0(reinterpret_cast<const BlockQ4_0*>(p), *a, nb); break;
+      case Kernel::q8_0: y[r] = row_q8_0(reinterpret_cast<const BlockQ8_0*>(p), *a, nb); break;
+      case Kernel::q4_k: y[r] = row_q4_k(reinterpret_cast<const BlockQ4_K*>(p), ak, nb); break;
+      case Kernel::q6_k: y[r] = row_q6_k(reinterpret_cast<const BlockQ6_K*>(p), ak, nb); break;
+    }
+  }
+};
+
+}  // namespace
+
+void matmul_vnni_decode_many(const WeightView* w, float* const* y, size_t n, const float* x, ThreadPool& pool) {
+  if (n == 0) return;
+  // The activations in every layout the matrices need, each quantized once (q/k/v share one, gate/up one).
+  thread_local Activation act[3];  // by Layout
+  thread_local ActivationK act_k;
+  thread_local std::vector<DecodeMatrix> mats;
+  mats.clear();
+  int64_t total = 0, min_stride = INT64_MAX;
+  for (size_t i = 0; i < n; ++i) {
+    const WeightView& m = w[i];
+    DecodeMatrix d{DecodeMatrix::Kernel::q8_0, m.data, row_bytes(m.type, m.cols), m.cols / 32, m.rows, y[i]};
+    if (m.type == GgmlType::Q4_K || m.type == GgmlType::Q6_K) {
+      prepare_k(x, m.cols, act_k);
+      d.kernel = m.type == GgmlType::Q4_K ? DecodeMatrix::Kernel::q4_k : DecodeMatrix::Kernel::q6_k;
+      d.nb = m.cols / QK_K;
+      d.ak = act_k.b.data();
+    } else {
+      const bool quad = m.type == GgmlType::Q4_0 && m.cols % 128 == 0 && !quad_off();
+      const Layout layout = m.type == GgmlType::Q8_0 ? Layout::natural : quad ? Layout::quad : Layout::interleaved;
+      Activation& a = act[static_cast<int>(layout)];
+      prepare(x, m.cols, layout, a);
+      d.kernel = m.type == GgmlType::Q8_0 ? DecodeMatrix::Kernel::q8_0
+                 : quad                   ? DecodeMatrix::Kernel::q4_0_quad
+                                          : DecodeMatrix::Kernel::q4_0_pair;
+      d.a = &a;
+    }
+    mats.push_back(d);
+    total += m.rows;
+    min_stride = std::min<int64_t>(min_stride, static_cast<int64_t>(d.stride));
+  }
+  // One parallel region over the rows of all matrices, back to back: one hand-off instead of one per matrix.
   // Units of >= 16 KB of weights: the pool's guided chunks start at many units (long streams) and end at one,
   // so a small unit only shortens the tail. A matrix under 16 KB stays on one thread.
-  const int64_t grain = std::max<int64_t>(4, (int64_t(16) << 10) / static_cast<int64_t>(stride));
-  if (w.type == GgmlType::Q4_K || w.type == GgmlType::Q6_K) {
-    thread_local ActivationK act;
-    prepare_k(x, w.cols, act);
-    const BlockQ8_K* a = act.b.data();
-    const int64_t nb = w.cols / QK_K;
-    pool.parallel_for(w.rows, grain, [&](int, int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const uint8_t* row = w.data + r * stride;
-        y[r] = w.type == GgmlType::Q4_K ? row_q4_k(reinterpret_cast<const BlockQ4_K*>(row), a, nb)
-                                        : row_q6_k(reinterpret_cast<const BlockQ6_K*>(row), a, nb);
-      }
-    });
-    return;
-  }
-  thread_local Activation act;
-  const bool quad = w.type == GgmlType::Q4_0 && w.cols % 128 == 0 && !quad_off();
-  const Layout layout = w.type == GgmlType::Q8_0 ? Layout::natural : quad ? Layout::quad : Layout::interleaved;
-  prepare(x, w.cols, layout, act);
-  const int64_t nb = w.cols / 32;
-  const Activation& a = act;
-  pool.parallel_for(w.rows, grain, [&](int, int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(4, (int64_t(16) << 10) / min_stride);
+  const DecodeMatrix* ms = mats.data();
+  pool.parallel_for(total, grain, [&](int, int64_t begin, int64_t end) {
+    size_t i = 0;
+    int64_t base = 0;
+    while (begin >= base + ms[i].rows) base += ms[i++].rows;
     for (int64_t r = begin; r < end; ++r) {
-      const uint8_t* row = w.data + r * stride;
-      if (w.type == GgmlType::Q8_0) y[r] = row_q8_0(reinterpret_cast<const BlockQ8_0*>(row), a, nb);
-      else if (quad) y[r] = row_q4_0_quad(reinterpret_cast<const BlockQ4_0*>(row), a, nb);
-      else y[r] = row_q4_0(reinterpret_cast<const BlockQ4_0*>(row), a, nb);
+      while (r - base == ms[i].rows) base += ms[i++].rows;
+      ms[i].row(r - base);
     }
   });
+}
+
+void matmul_vnni_decode(const WeightView& w, const float* x, float* y, ThreadPool& pool) {
+  matmul_vnni_decode_many(&w, &y, 1, x, pool);
 }
 
 void quantize_activations_avx512(GgmlType type, const float* x, void* y, int64_t cols) {
@@ -501,6 +543,7 @@ void quantize_activations_avx512(GgmlType type, const float* x, void* y, int64_t
 #else
 bool vnni_decode_supported(const WeightView&) { return false; }
 void matmul_vnni_decode(const WeightView&, const float*, float*, ThreadPool&) {}
+void matmul_vnni_decode_many(const WeightView*, float* const*, size_t, const float*, ThreadPool&) {}
 void quantize_activations_avx512(GgmlType, const float*, void*, int64_t) {}
 #endif
 
