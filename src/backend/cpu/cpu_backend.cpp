@@ -158,11 +158,13 @@ class CpuBackend final : public Backend {
   void matmul(const Weight& w, const float* x, int64_t n_tokens, float* y, const Weight* bias) override {
     OpTimer timer(prof_, w);
     uma::matmul(WeightView{w.type, w.host, w.rows(), w.cols()}, x, n_tokens, y, pool_);
-    if (bias && *bias) {
-      const auto* b = reinterpret_cast<const float*>(bias->host);
-      for (int64_t t = 0; t < n_tokens; ++t)
-        for (int64_t r = 0; r < w.rows(); ++r) y[t * w.rows() + r] += b[r];
-    }
+    add_bias(w, bias, n_tokens, y);
+  }
+  static void add_bias(const Weight& w, const Weight* bias, int64_t n_tokens, float* y) {
+    if (!bias || !*bias) return;
+    const auto* b = reinterpret_cast<const float*>(bias->host);
+    for (int64_t t = 0; t < n_tokens; ++t)
+      for (int64_t r = 0; r < w.rows(); ++r) y[t * w.rows() + r] += b[r];
   }
 
   // Products sharing their input (q/k/v, gate/up): one parallel region for a decoded token (matmul_many).
@@ -178,22 +180,16 @@ class CpuBackend final : public Backend {
       }
       timer.set_key(std::move(key), bytes);
     }
+    if (n > 8) return Backend::matmul_many(x, n_tokens, targets, n);  // the decoder groups 2 or 3
     WeightView views[8];
     float* ys[8];
-    if (n > 8) return Backend::matmul_many(x, n_tokens, targets, n);
     for (size_t i = 0; i < n; ++i) {
       const Weight& w = *targets[i].w;
       views[i] = WeightView{w.type, w.host, w.rows(), w.cols()};
       ys[i] = targets[i].y;
     }
     uma::matmul_many(views, ys, n, x, n_tokens, pool_);
-    for (size_t i = 0; i < n; ++i)
-      if (const Weight* bias = targets[i].bias; bias && *bias) {
-        const auto* b = reinterpret_cast<const float*>(bias->host);
-        const int64_t rows = targets[i].w->rows();
-        for (int64_t t = 0; t < n_tokens; ++t)
-          for (int64_t r = 0; r < rows; ++r) targets[i].y[t * rows + r] += b[r];
-      }
+    for (size_t i = 0; i < n; ++i) add_bias(*targets[i].w, targets[i].bias, n_tokens, targets[i].y);
   }
 
   void gather_rows(const float* src, int64_t dim, const int32_t* rows, int64_t n, float* dst) override {
