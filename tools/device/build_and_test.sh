@@ -3,8 +3,9 @@
 # models. The GPU machine has no package registry: the build's libraries come as Debian .debs carried in
 # .debs/ (fetch them here with tools/device/fetch_debs.sh) and unpacked into a private prefix.
 # Test data: UMA_SHARED (default .device/shared, a copy of ../shared's fixtures carried with the call).
-#   usage: tools/device/build_and_test.sh [build|test|gemv|profile|bench|llama3|depth|cpu|moe|ceilings|all]...
-#   (default: all but depth, cpu and moe)
+#   usage: tools/device/build_and_test.sh [build|cpu-build|test|gemv|profile|bench|llama3|depth|cpu|moe|ceilings|all]...
+#   (default: all but cpu-build, depth, cpu, moe, pprofile and ncu)
+#   cpu-build: a CPU-only build (-DUMA_CUDA=OFF) of uma and the kernel tests (CPU_TARGETS), for the cpu step
 #   gemv: GEMV GB/s per type and shape against the copy ceiling (tests/backends/test_cuda_bench.cpp)
 #   profile: GPU time per op of a Q4_0 decode (UMA_CUDA_PROFILE=1, op by op)
 #   bench: pp512/tg128 of llama-7b Q4_0, Q8_0, F16, Q4_K_M on the GPU; llama3: llama3-8b Q4_0
@@ -27,7 +28,7 @@ steps=("$@")
 want() {
   for s in "${steps[@]}"; do
     [ "$s" = "$1" ] && return 0
-    case "$1" in depth | cpu | moe | pprofile | ncu) ;; *) [ "$s" = all ] && return 0 ;; esac
+    case "$1" in depth | cpu | moe | pprofile | ncu | cpu-build) ;; *) [ "$s" = all ] && return 0 ;; esac
   done
   return 1
 }
@@ -56,6 +57,18 @@ if want build; then
   cmake --build "$BUILD" -j "$NPROC" --target uma test_backends >"$OUT/build.log" 2>&1 \
     || { grep -E "error|FAILED" "$OUT/build.log" | head -40; exit 1; }
   echo "built"
+fi
+
+if want cpu-build; then
+  echo "== configure + build, CPU only"
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DUMA_BUILD_TESTS=ON -DUMA_CUDA=OFF \
+    -DCMAKE_PREFIX_PATH="$PREFIX/usr" -DOPENSSL_ROOT_DIR="$PREFIX/usr" \
+    -DCMAKE_CXX_FLAGS="-isystem $PREFIX/usr/include/x86_64-linux-gnu" \
+    -DCMAKE_EXE_LINKER_FLAGS="-Wl,-rpath-link,${LIBS}" >"$OUT/configure-cpu.log" 2>&1 \
+    || { tail -40 "$OUT/configure-cpu.log"; exit 1; }
+  cmake --build "$BUILD" -j "$NPROC" --target ${CPU_TARGETS:-uma test_kernels} >"$OUT/build-cpu.log" 2>&1 \
+    || { grep -E "error|FAILED" "$OUT/build-cpu.log" | head -40; exit 1; }
+  echo "built (CPU only)"
 fi
 
 if want test; then
@@ -128,7 +141,7 @@ if want cpu; then
   echo "== the same models on this machine's CPU ($(nproc) threads)"
   for t in ${CPU_TYPES:-q4_0 q8_0 f16 q4_k_m}; do
     m=$(synth "$t") || continue
-    "$BUILD/uma" bench -m "$m" --device cpu -t "$(nproc)" -p 64 -n 16 -r 2 2>&1 | tee "$OUT/cpu-$t.log" \
+    "$BUILD/uma" bench -m "$m" --device cpu -t "${CPU_THREADS:-$(nproc)}" -p 64 -n 16 -r 2 2>&1 | tee "$OUT/cpu-$t.log" \
       | grep -E "^\| llama|bandwidth|error"
   done
   grep -m1 "model name" /proc/cpuinfo

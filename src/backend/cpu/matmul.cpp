@@ -26,6 +26,14 @@ void matmul_reference(const WeightView& w, const float* x, int64_t n_tokens, flo
   }
 }
 
+void matmul_many(const WeightView* w, float* const* y, size_t n, const float* x, int64_t n_tokens, ThreadPool& pool) {
+  bool fused = n_tokens == 1;
+  for (size_t i = 0; i < n && fused; ++i)
+    fused = w[i].rows > 0 && w[i].cols == w[0].cols && cpu::vnni_decode_supported(w[i]);
+  if (fused) return cpu::matmul_vnni_decode_many(w, y, n, x, pool);
+  for (size_t i = 0; i < n; ++i) matmul(w[i], x, n_tokens, y[i], pool);
+}
+
 void matmul(const WeightView& w, const float* x, int64_t n_tokens, float* y, ThreadPool& pool) {
   if (n_tokens <= 0 || w.rows <= 0) return;
   const auto& tr = traits(w.type);

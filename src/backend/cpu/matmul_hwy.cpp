@@ -32,6 +32,7 @@
 #define HWY_DISABLED_TARGETS (HWY_SVE | HWY_SVE2 | HWY_SVE_256 | HWY_SVE2_128)
 #endif
 #include <hwy/aligned_allocator.h>
+#include <hwy/cache_control.h>
 
 #include <algorithm>
 #include <cstring>
@@ -438,11 +439,17 @@ HWY_NOINLINE void row_float(const MatmulJob& job, const uint8_t* row, int64_t r,
   const float* x[NT];
   for (int t = 0; t < NT; ++t) x[t] = job.x + (t0 + t) * cols;
   int64_t k = 0;
-  for (; k + kU * n <= cols; k += kU * n)
+  constexpr int64_t kWeightBytes = T == GgmlType::F32 ? 4 : 2;
+  const int64_t pf = NT == 1 ? prefetch_distance() : 0;
+  for (; k + kU * n <= cols; k += kU * n) {
+    // Decode streams the row from DRAM: prefetch ahead (see prefetch_distance).
+    if (pf)
+      for (int64_t o = 0; o < kU * n * kWeightBytes; o += 64) hwy::Prefetch(row + k * kWeightBytes + pf + o);
     for (int u = 0; u < kU; ++u) {
       const auto w = load_weights<T>(row, k + u * n);
       for (int t = 0; t < NT; ++t) acc[t][u] = hn::MulAdd(w, hn::LoadU(df, x[t] + k + u * n), acc[t][u]);
     }
+  }
   for (; k + n <= cols; k += n) {
     const auto w = load_weights<T>(row, k);
     for (int t = 0; t < NT; ++t) acc[t][0] = hn::MulAdd(w, hn::LoadU(df, x[t] + k), acc[t][0]);

@@ -14,6 +14,9 @@ void matmul_dispatch(const WeightView& w, const float* x, int64_t n_tokens, floa
 // hwy::SetSupportedTargetsForTest). Computed there because that file also enables AVX3_DL.
 std::vector<int64_t> kernel_targets();
 
+// How far ahead (bytes) decode kernels prefetch the weight stream; UMA_CPU_PREFETCH overrides, 0 = off.
+int64_t prefetch_distance();
+
 // Activation format a weight type is multiplied against: Q8_0, Q8_K, or F32 (no quantization).
 GgmlType activation_type(GgmlType weight_type);
 
