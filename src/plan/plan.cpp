@@ -120,17 +120,18 @@ Efficiency default_efficiency(Backend backend) {
       return {0.60, 0.55, 25.0, static_cast<uint64_t>(256 * kMiB), false, "uncalibrated placeholder"};
     case Backend::cpu:
       // CPU_CALIBRATION_BEGIN (tools/calibrate_cpu.sh prints a replacement for this block)
-      // Fitted 2026-11-21 22:20 on the shared 2-vCPU AMD EPYC (AVX-512 VNNI) VM, idle, after the VNNI decode
-      // kernels: `TG=16 tools/calibrate_cpu.sh build` (llama-7b pp64/tg16, 2 threads). decode_bandwidth is
-      // relative to the planner's own 256 MiB probe, which on this VM reads ~31 GB/s while decode streams up to
-      // 51 GB/s (hence > 1); compute fractions are of the local peak (cores x 32 FLOP x 3 GHz, int8 x2).
-      // Runtime base: `uma run` peak RSS on stories260K and the fixtures (tests/e2e/test_plan_memory.cpp).
-      return {1.41, 0.10, 10.1, static_cast<uint64_t>(14.4e6), true, "calibrated on a 2-core EPYC (2026-11-21)",
-              {{GgmlType::Q4_0, 0.3108, 0.3973},
-               {GgmlType::Q8_0, 0.2085, 0.3906},
-               {GgmlType::F16, 0.2299, 0.5148},
-               {GgmlType::Q4_K, 0.1343, 0.2522},
-               {GgmlType::Q6_K, 0.1343, 0.2522}},
+      // Fitted 2026-11-22 00:50 on the shared 2-vCPU AMD EPYC (AVX-512 VNNI) VM after the VNNI k-quant kernels,
+      // prefetch and the chunked pool: `TG=16 tools/calibrate_cpu.sh build` (llama-7b pp64/tg16, 2 threads).
+      // decode_bandwidth is relative to the planner's own 256 MiB probe (no prefetch), which on this VM reads
+      // ~31 GB/s while decode streams up to 58 GB/s (hence > 1); compute fractions are of the local peak
+      // (cores x 32 FLOP x 3 GHz, int8 x2). Runtime base: `uma run` peak RSS on stories260K and the fixtures
+      // (tests/e2e/test_plan_memory.cpp).
+      return {1.88, 0.10, 9.0, static_cast<uint64_t>(14.4e6), true, "calibrated on a 2-core EPYC (2026-11-22)",
+              {{GgmlType::Q4_0, 0.3406, 0.4077},
+               {GgmlType::Q8_0, 0.2288, 0.4235},
+               {GgmlType::F16, 0.3062, 0.5296},
+               {GgmlType::Q4_K, 0.4775, 0.2649},
+               {GgmlType::Q6_K, 0.4775, 0.2649}},
               false};
       // CPU_CALIBRATION_END
   }

@@ -363,15 +363,7 @@ void CudaBackend::launch_gemv(const GemvTargets& g, const float* x, const int8_t
     segs.rows[s] = g.d[s]->rows;
     segs.first[s + 1] = segs.first[s] + int((g.d[s]->rows + per_block - 1) / per_block);
   }
-  cudaLaunchConfig_t cfg{};
-  cfg.blockDim = dim3(warps * kWarp);
-  cfg.gridDim = dim3(unsigned(segs.first[g.n]), unsigned(n_tokens));
-  cfg.stream = stream_;
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = pdl_ ? 1 : 0;
+  const dim3 grid(unsigned(segs.first[g.n]), unsigned(n_tokens)), block(warps * kWarp);
   const int n_chunks = int(d0.cols / 32);  // every quantized type's chunk covers 32 values (kernels.cuh)
   const int shape = per_block * 16 + warps;
   auto pick = [&](auto k1x4, auto k4x4, auto k8x4, auto k2x8, auto k4x8, auto launch) {
@@ -383,8 +375,8 @@ void CudaBackend::launch_gemv(const GemvTargets& g, const float* x, const int8_t
       default: return launch(k4x4);
     }
   };
-  auto q8 = [&](auto kernel) { UMA_CHECK(cudaLaunchKernelEx(&cfg, kernel, segs, n_chunks, xq, xs, prefetch_)); };
-  auto plain = [&](auto kernel) { UMA_CHECK(cudaLaunchKernelEx(&cfg, kernel, segs, d0.cols, x)); };
+  auto q8 = [&](auto kernel) { launch(pdl_, grid, block, stream_, kernel, segs, n_chunks, xq, xs, prefetch_); };
+  auto plain = [&](auto kernel) { launch(pdl_, grid, block, stream_, kernel, segs, d0.cols, x); };
 #define UMA_Q8(T)                                                                                         \
   return pick(gemv_q8_kernel<T, 1, 4>, gemv_q8_kernel<T, 4, 4>, gemv_q8_kernel<T, 8, 4>,                  \
               gemv_q8_kernel<T, 2, 8>, gemv_q8_kernel<T, 4, 8>, q8)
