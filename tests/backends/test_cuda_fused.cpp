@@ -21,35 +21,9 @@ namespace {
 
 using test::gpu;
 
-std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
-// A weight of `type` with `rows` × `cols` random values (1-D when rows == 0: a norm weight or bias).
-struct TestWeight {
-  std::vector<uint8_t> bytes;
-  Weight w;
-  TestWeight(GgmlType type, int64_t rows, int64_t cols, uint32_t seed) {
-    const int64_t r_n = std::max<int64_t>(rows, 1);
-    const auto f = random_floats(size_t(r_n * cols), seed, 0.5f);
-    const size_t rb = row_bytes(type, cols);
-    bytes.resize(rb * r_n + 16);
-    for (int64_t r = 0; r < r_n; ++r) {
-      if (type == GgmlType::F32) std::memcpy(bytes.data() + r * rb, f.data() + r * cols, cols * 4);
-      else quantize_row(type, f.data() + r * cols, bytes.data() + r * rb, cols);
-    }
-    w.name = "test";
-    w.type = type;
-    w.ne[0] = cols;
-    w.ne[1] = r_n;
-    w.host = bytes.data();
-    w.nbytes = rb * r_n;
-  }
-};
+using test::random_floats;
+using test::TestWeight;
+using Buf = test::DeviceBuffers;
 
 std::unique_ptr<Backend> gpu_with(const char* var, const char* value) {
   setenv(var, value, 1);
@@ -57,29 +31,6 @@ std::unique_ptr<Backend> gpu_with(const char* var, const char* value) {
   unsetenv(var);
   return b;
 }
-
-struct Buf {
-  Backend& b;
-  std::vector<float*> bufs;
-  ~Buf() {
-    for (float* p : bufs) b.free_buffer(p);
-  }
-  float* put(const std::vector<float>& v) {
-    float* p = b.alloc(v.size());
-    b.upload(p, v.data(), v.size());
-    bufs.push_back(p);
-    return p;
-  }
-  float* make(size_t n) {
-    bufs.push_back(b.alloc(n));
-    return bufs.back();
-  }
-  std::vector<float> get(const float* p, size_t n) {
-    std::vector<float> v(n);
-    b.download(v.data(), p, n);
-    return v;
-  }
-};
 
 bool int8_gemv(GgmlType t) {
   return t == GgmlType::Q4_0 || t == GgmlType::Q8_0 || t == GgmlType::Q4_K || t == GgmlType::Q5_K ||
@@ -109,7 +60,7 @@ TEST(CudaFused, MatmulManyMatchesSeparateLaunchesAndTheCpu) {
   uint32_t seed = 100;
   for (const Case& c : cases) {
     TestWeight wq(c.q, c.rows_q, c.cols, ++seed), wk(c.k, c.rows_kv, c.cols, ++seed), wv(c.v, c.rows_kv, c.cols, ++seed);
-    TestWeight bq(GgmlType::F32, 0, c.rows_q, ++seed), bv(GgmlType::F32, 0, c.rows_kv, ++seed);
+    TestWeight bq(GgmlType::F32, 1, c.rows_q, ++seed), bv(GgmlType::F32, 1, c.rows_kv, ++seed);
     for (int64_t n_tok : {1, 3}) {
       const auto x = random_floats(size_t(n_tok * c.cols), ++seed);
       std::vector<float> want[3];
@@ -153,7 +104,7 @@ TEST(CudaFused, DecodeChainMatchesUnfusedAndTheCpu) {
   auto plain = gpu_with("UMA_CUDA_FUSE", "0");
   auto cpu = make_cpu_backend(2);
   const int n_head = 8, n_head_kv = 2, hd = 64, n_embd = n_head * hd, n_ff = 768;
-  TestWeight norm(GgmlType::F32, 0, n_embd, 1), wq(GgmlType::Q4_0, n_embd, n_embd, 2),
+  TestWeight norm(GgmlType::F32, 1, n_embd, 1), wq(GgmlType::Q4_0, n_embd, n_embd, 2),
       wk(GgmlType::Q4_0, n_head_kv * hd, n_embd, 3), wv(GgmlType::Q4_0, n_head_kv * hd, n_embd, 4),
       wo(GgmlType::Q8_0, n_embd, n_embd, 5), wdown(GgmlType::Q4_K, n_embd, n_ff, 6);
   RopeParams rope;

@@ -19,57 +19,8 @@ namespace {
 
 using test::gpu;
 
-std::vector<float> randn(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
-// A weight [cols, rows, n_stack] of `type` quantized from random values; owns its bytes.
-struct RandWeight {
-  std::vector<uint8_t> bytes;
-  Weight w;
-  RandWeight(GgmlType type, int64_t cols, int64_t rows, int64_t n_stack, uint32_t seed, float scale = 0.5f) {
-    const int64_t all_rows = rows * n_stack;
-    const auto f = randn(size_t(all_rows * cols), seed, scale);
-    const size_t rb = row_bytes(type, cols);
-    bytes.resize(rb * all_rows + 16);
-    for (int64_t r = 0; r < all_rows; ++r) {
-      if (type == GgmlType::F32) std::memcpy(bytes.data() + r * rb, f.data() + r * cols, cols * 4);
-      else quantize_row(type, f.data() + r * cols, bytes.data() + r * rb, cols);
-    }
-    w.name = "test." + std::string(type_name(type));
-    w.type = type;
-    w.ne[0] = cols, w.ne[1] = rows, w.ne[2] = n_stack;
-    w.host = bytes.data();
-    w.nbytes = rb * all_rows;
-  }
-};
-
-struct Dev {
-  Backend& b;
-  std::vector<float*> bufs;
-  ~Dev() {
-    for (float* p : bufs) b.free_buffer(p);
-  }
-  float* put(const std::vector<float>& v) {
-    float* p = b.alloc(v.size());
-    b.upload(p, v.data(), v.size());
-    bufs.push_back(p);
-    return p;
-  }
-  float* make(size_t n) {
-    bufs.push_back(b.alloc(n));
-    return bufs.back();
-  }
-  std::vector<float> get(const float* p, size_t n) {
-    std::vector<float> v(n);
-    b.download(v.data(), p, n);
-    return v;
-  }
-};
+using test::TestWeight;
+using Dev = test::DeviceBuffers;
 
 bool plain_type(GgmlType t) { return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::BF16; }
 
@@ -100,13 +51,13 @@ void check_moe(GgmlType tg, GgmlType tu, GgmlType td, int64_t E, int64_t F, cons
   auto cuda = gpu();
   auto cpu = make_cpu_backend(2);
   const int NE = c.p.n_expert;
-  RandWeight router(GgmlType::F32, E, NE, 1, seed);
-  RandWeight gate(tg, E, F, NE, seed + 1), up(tu, E, F, NE, seed + 2), down(td, F, E, NE, seed + 3);
-  RandWeight bias(GgmlType::F32, NE, 1, 1, seed + 4, 0.3f);
+  TestWeight router(GgmlType::F32, NE, E, seed, 1);
+  TestWeight gate(tg, F, E, seed + 1, NE), up(tu, F, E, seed + 2, NE), down(td, E, F, seed + 3, NE);
+  TestWeight bias(GgmlType::F32, 1, NE, seed + 4, 1, 0.3f);
   MoeWeights w{&router.w, c.bias ? &bias.w : nullptr, &gate.w, &up.w, &down.w};
   const double tol = std::max({budget(tg), budget(tu), budget(td)});
   for (int64_t n : {1, 3, 17, 64}) {
-    const auto x = randn(size_t(n * E), seed + 10 + uint32_t(n), 1.0f);
+    const auto x = test::random_floats(size_t(n * E), seed + 10 + uint32_t(n), 1.0f);
     std::vector<float> want(size_t(n * E));
     cpu->moe_ffn(w, c.p, x.data(), n, want.data());
     Dev d{*cuda};
@@ -156,9 +107,9 @@ TEST(CudaMoeShapes, DecodeStepGraphReplaysWithNewRoutes) {
   auto cpu = make_cpu_backend(2);
   const MoeCase& c = kRoutings[1];
   const int64_t E = 256, F = 256, NE = c.p.n_expert;
-  RandWeight router(GgmlType::F32, E, NE, 1, 1);
-  RandWeight gate(GgmlType::Q4_0, E, F, NE, 2), up(GgmlType::Q4_0, E, F, NE, 3), down(GgmlType::Q4_0, F, E, NE, 4);
-  RandWeight bias(GgmlType::F32, NE, 1, 1, 5, 0.3f);
+  TestWeight router(GgmlType::F32, NE, E, 1, 1);
+  TestWeight gate(GgmlType::Q4_0, F, E, 2, NE), up(GgmlType::Q4_0, F, E, 3, NE), down(GgmlType::Q4_0, E, F, 4, NE);
+  TestWeight bias(GgmlType::F32, 1, NE, 5, 1, 0.3f);
   MoeWeights w{&router.w, &bias.w, &gate.w, &up.w, &down.w};
   KvCacheOptions o;
   o.n_layer = 1, o.n_cells = 64, o.k_width = 4, o.v_width = 4, o.n_seq = 1;
@@ -171,7 +122,7 @@ TEST(CudaMoeShapes, DecodeStepGraphReplaysWithNewRoutes) {
     const int64_t n = 2;
     const std::vector<int32_t> pos = {2 * step, 2 * step + 1}, seq = {0, 0};
     const BatchLayout layout{pos.data(), seq.data(), n};
-    const auto xv = randn(size_t(n * E), 50 + uint32_t(step), 1.0f);
+    const auto xv = test::random_floats(size_t(n * E), 50 + uint32_t(step), 1.0f);
     std::vector<float> want(size_t(n * E));
     cpu->moe_ffn(w, c.p, xv.data(), n, want.data());
     cuda->upload(x, xv.data(), xv.size());
@@ -216,14 +167,14 @@ TEST(CudaMoeShapes, Int8ExpertsAreExactOnQuantizedActivations) {
     const MoeCase& c = kRoutings[1];
     const int64_t E = 256, F = 512, NE = c.p.n_expert, K = c.p.n_expert_used;
     auto cuda = gpu();
-    RandWeight router(GgmlType::F32, E, NE, 1, 1);
-    RandWeight gate(t.g, E, F, NE, 2), up(t.u, E, F, NE, 3), down(t.d, F, E, NE, 4);
-    RandWeight bias(GgmlType::F32, NE, 1, 1, 5, 0.3f);
+    TestWeight router(GgmlType::F32, NE, E, 1, 1);
+    TestWeight gate(t.g, F, E, 2, NE), up(t.u, F, E, 3, NE), down(t.d, E, F, 4, NE);
+    TestWeight bias(GgmlType::F32, 1, NE, 5, 1, 0.3f);
     const MoeWeights w{&router.w, &bias.w, &gate.w, &up.w, &down.w};
     const float* rw = reinterpret_cast<const float*>(router.w.host);
     const float* bv = reinterpret_cast<const float*>(bias.w.host);
     for (int64_t n : {1, 3, 17}) {
-      const auto x = randn(size_t(n * E), 77 + uint32_t(n), 1.5f);
+      const auto x = test::random_floats(size_t(n * E), 77 + uint32_t(n), 1.5f);
       std::vector<float> want(size_t(n * E), 0.0f);
       for (int64_t tk = 0; tk < n; ++tk) {
         const float* xt = x.data() + tk * E;
@@ -289,7 +240,7 @@ void check_mla(const MlaCase& c, const std::vector<int64_t>& seq_lens, bool deco
   const int64_t n = int64_t(pos.size());
   const BatchLayout all{pos.data(), seq.data(), n};
   const int layer = 1;
-  const auto lat = randn(size_t(n * c.lat), seed, 1.0f), rot = randn(size_t(n * c.rot), seed + 1, 1.0f);
+  const auto lat = test::random_floats(size_t(n * c.lat), seed, 1.0f), rot = test::random_floats(size_t(n * c.rot), seed + 1, 1.0f);
   Dev d{*cuda};
   cpu->store_kv(kv_cpu, layer, lat.data(), rot.data(), all);
   cuda->store_kv(kv_gpu, layer, d.put(lat), d.put(rot), all);
@@ -297,9 +248,9 @@ void check_mla(const MlaCase& c, const std::vector<int64_t>& seq_lens, bool deco
   for (int64_t t = 0; t < n; ++t)
     if (!decode_only || t + 1 == n || seq[t + 1] != seq[t]) qpos.push_back(pos[t]), qseq.push_back(seq[t]);
   const BatchLayout ql{qpos.data(), qseq.data(), int64_t(qpos.size())};
-  RandWeight wk(c.tk, c.nope, c.lat, c.n_head, seed + 2, 0.2f), wv(c.tv, c.lat, c.v, c.n_head, seed + 3, 0.2f);
+  TestWeight wk(c.tk, c.lat, c.nope, seed + 2, c.n_head, 0.2f), wv(c.tv, c.v, c.lat, seed + 3, c.n_head, 0.2f);
   const MlaShape shape{c.n_head, c.lat, c.rot, c.nope, c.v, 1.0f / std::sqrt(float(c.nope + c.rot))};
-  const auto q = randn(qpos.size() * c.n_head * (c.nope + c.rot), seed + 4, 1.0f);
+  const auto q = test::random_floats(qpos.size() * c.n_head * (c.nope + c.rot), seed + 4, 1.0f);
   std::vector<float> want(qpos.size() * c.n_head * c.v);
   cpu->attention_mla(kv_cpu, layer, q.data(), wk.w, wv.w, ql, shape, want.data());
   float* out = d.make(want.size());
@@ -343,11 +294,11 @@ TEST(CudaMla, DecodeStepGraphFollowsTheGrowingContext) {
   std::vector<int32_t> pos(n0), seq(n0, 0);
   for (int64_t p = 0; p < n0; ++p) pos[p] = int32_t(p);
   const BatchLayout all{pos.data(), seq.data(), n0};
-  const auto lat = randn(size_t(n0 * c.lat), 1), rot = randn(size_t(n0 * c.rot), 2);
+  const auto lat = test::random_floats(size_t(n0 * c.lat), 1), rot = test::random_floats(size_t(n0 * c.rot), 2);
   Dev d{*cuda};
   cpu->store_kv(kv_cpu, 0, lat.data(), rot.data(), all);
   cuda->store_kv(kv_gpu, 0, d.put(lat), d.put(rot), all);
-  RandWeight wk(c.tk, c.nope, c.lat, c.n_head, 3, 0.2f), wv(c.tv, c.lat, c.v, c.n_head, 4, 0.2f);
+  TestWeight wk(c.tk, c.lat, c.nope, 3, c.n_head, 0.2f), wv(c.tv, c.v, c.lat, 4, c.n_head, 0.2f);
   const MlaShape shape{c.n_head, c.lat, c.rot, c.nope, c.v, 0.1f};
   float* q = d.make(size_t(c.n_head * (c.nope + c.rot)));
   float* k = d.make(size_t(c.lat));
@@ -356,8 +307,8 @@ TEST(CudaMla, DecodeStepGraphFollowsTheGrowingContext) {
   for (int step = 0; step < 5; ++step) {
     const std::vector<int32_t> p1 = {int32_t(n0 + step)}, s1 = {0};
     const BatchLayout one{p1.data(), s1.data(), 1};
-    const auto qv = randn(size_t(c.n_head * (c.nope + c.rot)), 10 + step);
-    const auto kvv = randn(size_t(c.lat), 20 + step), rv = randn(size_t(c.rot), 30 + step);
+    const auto qv = test::random_floats(size_t(c.n_head * (c.nope + c.rot)), 10 + step);
+    const auto kvv = test::random_floats(size_t(c.lat), 20 + step), rv = test::random_floats(size_t(c.rot), 30 + step);
     std::vector<float> want(size_t(c.n_head * c.v));
     cpu->store_kv(kv_cpu, 0, kvv.data(), rv.data(), one);
     cpu->attention_mla(kv_cpu, 0, qv.data(), wk.w, wv.w, one, shape, want.data());

@@ -21,58 +21,9 @@ using test::gpu;
 using test::have_gpu;
 
 
-std::vector<float> random_floats(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
-// A weight of `type` quantized from random values; owns its bytes.
-struct TestWeight {
-  std::vector<uint8_t> bytes;
-  Weight w;
-  TestWeight(GgmlType type, int64_t rows, int64_t cols, uint32_t seed) {
-    const auto f = random_floats(size_t(rows * cols), seed, 0.5f);
-    const size_t rb = row_bytes(type, cols);
-    bytes.resize(rb * rows + 16);
-    for (int64_t r = 0; r < rows; ++r) {
-      if (type == GgmlType::F32) std::memcpy(bytes.data() + r * rb, f.data() + r * cols, cols * 4);
-      else quantize_row(type, f.data() + r * cols, bytes.data() + r * rb, cols);
-    }
-    w.name = "test." + std::string(type_name(type));
-    w.type = type;
-    w.ne[0] = cols;
-    w.ne[1] = rows;
-    w.host = bytes.data();
-    w.nbytes = rb * rows;
-  }
-};
-
-// Device round trip helpers.
-struct Dev {
-  Backend& b;
-  std::vector<float*> bufs;
-  ~Dev() {
-    for (float* p : bufs) b.free_buffer(p);
-  }
-  float* put(const std::vector<float>& v) {
-    float* p = b.alloc(v.size());
-    b.upload(p, v.data(), v.size());
-    bufs.push_back(p);
-    return p;
-  }
-  float* make(size_t n) {
-    bufs.push_back(b.alloc(n));
-    return bufs.back();
-  }
-  std::vector<float> get(const float* p, size_t n) {
-    std::vector<float> v(n);
-    b.download(v.data(), p, n);
-    return v;
-  }
-};
+using test::random_floats;
+using test::TestWeight;
+using Dev = test::DeviceBuffers;
 
 double rel(const std::vector<float>& a, const std::vector<float>& b) { return test::rel_l2(a, b); }
 
