@@ -302,5 +302,48 @@ TEST(CudaOps, AttentionPrefillAndDecode) {
   check_attention(2, 1, 256, 256, {4000}, true);
 }
 
+// Decode attention replayed from one recorded step while the context grows: the step sizes its splits for
+// the whole cache, the kernel spreads the actual context over them (one split for short contexts, the last
+// split block merging the others for long ones), and the split counters must be back at zero after every
+// replay.
+TEST(CudaOps, AttentionInRecordedStepsFollowsTheContext) {
+  REQUIRE_GPU();
+  auto cuda = gpu();
+  auto cpu = make_cpu_backend(2);
+  const int n_head = 8, n_head_kv = 2, hd = 128;
+  KvCacheOptions o;
+  o.n_layer = 1;
+  o.n_seq = 1;
+  o.k_width = n_head_kv * hd;
+  o.v_width = n_head_kv * hd;
+  o.n_cells = 8192;
+  KvCache kv_cpu(*cpu, o), kv_gpu(*cuda, o);
+  const int64_t n_max = 3000;
+  kv_cpu.reserve(0, n_max);
+  kv_gpu.reserve(0, n_max);
+  std::vector<int32_t> pos(n_max), seq(n_max, 0);
+  for (int64_t p = 0; p < n_max; ++p) pos[p] = int32_t(p);
+  auto k = random_floats(size_t(n_max * o.k_width), 31), v = random_floats(size_t(n_max * o.v_width), 32);
+  Dev d{*cuda};
+  const BatchLayout all{pos.data(), seq.data(), n_max};
+  cpu->store_kv(kv_cpu, 0, k.data(), v.data(), all);
+  cuda->store_kv(kv_gpu, 0, d.put(k), d.put(v), all);
+  const AttentionShape shape{n_head, n_head_kv, hd, hd, 1.0f / std::sqrt(float(hd))};
+  float* q_dev = d.make(size_t(n_head * hd));
+  float* out = d.make(size_t(n_head * hd));
+  for (int64_t n_ctx : {1, 2, 127, 128, 129, 300, 513, 1000, 2047, 3000, 700}) {
+    int32_t p = int32_t(n_ctx - 1), sq = 0;
+    const BatchLayout one{&p, &sq, 1};
+    auto q = random_floats(size_t(n_head * hd), 40 + uint32_t(n_ctx), 2.0f);
+    std::vector<float> want(q.size());
+    cpu->attention(kv_cpu, 0, q.data(), one, shape, want.data());
+    cuda->upload(q_dev, q.data(), q.size());
+    cuda->begin_step(one, kv_gpu);
+    cuda->attention(kv_gpu, 0, q_dev, one, shape, out);
+    cuda->end_step();
+    EXPECT_LE(rel(d.get(out, want.size()), want), 1e-5) << "context " << n_ctx;
+  }
+}
+
 }  // namespace
 }  // namespace uma

@@ -4,13 +4,14 @@
 # .debs/ (fetch them here with tools/device/fetch_debs.sh) and unpacked into a private prefix.
 # Test data: UMA_SHARED (default .device/shared, a copy of ../shared's fixtures carried with the call).
 #   usage: tools/device/build_and_test.sh [build|cpu-build|test|gemv|profile|bench|llama3|depth|cpu|moe|ceilings|all]...
-#   (default: all but cpu-build, depth, cpu, moe, pprofile and ncu)
+#   (default: all but cpu-build, depth, cpu, moe, pprofile, ncu and nsys)
 #   cpu-build: a CPU-only build (-DUMA_CUDA=OFF) of uma and the kernel tests (CPU_TARGETS), for the cpu step
 #   gemv: GEMV GB/s per type and shape against the copy ceiling (tests/backends/test_cuda_bench.cpp)
 #   profile: GPU time per op of a Q4_0 decode (UMA_CUDA_PROFILE=1, op by op)
 #   bench: pp512/tg128 of llama-7b Q4_0, Q8_0, F16, Q4_K_M on the GPU; llama3: llama3-8b Q4_0
 #   pprofile: GPU time per op of a pp512 prefill (Q4_0, F16); ncu: kernel durations of Q4_0 decode steps
-#   inside the CUDA graph (Nsight Compute, to $OUT/ncu.csv)
+#   inside the CUDA graph (Nsight Compute, to $OUT/ncu.csv); nsys: a timeline of Q4_0 decode
+#   steps, every graph node (Nsight Systems, to $OUT/decode_cuda_gpu_trace.csv; NSYS_TYPE, NSYS_TG)
 #   depth: tg32 of llama-7b Q4_0 after a DEPTH-token context (default 32768); cpu: the same models on the
 #   host's CPU (--device cpu, pp64/tg16); moe: qwen3-30b-a3b and deepseek-v3-mini Q4_0 on the host's CPU
 #   (MOE_DEVICE=cuda: on the GPU, pp512/tg128)
@@ -28,7 +29,7 @@ steps=("$@")
 want() {
   for s in "${steps[@]}"; do
     [ "$s" = "$1" ] && return 0
-    case "$1" in depth | cpu | moe | pprofile | ncu | cpu-build) ;; *) [ "$s" = all ] && return 0 ;; esac
+    case "$1" in depth | cpu | moe | pprofile | ncu | nsys | cpu-build) ;; *) [ "$s" = all ] && return 0 ;; esac
   done
   return 1
 }
@@ -112,6 +113,17 @@ if want ncu; then
     "$BUILD/uma" bench -m "$m" --device cuda -p 0 -n 3 -r 1 --no-membw >"$OUT/ncu.csv" 2>"$OUT/ncu.err" \
     || tail -5 "$OUT/ncu.err"
   wc -l "$OUT/ncu.csv"
+fi
+
+if want nsys; then
+  echo "== timeline of Q4_0 decode steps inside the CUDA graph (Nsight Systems, every graph node traced)"
+  NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+  m=$(synth "${NSYS_TYPE:-q4_0}") && "$NSYS" profile --cuda-graph-trace=node -t cuda -o "$OUT/decode" -f true \
+    "$BUILD/uma" bench -m "$m" --device cuda -p 0 -n "${NSYS_TG:-16}" -r 1 --no-membw >"$OUT/nsys.log" 2>&1 \
+    && "$NSYS" stats -r cuda_gpu_trace -f csv -o "$OUT/decode" "$OUT/decode.nsys-rep" >>"$OUT/nsys.log" 2>&1 \
+    || tail -20 "$OUT/nsys.log"
+  rm -f "$OUT/decode.nsys-rep" "$OUT/decode.sqlite"
+  ls -la "$OUT" | grep decode
 fi
 
 if want bench; then

@@ -15,116 +15,192 @@ __global__ void store_kv_kernel(float* K, float* V, const float* k, const float*
   else if (j < kw + vw) V[c * vw + j - kw] = v[t * vw + j - kw];
 }
 
-// ---- attention: one block per (query head, token, split). Each warp walks every 4th key of the split
-// with an online softmax (running max m, sum l, acc over head_dim_v), lanes splitting the head dims; the
-// warps' states merge in shared memory. Splits (flash-decoding) let a single long sequence fill the GPU;
-// their partial states merge in attn_combine_kernel. -----------------------------------------------------
+// ---- decode attention (flash-decoding): one block per (query head, token, split), kAttnThreads threads.
+// A split takes a contiguous range of keys and walks it in tiles of kAttnThreads keys:
+//  1. scores: thread i dots the query (in shared memory) with key i of the tile, so a whole tile of keys is
+//     in flight at once (one warp-wide reduction per key, as before, left each warp waiting on one key's
+//     load at a time: ~25 µs a layer at a 64-token context);
+//  2. the tile's max and sum, rescaling the running sum and accumulators (online softmax, block-wide);
+//  3. values: warp w adds keys w, w + 4, .. of the tile, lane j the dims j, j + 32, ..
+// At the end the warps' accumulators meet in shared memory. The context length comes from device memory
+// at run time (a recorded step replays for every length), so the number of splits is fixed per launch but
+// each split is at least one tile: a short context uses one split and the others exit at once. When more
+// than one split ran, the last block of a (head, token) to finish merges the partial states (a counter per
+// (head, token) that this block resets), so no second kernel is launched.
 constexpr int kAttnWarps = 4;
+constexpr int kAttnThreads = kAttnWarps * kWarp;
 constexpr int kMaxHeadDim = 256;
 constexpr int kDimsPerLane = kMaxHeadDim / kWarp;
 
 struct AttnArgs {
   const float *K, *V, *q;
-  float* out;       // final output (n_split == 1) ...
-  float* partial;   // ... or [n_tokens, n_head, n_split, head_dim_v + 2] states
+  float* out;       // output [n_tokens, n_head, head_dim_v]
+  float* partial;   // [n_tokens, n_head, n_split, head_dim_v + 2] states when n_split > 1
+  int* count;       // [n_tokens, n_head] finished splits, zero between launches (n_split > 1)
   int8_t* xq;       // with xs: int8 blocks of the output for the GEMV that follows (decode), or null
   float4* xs;
   int kw, vw, n_head, group, hdk, hdv, n_split;
   float scale;
 };
-static_assert(sizeof(AttnArgs) == 7 * sizeof(void*) + 8 * 4, "no padding: AttnArgs enters graph signatures");
+static_assert(sizeof(AttnArgs) == 8 * sizeof(void*) + 8 * 4, "no padding: AttnArgs enters graph signatures");
 
-__global__ void __launch_bounds__(kAttnWarps * kWarp) attention_kernel(AttnArgs a, DeviceLayout L) {
-  pdl_trigger();  // the output projection's GEMV may start fetching its weights
-  pdl_wait();
-  const int h = blockIdx.x, split = blockIdx.z;
-  const int64_t t = blockIdx.y;
-  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int hk = h / a.group;
-  // The context length comes from device memory (the position), not from a kernel argument, so that a
-  // captured decode graph stays valid as the context grows; each split takes an equal share of it.
-  const int64_t n_ctx = int64_t(L.pos[t]) + 1;
-  const int64_t keys_per_split = (n_ctx + a.n_split - 1) / a.n_split;
-  const int64_t p0 = int64_t(split) * keys_per_split, p1 = min(n_ctx, p0 + keys_per_split);
-
-  float qv[kDimsPerLane];
-  const float* qh = a.q + (t * a.n_head + h) * a.hdk;
+__device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
-  for (int i = 0; i < kDimsPerLane; ++i) {
-    const int j = lane + kWarp * i;
-    qv[i] = j < a.hdk ? qh[j] * a.scale : 0.0f;
-  }
-  float m = -INFINITY, l = 0, acc[kDimsPerLane] = {};
-  for (int64_t p = p0 + warp; p < p1; p += kAttnWarps) {
-    const int64_t c = kv_cell(L, t, p);
-    const float* kp = a.K + c * a.kw + int64_t(hk) * a.hdk;
-    float d = 0;
-#pragma unroll
-    for (int i = 0; i < kDimsPerLane; ++i) {
-      const int j = lane + kWarp * i;
-      if (j < a.hdk) d += qv[i] * kp[j];
-    }
-    const float s = warp_sum(d);
-    const float m_new = fmaxf(m, s);
-    const float corr = expf(m - m_new), e = expf(s - m_new);
-    l = l * corr + e;
-    const float* vp = a.V + c * a.vw + int64_t(hk) * a.hdv;
-#pragma unroll
-    for (int i = 0; i < kDimsPerLane; ++i) {
-      const int j = lane + kWarp * i;
-      acc[i] = acc[i] * corr + (j < a.hdv ? e * vp[j] : 0.0f);
-    }
-    m = m_new;
-  }
-  // Merge the warps.
-  __shared__ float sm[kAttnWarps], sl[kAttnWarps], sacc[kAttnWarps][kMaxHeadDim];
-  if (lane == 0) sm[warp] = m, sl[warp] = l;
-#pragma unroll
-  for (int i = 0; i < kDimsPerLane; ++i) sacc[warp][lane + kWarp * i] = acc[i];
-  __syncthreads();
-  float M = -INFINITY;
-  for (int w = 0; w < kAttnWarps; ++w) M = fmaxf(M, sm[w]);
-  float Lsum = 0;
-  for (int w = 0; w < kAttnWarps; ++w) Lsum += sm[w] == -INFINITY ? 0.0f : sl[w] * expf(sm[w] - M);
-  const int64_t th = t * a.n_head + h;
-  for (int j = threadIdx.x; j < a.hdv; j += blockDim.x) {
-    float v = 0;
-    for (int w = 0; w < kAttnWarps; ++w)
-      if (sm[w] != -INFINITY) v += sacc[w][j] * expf(sm[w] - M);
-    if (a.n_split == 1) {
-      a.out[th * a.hdv + j] = v / Lsum;
-      // hdv is a multiple of 32 when xq is set: each warp holds whole blocks.
-      if (a.xq) quantize_warp_block(v / Lsum, lane, a.xq + th * a.hdv + (j & ~31), a.xs + (th * a.hdv + j) / 32);
-    } else {
-      a.partial[(th * a.n_split + split) * (a.hdv + 2) + 2 + j] = v;
-    }
-  }
-  if (a.n_split > 1 && threadIdx.x == 0) {
-    a.partial[(th * a.n_split + split) * (a.hdv + 2)] = M;
-    a.partial[(th * a.n_split + split) * (a.hdv + 2) + 1] = Lsum;
-  }
+  for (int o = kWarp / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
 }
 
-__global__ void attn_combine_kernel(const float* partial, int n_split, int hdv, float* out, int8_t* xq, float4* xs) {
-  pdl_trigger();
-  pdl_wait();
-  const int64_t th = blockIdx.x;
-  const float* P = partial + th * n_split * (hdv + 2);
-  float M = -INFINITY;
-  for (int s = 0; s < n_split; ++s) M = fmaxf(M, P[s * (hdv + 2)]);
-  float Lsum = 0;
-  for (int s = 0; s < n_split; ++s) {
-    const float ms = P[s * (hdv + 2)];
-    if (ms != -INFINITY) Lsum += P[s * (hdv + 2) + 1] * expf(ms - M);
+// The output row of (token, head) th: v / l for dims tid, tid + kAttnThreads, .. with their int8 blocks.
+__device__ __forceinline__ void attn_write(const AttnArgs& a, int64_t th, int j, float v) {
+  a.out[th * a.hdv + j] = v;
+  // hdv is a multiple of 32 when xq is set: each warp holds whole blocks.
+  if (a.xq) quantize_warp_block(v, j % kWarp, a.xq + th * a.hdv + (j & ~31), a.xs + (th * a.hdv + j) / 32);
+}
+
+// kHd128: keys and values of 128 dims in 16-byte aligned rows (Llama, Qwen, Mistral): the 32 float4 of a
+// key are all in flight at once, and a lane adds a float4 of each value row. Otherwise any head dims, one
+// float at a time.
+template <bool kHd128>
+__global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, DeviceLayout L) {
+  pdl_trigger();  // the output projection's GEMV may start fetching its weights
+  const int h = blockIdx.x, split = blockIdx.z;
+  const int64_t t = blockIdx.y;
+  const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
+  const int hk = h / a.group;
+  // The layout was uploaded before the step's first kernel, and the cache rows of earlier positions were
+  // written by earlier steps: the page table and an L2 prefetch of the first tile's rows go before the
+  // wait for the kernel that wrote this step's query and key.
+  const int64_t n_ctx = int64_t(L.pos[t]) + 1;
+  const int64_t per_split = max(int64_t(kAttnThreads), (n_ctx + a.n_split - 1) / a.n_split);
+  const int n_used = int((n_ctx + per_split - 1) / per_split);
+  if (split >= n_used) return;
+  const int64_t p0 = split * per_split, p1 = min(n_ctx, p0 + per_split);
+  const int64_t th = t * a.n_head + h;
+  const int64_t k_off = int64_t(hk) * a.hdk, v_off = int64_t(hk) * a.hdv;
+  int64_t my_cell = tid < p1 - p0 ? kv_cell(L, t, p0 + tid) : 0;
+  if (tid < p1 - p0) {
+    for (int j = 0; j < a.hdk; j += 32) prefetch_l2(a.K + my_cell * a.kw + k_off + j);
+    for (int j = 0; j < a.hdv; j += 32) prefetch_l2(a.V + my_cell * a.vw + v_off + j);
   }
-  for (int j = threadIdx.x; j < hdv; j += blockDim.x) {
-    float v = 0;
-    for (int s = 0; s < n_split; ++s) {
-      const float ms = P[s * (hdv + 2)];
-      if (ms != -INFINITY) v += P[s * (hdv + 2) + 2 + j] * expf(ms - M);
+  pdl_wait();
+
+  __shared__ __align__(16) float qs[kMaxHeadDim];
+  __shared__ float prob[kAttnThreads], red_max[kAttnWarps], red_sum[kAttnWarps];
+  __shared__ int64_t cell[kAttnThreads];
+  __shared__ float sacc[kAttnWarps][kMaxHeadDim];
+  __shared__ bool last;
+  for (int j = tid; j < a.hdk; j += kAttnThreads) qs[j] = a.q[th * a.hdk + j] * a.scale;
+  __syncthreads();
+  float m = -INFINITY, l = 0, acc[kHd128 ? 4 : kDimsPerLane] = {};
+  for (int64_t tile = p0; tile < p1; tile += kAttnThreads) {
+    const int n = int(min(int64_t(kAttnThreads), p1 - tile));
+    float s = -INFINITY;
+    if (tid < n) {
+      const int64_t c = tile == p0 ? my_cell : kv_cell(L, t, tile + tid);
+      cell[tid] = c;
+      const float* kp = a.K + c * a.kw + k_off;
+      float d = 0;
+      if constexpr (kHd128) {
+        float4 k4[32];
+#pragma unroll
+        for (int j = 0; j < 32; ++j) k4[j] = reinterpret_cast<const float4*>(kp)[j];
+#pragma unroll
+        for (int j = 0; j < 32; ++j) {
+          const float4 q4 = reinterpret_cast<const float4*>(qs)[j];
+          d += q4.x * k4[j].x + q4.y * k4[j].y + q4.z * k4[j].z + q4.w * k4[j].w;
+        }
+      } else {
+#pragma unroll 8
+        for (int j = 0; j < a.hdk; ++j) d += qs[j] * kp[j];
+      }
+      s = d;
     }
-    out[th * hdv + j] = v / Lsum;
-    if (xq) quantize_warp_block(v / Lsum, threadIdx.x % kWarp, xq + th * hdv + (j & ~31), xs + (th * hdv + j) / 32);
+    const float wm = warp_max(s);
+    if (lane == 0) red_max[warp] = wm;
+    __syncthreads();
+    float mx = red_max[0];
+#pragma unroll
+    for (int w = 1; w < kAttnWarps; ++w) mx = fmaxf(mx, red_max[w]);
+    const float m_new = fmaxf(m, mx);  // finite: the tile has at least one key
+    const float corr = expf(m - m_new);
+    const float e = tid < n ? expf(s - m_new) : 0.0f;
+    prob[tid] = e;
+    const float ws = warp_sum(e);
+    if (lane == 0) red_sum[warp] = ws;
+    __syncthreads();
+    float es = 0;
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w) es += red_sum[w];
+    l = l * corr + es;
+    m = m_new;
+#pragma unroll
+    for (auto& x : acc) x *= corr;
+    if constexpr (kHd128) {
+#pragma unroll 8
+      for (int i = warp; i < n; i += kAttnWarps) {
+        const float p = prob[i];
+        const float4 v4 = reinterpret_cast<const float4*>(a.V + cell[i] * a.vw + v_off)[lane];
+        acc[0] += p * v4.x, acc[1] += p * v4.y, acc[2] += p * v4.z, acc[3] += p * v4.w;
+      }
+    } else {
+#pragma unroll 4
+      for (int i = warp; i < n; i += kAttnWarps) {
+        const float p = prob[i];
+        const float* vp = a.V + cell[i] * a.vw + v_off;
+#pragma unroll
+        for (int k = 0; k < kDimsPerLane; ++k) {
+          const int j = lane + kWarp * k;
+          if (j < a.hdv) acc[k] += p * vp[j];
+        }
+      }
+    }
+    __syncthreads();  // cell, prob and the reductions are rewritten by the next tile
+  }
+  if constexpr (kHd128) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) sacc[warp][4 * lane + k] = acc[k];
+  } else {
+#pragma unroll
+    for (int k = 0; k < kDimsPerLane; ++k)
+      if (lane + kWarp * k < a.hdv) sacc[warp][lane + kWarp * k] = acc[k];
+  }
+  __syncthreads();
+  if (n_used == 1) {
+    for (int j = tid; j < a.hdv; j += kAttnThreads) {
+      float v = 0;
+#pragma unroll
+      for (int w = 0; w < kAttnWarps; ++w) v += sacc[w][j];
+      attn_write(a, th, j, v / l);
+    }
+    return;
+  }
+  float* P = a.partial + th * a.n_split * (a.hdv + 2);
+  for (int j = tid; j < a.hdv; j += kAttnThreads) {
+    float v = 0;
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w) v += sacc[w][j];
+    P[split * (a.hdv + 2) + 2 + j] = v;
+  }
+  if (tid == 0) P[split * (a.hdv + 2)] = m, P[split * (a.hdv + 2) + 1] = l;
+  // The last split block merges: its partial states are visible to it after the others' fences.
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    last = atomicAdd(a.count + th, 1) == n_used - 1;
+    if (last) a.count[th] = 0;  // ready for the next launch
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  float M = -INFINITY;
+  for (int sp = 0; sp < n_used; ++sp) M = fmaxf(M, __ldcg(P + sp * (a.hdv + 2)));
+  float Lsum = 0;
+  for (int sp = 0; sp < n_used; ++sp) Lsum += __ldcg(P + sp * (a.hdv + 2) + 1) * expf(__ldcg(P + sp * (a.hdv + 2)) - M);
+  for (int j = tid; j < a.hdv; j += kAttnThreads) {
+    float v = 0;
+    for (int sp = 0; sp < n_used; ++sp)
+      v += __ldcg(P + sp * (a.hdv + 2) + 2 + j) * expf(__ldcg(P + sp * (a.hdv + 2)) - M);
+    attn_write(a, th, j, v / Lsum);
   }
 }
 
@@ -267,7 +343,8 @@ void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const 
   }
   // Split the keys when the grid would not fill the GPU: ~256 keys per block, at most 64 splits. A
   // recorded step sizes the splits for the whole cache (the kernel divides the actual context among
-  // them), so the graph holds for every context length; otherwise for the longest context of the batch.
+  // them, at least a tile each), so the graph holds for every context length; otherwise for the longest
+  // context of the batch.
   int64_t max_ctx = 0;
   if (deferred_) {
     max_ctx = kv.capacity();
@@ -281,22 +358,26 @@ void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const 
   Q8Buffer q8{nullptr, nullptr};
   if (fuse_ && batch.n_tokens <= kMaxGemvTokens && s.head_dim_v % 32 == 0)
     q8 = q8_buffer(out, batch.n_tokens * s.n_head * s.head_dim_v);
-  AttnArgs a{kv.k(layer), kv.v(layer), q, out, nullptr, q8.xq, q8.xs, kv.options().k_width, kv.options().v_width, s.n_head,
-             s.n_head / s.n_head_kv, s.head_dim_k, s.head_dim_v, n_split, s.scale};
-  if (n_split > 1)
+  AttnArgs a{kv.k(layer), kv.v(layer), q, out, nullptr, nullptr, q8.xq, q8.xs, kv.options().k_width,
+             kv.options().v_width, s.n_head, s.n_head / s.n_head_kv, s.head_dim_k, s.head_dim_v, n_split, s.scale};
+  if (n_split > 1) {
     a.partial = static_cast<float*>(
         partial_.get(size_t(blocks) * n_split * (s.head_dim_v + 2) * sizeof(float), deferred_));
+    // The split counters start at zero and every launch leaves them at zero (the merging block resets its
+    // own); a new buffer is cleared on the stream before any launch that uses it.
+    const size_t count_bytes = size_t(blocks) * sizeof(int);
+    if (count_bytes > attn_count_.bytes) {
+      void* p = attn_count_.get(count_bytes, deferred_);
+      UMA_CHECK(cudaMemsetAsync(p, 0, attn_count_.bytes, stream_));
+    }
+    a.count = static_cast<int*>(attn_count_.p);
+  }
   submit("attention", 0, [this](AttnArgs a, DeviceLayout L, int64_t n_tokens) {
     dim3 grid(unsigned(a.n_head), unsigned(n_tokens), unsigned(a.n_split));
-    launch(pdl_, grid, kAttnWarps * kWarp, stream_, attention_kernel, a, L);
+    const bool hd128 = a.hdk == 128 && a.hdv == 128 && a.kw % 4 == 0 && a.vw % 4 == 0;  // rows 16-byte aligned
+    launch(pdl_, grid, kAttnThreads, stream_, hd128 ? attention_kernel<true> : attention_kernel<false>, a, L);
     UMA_LAUNCHED("attention");
-    if (a.n_split > 1) {
-      launch(pdl_, unsigned(n_tokens * a.n_head), 128, stream_, attn_combine_kernel, a.partial, a.n_split, a.hdv,
-             a.out, a.xq, a.xs);
-      UMA_LAUNCHED("attn_combine");
-    }
   }, a, L, batch.n_tokens);
 }
-
 
 }  // namespace uma::cuda

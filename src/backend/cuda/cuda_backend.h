@@ -144,6 +144,9 @@ class CudaBackend final : public Backend {
     fuse_ = env_on("UMA_CUDA_FUSE", true);    // =0: no fused ops (norm + int8, rope + store, add + norm)
     gemm_attention_ = env_on("UMA_CUDA_ATTN_GEMM", true);  // =0: prefill attention with the decode kernel
     if (const char* g = std::getenv("UMA_CUDA_GEMV")) std::sscanf(g, "%dx%d", &gemv_rows_, &gemv_warps_);
+    // UMA_CUDA_SKIP=op[,op...]: leave those ops out (results are wrong; for measuring what each op costs
+    // inside a decode step, e.g. UMA_CUDA_SKIP=gemv leaves only the small kernels).
+    if (const char* s = std::getenv("UMA_CUDA_SKIP")) skip_ = std::string(",") + s + ",";
     sm_count_ = prop.multiProcessorCount;
   }
   ~CudaBackend() override {
@@ -311,6 +314,7 @@ class CudaBackend final : public Backend {
   template <class Fn, class... A>
   void submit(const char* name, double bytes, Fn fn, A... args) {
     static_assert(sizeof(Fn) <= sizeof(void*), "pass every value as an argument: it must enter the signature");
+    if (!skip_.empty() && skip_.find(std::string(",") + name + ",") != std::string::npos) return;
     if (deferred_) {
       const size_t n = sig_.size();
       sig_.resize(n + sizeof(name) + (sizeof(A) + ... + 0));
@@ -383,7 +387,7 @@ class CudaBackend final : public Backend {
   Scratch wf16_[2];  // dequantized prefill operands, double-buffered (gemm_many)
   cudaStream_t side_ = nullptr;  // the dequantization stream of gemm_many
   cudaEvent_t dequant_done_[2] = {}, gemm_done_[2] = {};
-  Scratch ids_, rows_, xf16_, partial_, repack_src_, q8_, attn_kv_, attn_scores_;
+  Scratch ids_, rows_, xf16_, partial_, attn_count_, repack_src_, q8_, attn_kv_, attn_scores_;
   const float* q8_src_ = nullptr;  // the activations q8_ holds, if still valid
   int64_t q8_n_ = 0;
   uint8_t* q8_base_ = nullptr;
@@ -399,6 +403,7 @@ class CudaBackend final : public Backend {
   bool graphs_ = true, profile_ = false, pdl_ = true, prefetch_ = true, merge_ = true, fuse_ = true,
        gemm_attention_ = true;
   int sm_count_ = 132;
+  std::string skip_;  // UMA_CUDA_SKIP, as ",op,op,"
   int gemv_rows_ = 4, gemv_warps_ = 4;  // block shape of the GEMVs of large matrices (UMA_CUDA_GEMV)
   bool in_step_ = false, deferred_ = false, step_pending_ = false;
   const KvCache* step_kv_ = nullptr;
