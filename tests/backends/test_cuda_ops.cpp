@@ -168,8 +168,10 @@ TEST(CudaOps, RmsNormAddSwigluGather) {
   REQUIRE_GPU();
   auto cuda = gpu();
   auto cpu = make_cpu_backend(2);
-  for (int64_t dim : {1, 31, 64, 4097}) {
-    const int64_t rows = 5;
+  // Rows of up to 4 tokens with dims a multiple of 32 take the decode kernel that also writes int8 blocks;
+  // 5 rows or odd dims the general one.
+  for (auto [dim, rows] : {std::pair<int64_t, int64_t>{1, 5}, {31, 5}, {64, 5}, {4097, 5}, {32, 1}, {96, 2},
+                           {4096, 1}, {4096, 4}, {8192, 2}, {16384, 1}}) {
     auto x = random_floats(size_t(rows * dim), 3, 2.0f);
     auto g = random_floats(size_t(dim), 4);
     std::vector<uint8_t> gb(dim * 4);
@@ -188,6 +190,14 @@ TEST(CudaOps, RmsNormAddSwigluGather) {
     EXPECT_LE(rel(d.get(out, x.size()), want), 1e-6) << "rms_norm dim " << dim;
     cuda->rms_norm(dx, w, rows, dim, 1e-5f, dx);  // in place
     EXPECT_LE(rel(d.get(dx, x.size()), want), 1e-6) << "rms_norm in place, dim " << dim;
+    // x += y, then the norm (the residual add fused into the norm).
+    auto y = random_floats(size_t(rows * dim), 8);
+    std::vector<float> want_x = x, want_n(x.size());
+    cpu->add_rms_norm(want_x.data(), y.data(), w, rows, dim, 1e-5f, want_n.data());
+    dx = d.put(x);
+    cuda->add_rms_norm(dx, d.put(y), w, rows, dim, 1e-5f, out);
+    EXPECT_LE(rel(d.get(dx, x.size()), want_x), 1e-6) << "add_rms_norm sum, dim " << dim;
+    EXPECT_LE(rel(d.get(out, x.size()), want_n), 1e-6) << "add_rms_norm, dim " << dim << ", rows " << rows;
   }
   for (int64_t n : {1, 1000, 100003}) {
     auto a = random_floats(size_t(n), 5, 3.0f), b = random_floats(size_t(n), 6);

@@ -75,6 +75,62 @@ __global__ void rms_norm_kernel(float* x, const float* y, const float* w, int64_
   }
 }
 
+// The decode RMSNorm with int8 output (dim a multiple of 32, at most 32 · kNormPer blocks of 32 a warp):
+// each warp owns whole 32-value blocks (warp, warp + n_warps, ..) from the load to the quantization, so the
+// row stays in registers between the sum of squares and the output, and the norm weight is loaded before
+// the wait for the kernel that wrote x and y. Same arithmetic as rms_norm_kernel.
+constexpr int kNormPer = 8;
+__global__ void __launch_bounds__(1024) rms_norm_q8_kernel(float* x, const float* y, const float* w, int64_t dim,
+                                                           float eps, float* out, int8_t* xq, float4* xs) {
+  pdl_trigger();
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, n_warps = blockDim.x / kWarp;
+  const int n_blk = int(dim / 32);
+  const int64_t row = blockIdx.x;
+  float wv[kNormPer], v[kNormPer];
+#pragma unroll
+  for (int k = 0; k < kNormPer; ++k) {
+    const int b = warp + k * n_warps;
+    wv[k] = b < n_blk ? w[b * 32 + lane] : 0.0f;
+  }
+  pdl_wait();
+  float* xr = x + row * dim;
+  float ss = 0;
+#pragma unroll
+  for (int k = 0; k < kNormPer; ++k) {
+    const int b = warp + k * n_warps;
+    v[k] = 0;
+    if (b < n_blk) {
+      float val = xr[b * 32 + lane];
+      if (y) {
+        val += y[row * dim + b * 32 + lane];
+        xr[b * 32 + lane] = val;
+      }
+      v[k] = val;
+      ss += val * val;
+    }
+  }
+  __shared__ float part[32];
+  ss = warp_sum(ss);
+  if (lane == 0) part[warp] = ss;
+  __syncthreads();
+  if (warp == 0) {
+    float t = lane < n_warps ? part[lane] : 0.0f;
+    t = warp_sum(t);
+    if (lane == 0) part[0] = t;
+  }
+  __syncthreads();
+  const float scale = rsqrtf(part[0] / float(dim) + eps);
+#pragma unroll
+  for (int k = 0; k < kNormPer; ++k) {
+    const int b = warp + k * n_warps;  // the same for the whole warp: quantize_warp_block needs every lane
+    if (b < n_blk) {
+      const float o = (v[k] * scale) * wv[k];
+      out[row * dim + b * 32 + lane] = o;
+      quantize_warp_block(o, lane, xq + row * dim + b * 32, xs + row * n_blk + b);
+    }
+  }
+}
+
 __global__ void gather_rows_kernel(const float* src, int64_t dim, const int32_t* rows, float* dst) {
   const int64_t i = blockIdx.y;
   for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < dim; c += int64_t(gridDim.x) * blockDim.x)
@@ -168,7 +224,10 @@ void CudaBackend::norm_op(float* x, const float* y, const Weight& w, int64_t n_r
   submit(y ? "add_rms_norm" : "rms_norm", 0, [this](float* x, const float* y, const float* g, int64_t n_rows,
                                                     int64_t dim, float eps, float* out, Q8Buffer q) {
     const int threads = dim >= 1024 ? 1024 : std::max(32, int((dim + 31) / 32 * 32));
-    launch(pdl_, unsigned(n_rows), threads, stream_, rms_norm_kernel, x, y, g, dim, eps, out, q.xq, q.xs);
+    if (q.xq && dim / 32 <= threads / kWarp * kNormPer)
+      launch(pdl_, unsigned(n_rows), threads, stream_, rms_norm_q8_kernel, x, y, g, dim, eps, out, q.xq, q.xs);
+    else
+      launch(pdl_, unsigned(n_rows), threads, stream_, rms_norm_kernel, x, y, g, dim, eps, out, q.xq, q.xs);
     UMA_LAUNCHED("rms_norm");
   }, x, y, g, n_rows, dim, eps, out, q);
 }
