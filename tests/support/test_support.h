@@ -1,9 +1,11 @@
 // Helpers shared by every test tier: where the shared data lives, temp files, and error metrics.
 #pragma once
+#include <cstdlib>
 #include <filesystem>
+#include <optional>
+#include <span>
 #include <string>
 #include <vector>
-#include <span>
 
 namespace uma::test {
 
@@ -17,5 +19,29 @@ std::filesystem::path write_temp_file(const std::string& name, const std::vector
 double rel_l2(std::span<const float> a, std::span<const float> b);
 // The uma binary built beside the tests.
 std::filesystem::path uma_binary();
+
+// Sets (or unsets, with nullopt) an environment variable for one scope.
+class EnvGuard {
+ public:
+  EnvGuard(const char* name, std::optional<std::string> value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    if (value)
+      ::setenv(name, value->c_str(), 1);
+    else
+      ::unsetenv(name);
+  }
+  ~EnvGuard() {
+    if (old_)
+      ::setenv(name_, old_->c_str(), 1);
+    else
+      ::unsetenv(name_);
+  }
+  EnvGuard(const EnvGuard&) = delete;
+  EnvGuard& operator=(const EnvGuard&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
 
 }  // namespace uma::test

@@ -26,31 +26,10 @@ namespace uma {
 namespace {
 
 namespace fs = std::filesystem;
+using test::EnvGuard;
 
 // ---------------------------------------------------------------------------------------------------------
 // Helpers
-
-// Sets (or unsets, with nullopt) an environment variable for one scope.
-class EnvGuard {
- public:
-  EnvGuard(const char* name, std::optional<std::string> value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    if (value)
-      ::setenv(name, value->c_str(), 1);
-    else
-      ::unsetenv(name);
-  }
-  ~EnvGuard() {
-    if (old_)
-      ::setenv(name_, old_->c_str(), 1);
-    else
-      ::unsetenv(name_);
-  }
-
- private:
-  const char* name_;
-  std::optional<std::string> old_;
-};
 
 fs::path fresh_dir(const std::string& name) {
   fs::path d = test::temp_dir() / "model_ref" / name;

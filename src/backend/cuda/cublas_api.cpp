@@ -36,6 +36,7 @@ const CublasApi& cublas_api() {
     a.sgemm = symbol<decltype(a.sgemm)>(lib, "cublasSgemm_v2");
     a.gemm_ex = symbol<decltype(a.gemm_ex)>(lib, "cublasGemmEx");
     a.sgemm_strided_batched = symbol<decltype(a.sgemm_strided_batched)>(lib, "cublasSgemmStridedBatched");
+    a.gemm_strided_batched_ex = symbol<decltype(a.gemm_strided_batched_ex)>(lib, "cublasGemmStridedBatchedEx");
     return a;
   }();
   return api;

@@ -18,6 +18,10 @@ struct CublasApi {
   cublasStatus_t (*sgemm_strided_batched)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
                                           const float*, const float*, int, long long, const float*, int, long long,
                                           const float*, float*, int, long long, int);
+  cublasStatus_t (*gemm_strided_batched_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int,
+                                            const void*, const void*, cudaDataType, int, long long, const void*,
+                                            cudaDataType, int, long long, const void*, void*, cudaDataType, int,
+                                            long long, int, cublasComputeType_t, cublasGemmAlgo_t);
 };
 
 // Loads libcublas on first use; throws uma::Error naming the library when it cannot be found.

@@ -281,6 +281,20 @@ bool CudaBackend::attention_gemm(const KvCache& kv, int layer, const float* q, c
   const size_t kv_bytes = size_t(max_ctx) * (kw + vw) * sizeof(float);
   if (kv_bytes > (size_t(2) << 30)) return false;
   const auto& blas = cuda::cublas_api();
+  // f32 products on TF32 tensor cores (10-bit mantissas, f32 accumulation) unless the model keeps f32
+  // matrices: the weight GEMMs of f16 and quantized models already round their inputs to f16, and the SIMT
+  // f32 products were ~3 of the ~21 ms of a llama-7b F16 pp512. UMA_CUDA_ATTN_TF32=0: f32 throughout.
+  const bool tf32 = attn_tf32_ && !f32_weights_;
+  auto batched = [&](cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, const float* alpha,
+                     const float* a, int lda, long long sa, const float* b, int ldb, long long sb, const float* beta,
+                     float* c, int ldc, long long sc, int count) {
+    if (!tf32)
+      return blas.sgemm_strided_batched(cublas_, ta, tb, m, n, k, alpha, a, lda, sa, b, ldb, sb, beta, c, ldc, sc,
+                                        count);
+    return blas.gemm_strided_batched_ex(cublas_, ta, tb, m, n, k, alpha, a, CUDA_R_32F, lda, sa, b, CUDA_R_32F, ldb,
+                                        sb, beta, c, CUDA_R_32F, ldc, sc, count, CUBLAS_COMPUTE_32F_FAST_TF32,
+                                        CUBLAS_GEMM_DEFAULT);
+  };
   auto* kc = static_cast<float*>(attn_kv_.get(kv_bytes));
   float* vc = kc + max_ctx * kw;
   constexpr size_t kScoreBudget = size_t(128) << 20;  // floats of S at a time (512 MiB)
@@ -295,21 +309,19 @@ bool CudaBackend::attention_gemm(const KvCache& kv, int layer, const float* q, c
       const float one = 1.0f, zero = 0.0f;
       // Head h = hk * group + j: one strided batch over the kv heads hk per j.
       for (int j = 0; j < group; ++j)
-        check(blas.sgemm_strided_batched(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, int(n_keys), int(mc), s.head_dim_k,
-                                         &s.scale, kc, kw, s.head_dim_k,
-                                         q + ((t0 + i0) * s.n_head + j) * s.head_dim_k, s.n_head * s.head_dim_k,
-                                         int64_t(group) * s.head_dim_k, &zero, S + j * mc * n_keys, int(n_keys),
-                                         int64_t(group) * mc * n_keys, s.n_head_kv),
-              "cublasSgemmStridedBatched (scores)");
+        check(batched(CUBLAS_OP_T, CUBLAS_OP_N, int(n_keys), int(mc), s.head_dim_k, &s.scale, kc, kw,
+                      s.head_dim_k, q + ((t0 + i0) * s.n_head + j) * s.head_dim_k, s.n_head * s.head_dim_k,
+                      int64_t(group) * s.head_dim_k, &zero, S + j * mc * n_keys, int(n_keys),
+                      int64_t(group) * mc * n_keys, s.n_head_kv),
+              "cublas strided batched GEMM (scores)");
       causal_softmax_kernel<<<unsigned(s.n_head * mc), 256, 0, stream_>>>(S, mc, n_keys, p_first + i0);
       UMA_LAUNCHED("causal_softmax");
       for (int j = 0; j < group; ++j)
-        check(blas.sgemm_strided_batched(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, s.head_dim_v, int(mc), int(n_keys), &one,
-                                         vc, vw, s.head_dim_v, S + j * mc * n_keys, int(n_keys),
-                                         int64_t(group) * mc * n_keys, &zero,
-                                         out + ((t0 + i0) * s.n_head + j) * s.head_dim_v, s.n_head * s.head_dim_v,
-                                         int64_t(group) * s.head_dim_v, s.n_head_kv),
-              "cublasSgemmStridedBatched (values)");
+        check(batched(CUBLAS_OP_N, CUBLAS_OP_N, s.head_dim_v, int(mc), int(n_keys), &one, vc, vw, s.head_dim_v,
+                      S + j * mc * n_keys, int(n_keys), int64_t(group) * mc * n_keys, &zero,
+                      out + ((t0 + i0) * s.n_head + j) * s.head_dim_v, s.n_head * s.head_dim_v,
+                      int64_t(group) * s.head_dim_v, s.n_head_kv),
+              "cublas strided batched GEMM (values)");
     }
   }
   return true;
@@ -337,7 +349,7 @@ void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const 
   const DeviceLayout L = layout_for(kv, batch);
   if (batch.n_tokens > kMaxGemvTokens && gemm_attention_) {
     flush();  // cuBLAS and scratch growth stay out of recorded steps
-    bool done = false;
+    bool done = skipped("attention_gemm");  // UMA_CUDA_SKIP: no fallback either
     execute("attention_gemm", 0, [&] { done = attention_gemm(kv, layer, q, batch, s, out, L); });
     if (done) return;
   }

@@ -97,6 +97,7 @@ const DeviceWeight& CudaBackend::device_weight(const Weight& w) {
   if (!w.host) fail("weight '{}' has no data", w.name);
   DeviceWeight d{w.type, nullptr, 0, w.rows() * w.ne[2] * w.ne[3], w.cols()};
   if (!supports(w.type)) fail("the CUDA backend cannot compute with {} weights ('{}')", type_name(w.type), w.name);
+  if (w.type == GgmlType::F32 && d.rows > 1 && d.cols > 1) f32_weights_ = true;  // a matrix, not a norm
   const SoaSplit sp = soa_split(w.type);
   if (sp.q_len) {
     // Upload the GGUF bytes into scratch, then repack into the regions of WView (kernels.cuh).

@@ -143,6 +143,7 @@ class CudaBackend final : public Backend {
     merge_ = env_on("UMA_CUDA_MERGE", true);  // =0: one GEMV launch per matrix (q/k/v, gate/up apart)
     fuse_ = env_on("UMA_CUDA_FUSE", true);    // =0: no fused ops (norm + int8, rope + store, add + norm)
     gemm_attention_ = env_on("UMA_CUDA_ATTN_GEMM", true);  // =0: prefill attention with the decode kernel
+    attn_tf32_ = env_on("UMA_CUDA_ATTN_TF32", true);         // =0: its products in f32, not TF32 (see there)
     if (const char* g = std::getenv("UMA_CUDA_GEMV")) std::sscanf(g, "%dx%d", &gemv_rows_, &gemv_warps_);
     // UMA_CUDA_SKIP=op[,op...]: leave those ops out (results are wrong; for measuring what each op costs
     // inside a decode step, e.g. UMA_CUDA_SKIP=gemv leaves only the small kernels).
@@ -314,7 +315,7 @@ class CudaBackend final : public Backend {
   template <class Fn, class... A>
   void submit(const char* name, double bytes, Fn fn, A... args) {
     static_assert(sizeof(Fn) <= sizeof(void*), "pass every value as an argument: it must enter the signature");
-    if (!skip_.empty() && skip_.find(std::string(",") + name + ",") != std::string::npos) return;
+    if (skipped(name)) return;
     if (deferred_) {
       const size_t n = sig_.size();
       sig_.resize(n + sizeof(name) + (sizeof(A) + ... + 0));
@@ -328,8 +329,12 @@ class CudaBackend final : public Backend {
     }
     execute(name, bytes, [&] { fn(args...); });
   }
+  bool skipped(const char* name) const {
+    return !skip_.empty() && skip_.find(std::string(",") + name + ",") != std::string::npos;
+  }
   template <class F>
   void execute(const char* name, double bytes, F&& f) {
+    if (skipped(name)) return;
     if (!profile_) {
       f();
       return;
@@ -401,7 +406,8 @@ class CudaBackend final : public Backend {
 
   // Step state (begin_step .. end_step).
   bool graphs_ = true, profile_ = false, pdl_ = true, prefetch_ = true, merge_ = true, fuse_ = true,
-       gemm_attention_ = true;
+       gemm_attention_ = true, attn_tf32_ = true;
+  bool f32_weights_ = false;  // a matrix of the model is stored in f32: prefill attention stays f32
   int sm_count_ = 132;
   std::string skip_;  // UMA_CUDA_SKIP, as ",op,op,"
   int gemv_rows_ = 4, gemv_warps_ = 4;  // block shape of the GEMVs of large matrices (UMA_CUDA_GEMV)
