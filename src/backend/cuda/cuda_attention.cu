@@ -208,52 +208,57 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, Dev
 // gathered from the pages into contiguous rows, S = scale · Q Kᵀ for every head (cuBLAS, f32), a causal
 // softmax over each row of S, then O = P V (cuBLAS). The tensor-core-free f32 SGEMMs keep the CPU's
 // accuracy; the work is O(m · n_ctx · head_dim) per head, read from L2 instead of once per query.
+// One block per position: its key and value rows, as float4 when the widths allow (every row then starts
+// 16-byte aligned), unrolled so that a thread's loads are in flight together.
 __global__ void gather_kv_kernel(const float* K, const float* V, int kw, int vw, DeviceLayout L, int64_t t0,
                                  float* Kc, float* Vc) {
   const int64_t p = blockIdx.x;
   const int64_t c = kv_cell(L, t0, p);
+  if (kw % 4 == 0 && vw % 4 == 0) {
+    const int kw4 = kw / 4, vw4 = vw / 4;
+    const auto* K4 = reinterpret_cast<const float4*>(K + c * kw);
+    const auto* V4 = reinterpret_cast<const float4*>(V + c * vw);
+    auto* Kc4 = reinterpret_cast<float4*>(Kc + p * kw);
+    auto* Vc4 = reinterpret_cast<float4*>(Vc + p * vw);
+#pragma unroll 4
+    for (int j = threadIdx.x; j < kw4 + vw4; j += blockDim.x) {
+      if (j < kw4) Kc4[j] = K4[j];
+      else Vc4[j - kw4] = V4[j - kw4];
+    }
+    return;
+  }
   for (int j = threadIdx.x; j < kw + vw; j += blockDim.x) {
     if (j < kw) Kc[p * kw + j] = K[c * kw + j];
     else Vc[p * vw + j - kw] = V[c * vw + j - kw];
   }
 }
 
-// Rows of S [n_head, m, n_keys]: row i sees keys 0 .. p_first + i; the rest become 0.
-__global__ void causal_softmax_kernel(float* S, int64_t m, int64_t n_keys, int64_t p_first) {
-  float* s = S + int64_t(blockIdx.x) * n_keys;
-  const int64_t limit = min(n_keys, p_first + int64_t(blockIdx.x) % m + 1);
-  __shared__ float red[32];
-  auto block_reduce = [&](float v, bool is_max) {
-    for (int o = 16; o > 0; o >>= 1) {
-      const float w = __shfl_xor_sync(0xffffffffu, v, o);
-      v = is_max ? fmaxf(v, w) : v + w;
-    }
-    if (threadIdx.x % kWarp == 0) red[threadIdx.x / kWarp] = v;
-    __syncthreads();
-    v = threadIdx.x < blockDim.x / kWarp ? red[threadIdx.x] : (is_max ? -INFINITY : 0.0f);
-    if (threadIdx.x < kWarp)
-      for (int o = 16; o > 0; o >>= 1) {
-        const float w = __shfl_xor_sync(0xffffffffu, v, o);
-        v = is_max ? fmaxf(v, w) : v + w;
-      }
-    if (threadIdx.x == 0) red[0] = v;
-    __syncthreads();
-    v = red[0];
-    __syncthreads();
-    return v;
-  };
+// Rows of S [n_head, m, n_keys]: row i sees keys 0 .. p_first + i; the rest become 0. One warp per row
+// (three coalesced passes: max, exponentials and their sum, scaling), kSoftmaxRows rows a block: a block per
+// row with block-wide reductions was ~75 µs a layer at pp512, latency-bound on 16k small blocks.
+constexpr int kSoftmaxRows = 8;
+__global__ void causal_softmax_kernel(float* S, int64_t n_rows, int64_t m, int64_t n_keys, int64_t p_first) {
+  const int64_t row = int64_t(blockIdx.x) * kSoftmaxRows + threadIdx.x / kWarp;
+  if (row >= n_rows) return;
+  const int lane = threadIdx.x % kWarp;
+  float* s = S + row * n_keys;
+  const int64_t limit = min(n_keys, p_first + row % m + 1);
   float mx = -INFINITY;
-  for (int64_t j = threadIdx.x; j < limit; j += blockDim.x) mx = fmaxf(mx, s[j]);
-  mx = block_reduce(mx, true);
+#pragma unroll 4
+  for (int64_t j = lane; j < limit; j += kWarp) mx = fmaxf(mx, s[j]);
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
   float sum = 0;
-  for (int64_t j = threadIdx.x; j < limit; j += blockDim.x) {
+#pragma unroll 4
+  for (int64_t j = lane; j < limit; j += kWarp) {
     const float e = expf(s[j] - mx);
     s[j] = e;
     sum += e;
   }
-  sum = block_reduce(sum, false);
+  sum = warp_sum(sum);
   const float inv = 1.0f / sum;
-  for (int64_t j = threadIdx.x; j < n_keys; j += blockDim.x) s[j] = j < limit ? s[j] * inv : 0.0f;
+#pragma unroll 4
+  for (int64_t j = lane; j < n_keys; j += kWarp) s[j] = j < limit ? s[j] * inv : 0.0f;
 }
 
 }  // namespace
@@ -314,7 +319,9 @@ bool CudaBackend::attention_gemm(const KvCache& kv, int layer, const float* q, c
                       int64_t(group) * s.head_dim_k, &zero, S + j * mc * n_keys, int(n_keys),
                       int64_t(group) * mc * n_keys, s.n_head_kv),
               "cublas strided batched GEMM (scores)");
-      causal_softmax_kernel<<<unsigned(s.n_head * mc), 256, 0, stream_>>>(S, mc, n_keys, p_first + i0);
+      const int64_t n_rows = int64_t(s.n_head) * mc;
+      causal_softmax_kernel<<<unsigned((n_rows + kSoftmaxRows - 1) / kSoftmaxRows), kSoftmaxRows * kWarp, 0,
+                              stream_>>>(S, n_rows, mc, n_keys, p_first + i0);
       UMA_LAUNCHED("causal_softmax");
       for (int j = 0; j < group; ++j)
         check(batched(CUBLAS_OP_N, CUBLAS_OP_N, s.head_dim_v, int(mc), int(n_keys), &one, vc, vw, s.head_dim_v,
