@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "gguf/gguf.h"
+#include "model/model.h"
 #include "quant/quant.h"
 
 namespace uma::test {
@@ -73,6 +75,23 @@ struct DeviceBuffers {
     return v;
   }
 };
+
+// One GGUF loaded on the GPU and on the CPU backend, for tests that compare the two (members in the order
+// they must outlive each other: the models go first).
+struct GpuAndCpuModels {
+  std::unique_ptr<GgufFile> file;
+  std::unique_ptr<Backend> cuda, cpu;
+  std::unique_ptr<Model> model, model_cpu;
+};
+inline GpuAndCpuModels load_on_gpu_and_cpu(const std::filesystem::path& path) {
+  GpuAndCpuModels m;
+  m.file = GgufFile::open(path);
+  m.cuda = gpu();
+  m.cpu = make_cpu_backend(2);
+  m.model = load_model(*m.file, *m.cuda);
+  m.model_cpu = load_model(*m.file, *m.cpu);
+  return m;
+}
 
 }  // namespace uma::test
 

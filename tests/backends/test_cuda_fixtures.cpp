@@ -49,17 +49,15 @@ TEST_P(CudaFixture, MatchesReferencesLikeTheCpuPath) {
   const auto& reference = fx.reference;
   const auto& ref = fx.ref;
   const auto& peer = fx.peer;
-  auto file = GgufFile::open(path);
-  auto cuda = gpu();
-  auto cpu = make_cpu_backend(2);
-  auto model = load_model(*file, *cuda);
-  auto model_cpu = load_model(*file, *cpu);
-  const size_t V = static_cast<size_t>(model->config().n_vocab);
+  const test::GpuAndCpuModels m = test::load_on_gpu_and_cpu(path);
+  Model& model = *m.model;
+  Model& model_cpu = *m.model_cpu;
+  const size_t V = static_cast<size_t>(model.config().n_vocab);
   const auto& prompts = reference["prompts"];
   for (size_t pi = 0; pi < prompts.size(); ++pi) {
     const auto prompt = prompts[pi].get<std::vector<int32_t>>();
-    const auto logits = prompt_logits(*model, prompt);
-    const auto logits_cpu = prompt_logits(*model_cpu, prompt);
+    const auto logits = prompt_logits(model, prompt);
+    const auto logits_cpu = prompt_logits(model_cpu, prompt);
     const auto& pl = peer.at(type + ".logits." + std::to_string(pi)).data;
     const double vs_peer = worst_row(logits, pl, prompt.size(), V);
     const double vs_cpu = worst_row(logits, logits_cpu, prompt.size(), V);
@@ -74,8 +72,8 @@ TEST_P(CudaFixture, MatchesReferencesLikeTheCpuPath) {
     EXPECT_GE(same_top1, prompt.size() * 9 / 10) << "top-1 vs llama.cpp, prompt " << pi;
     if (type == "f32") {
       const auto want = reference["greedy"][pi].get<std::vector<int32_t>>();
-      EXPECT_EQ(greedy(*model, prompt, static_cast<int>(want.size())),
-                greedy(*model_cpu, prompt, static_cast<int>(want.size())))
+      EXPECT_EQ(greedy(model, prompt, static_cast<int>(want.size())),
+                greedy(model_cpu, prompt, static_cast<int>(want.size())))
           << "greedy vs uma cpu, prompt " << pi;
     }
   }
@@ -84,7 +82,7 @@ TEST_P(CudaFixture, MatchesReferencesLikeTheCpuPath) {
     // config's Llama-3 factors for llama).
     ModelOptions options{.rope_freq_bf16 = true};
     if (arch == "llama") options.rope_freq_factors = llama3_rope_factors(32, 500000.0f, 8.0f, 1.0f, 4.0f, 1024.0f);
-    auto hf_model = load_model(*file, *cuda, options);
+    auto hf_model = load_model(*m.file, *m.cuda, options);
     for (size_t pi = 0; pi < prompts.size(); ++pi) {
       const auto prompt = prompts[pi].get<std::vector<int32_t>>();
       const auto logits = prompt_logits(*hf_model, prompt);
@@ -110,15 +108,13 @@ TEST(CudaStories, GreedyEqualsCpu) {
   if (!have_gpu()) GTEST_SKIP() << "no CUDA device (or built without CUDA)";
   const auto path = test::shared_dir() / "models" / "stories260K.gguf";
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " not present";
-  auto file = GgufFile::open(path);
-  auto cuda = gpu();
-  auto cpu = make_cpu_backend(2);
-  auto model = load_model(*file, *cuda);
-  auto model_cpu = load_model(*file, *cpu);
+  const test::GpuAndCpuModels m = test::load_on_gpu_and_cpu(path);
+  Model& model = *m.model;
+  Model& model_cpu = *m.model_cpu;
   const std::vector<int32_t> prompt = {1, 403, 407, 261, 378};  // BOS and a few tokens
   std::vector<int32_t> p = prompt;
-  for (int32_t& t : p) t = std::min<int32_t>(t, model->config().n_vocab - 1);
-  const auto a = greedy(*model, p, 200), b = greedy(*model_cpu, p, 200);
+  for (int32_t& t : p) t = std::min<int32_t>(t, model.config().n_vocab - 1);
+  const auto a = greedy(model, p, 200), b = greedy(model_cpu, p, 200);
   EXPECT_EQ(a, b);
 }
 

@@ -43,24 +43,22 @@ TEST_P(CudaMoeFixture, MatchesReferencesLikeTheCpuPath) {
   const auto path = test::fixture_dir(arch) / (arch + "-" + type + ".gguf");
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " not present";
   const test::Fixture& fx = test::fixture(arch);
-  auto file = GgufFile::open(path);
-  auto cuda = gpu();
-  auto cpu = make_cpu_backend(2);
-  auto model = load_model(*file, *cuda);
-  auto model_cpu = load_model(*file, *cpu);
-  const size_t V = static_cast<size_t>(model->config().n_vocab);
+  const test::GpuAndCpuModels m = test::load_on_gpu_and_cpu(path);
+  Model& model = *m.model;
+  Model& model_cpu = *m.model_cpu;
+  const size_t V = static_cast<size_t>(model.config().n_vocab);
   const auto& prompts = fx.reference["prompts"];
   size_t all_top1 = 0, all_n = 0;
   std::vector<double> all_err;
   for (size_t pi = 0; pi < prompts.size(); ++pi) {
     const auto prompt = prompts[pi].get<std::vector<int32_t>>();
     const size_t n = prompt.size();
-    const test::PromptRun run = test::run_prompt(*model, prompt), run_cpu = test::run_prompt(*model_cpu, prompt);
+    const test::PromptRun run = test::run_prompt(model, prompt), run_cpu = test::run_prompt(model_cpu, prompt);
     const auto& logits = run.logits;
     const auto& logits_cpu = run_cpu.logits;
     // Where CUDA and the CPU part: per layer, the median distance of the residual stream and the positions
     // beyond 0.05 (a routing flip shows as an outlier after a MoE layer, not as a drift).
-    const int E = model->config().n_embd;
+    const int E = model.config().n_embd;
     for (size_t l = 1; l < run.hidden.size() && type != "f32"; ++l) {
       std::vector<double> d(n);
       for (size_t t = 0; t < n; ++t) d[t] = test::row_rel_l2(run.hidden[l], run_cpu.hidden[l], t, E);
@@ -88,8 +86,8 @@ TEST_P(CudaMoeFixture, MatchesReferencesLikeTheCpuPath) {
       EXPECT_GE(same_top1, n * 9 / 10) << "top-1 vs llama.cpp, prompt " << pi;
       EXPECT_LE(worst, 1e-5) << "vs llama.cpp, prompt " << pi;
       const auto want = fx.reference["greedy"][pi].get<std::vector<int32_t>>();
-      EXPECT_EQ(test::greedy(*model, prompt, static_cast<int>(want.size())),
-                test::greedy(*model_cpu, prompt, static_cast<int>(want.size())))
+      EXPECT_EQ(test::greedy(model, prompt, static_cast<int>(want.size())),
+                test::greedy(model_cpu, prompt, static_cast<int>(want.size())))
           << "greedy vs uma cpu, prompt " << pi;
     }
   }
@@ -104,7 +102,7 @@ TEST_P(CudaMoeFixture, MatchesReferencesLikeTheCpuPath) {
   }
   // Against transformers with the CPU test's options (bf16-rounded RoPE frequencies): logits, the residual
   // stream after every layer (the last one after the final norm, as transformers reports it), greedy.
-  auto hf_model = load_model(*file, *cuda, ModelOptions{.rope_freq_bf16 = true});
+  auto hf_model = load_model(*m.file, *m.cuda, ModelOptions{.rope_freq_bf16 = true});
   const int E = hf_model->config().n_embd, L = hf_model->config().n_layer;
   for (size_t pi = 0; pi < prompts.size(); ++pi) {
     const auto prompt = prompts[pi].get<std::vector<int32_t>>();
@@ -114,7 +112,7 @@ TEST_P(CudaMoeFixture, MatchesReferencesLikeTheCpuPath) {
       worst = std::max(worst, test::row_rel_l2(r.logits, fx.ref.at("logits." + std::to_string(pi)).data, t, V));
     std::printf("  %s prompt %zu: max rel_l2 vs transformers %.3g", arch.c_str(), pi, worst);
     EXPECT_LE(worst, 1e-4) << "vs transformers, prompt " << pi;
-    r.hidden[L] = test::final_norm(*file, r.hidden[L], E, hf_model->config().norm_eps);
+    r.hidden[L] = test::final_norm(*m.file, r.hidden[L], E, hf_model->config().norm_eps);
     for (int l = 0; l <= L; ++l) {
       const auto& h = fx.ref.at("hidden." + std::to_string(pi) + "." + std::to_string(l)).data;
       double hw = 0;

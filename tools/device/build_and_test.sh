@@ -4,14 +4,14 @@
 # .debs/ (fetch them here with tools/device/fetch_debs.sh) and unpacked into a private prefix.
 # Test data: UMA_SHARED (default .device/shared, a copy of ../shared's fixtures carried with the call).
 #   usage: tools/device/build_and_test.sh [build|cpu-build|test|gemv|profile|bench|llama3|depth|cpu|moe|ceilings|all]...
-#   (default: all but cpu-build, depth, cpu, moe, pprofile, ncu and nsys)
+#   (default: all but cpu-build, depth, cpu, moe, pprofile, ncu and plan)
 #   cpu-build: a CPU-only build (-DUMA_CUDA=OFF) of uma and the kernel tests (CPU_TARGETS), for the cpu step
 #   gemv: GEMV GB/s per type and shape against the copy ceiling (tests/backends/test_cuda_bench.cpp)
 #   profile: GPU time per op of a Q4_0 decode (UMA_CUDA_PROFILE=1, op by op)
 #   bench: pp512/tg128 of llama-7b Q4_0, Q8_0, F16, Q4_K_M on the GPU; llama3: llama3-8b Q4_0
+#   plan: `uma plan --hw h100-sxm --json` of those models (the CUDA fit: tools/device/fit_cuda.py)
 #   pprofile: GPU time per op of a pp512 prefill (Q4_0, F16); ncu: kernel durations of Q4_0 decode steps
-#   inside the CUDA graph (Nsight Compute, to $OUT/ncu.csv); nsys: a timeline of Q4_0 decode
-#   steps, every graph node (Nsight Systems, to $OUT/decode_cuda_gpu_trace.csv; NSYS_TYPE, NSYS_TG)
+#   inside the CUDA graph (Nsight Compute, to $OUT/ncu.csv)
 #   depth: tg32 of llama-7b Q4_0 after a DEPTH-token context (default 32768); cpu: the same models on the
 #   host's CPU (--device cpu, pp64/tg16); moe: qwen3-30b-a3b and deepseek-v3-mini Q4_0 on the host's CPU
 #   (MOE_DEVICE=cuda: on the GPU, pp512/tg128)
@@ -29,7 +29,7 @@ steps=("$@")
 want() {
   for s in "${steps[@]}"; do
     [ "$s" = "$1" ] && return 0
-    case "$1" in depth | cpu | moe | pprofile | ncu | nsys | cpu-build) ;; *) [ "$s" = all ] && return 0 ;; esac
+    case "$1" in depth | cpu | moe | pprofile | ncu | plan | cpu-build) ;; *) [ "$s" = all ] && return 0 ;; esac
   done
   return 1
 }
@@ -115,17 +115,6 @@ if want ncu; then
   wc -l "$OUT/ncu.csv"
 fi
 
-if want nsys; then
-  echo "== timeline of Q4_0 decode steps inside the CUDA graph (Nsight Systems, every graph node traced)"
-  NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
-  m=$(synth "${NSYS_TYPE:-q4_0}") && "$NSYS" profile --cuda-graph-trace=node -t cuda -o "$OUT/decode" -f true \
-    "$BUILD/uma" bench -m "$m" --device cuda -p 0 -n "${NSYS_TG:-16}" -r 1 --no-membw >"$OUT/nsys.log" 2>&1 \
-    && "$NSYS" stats -r cuda_gpu_trace -f csv -o "$OUT/decode" "$OUT/decode.nsys-rep" >>"$OUT/nsys.log" 2>&1 \
-    || tail -20 "$OUT/nsys.log"
-  rm -f "$OUT/decode.nsys-rep" "$OUT/decode.sqlite"
-  ls -la "$OUT" | grep decode
-fi
-
 if want bench; then
   echo "== benchmarks on uma synth llama-7b models"
   TYPES=${BENCH_TYPES:-"q4_0 q8_0 f16 q4_k_m"}
@@ -140,6 +129,19 @@ if want llama3; then
   echo "== llama3-8b Q4_0"
   m=$(synth q4_0 llama3-8b) && "$BUILD/uma" bench -m "$m" --device cuda -p 512 -n 128 -r 3 --no-membw 2>&1 \
     | tee "$OUT/bench-llama3.log" | grep -E "^\| llama|error"
+fi
+
+if want plan; then
+  echo "== the planner's predictions for the bench models (--hw h100-sxm), for tools/device/fit_cuda.py"
+  for t in ${BENCH_TYPES:-q4_0 q8_0 f16 q4_k_m}; do
+    m=$(synth "$t") && "$BUILD/uma" plan "$m" --hw h100-sxm --batch 512 --ctx 640 --kv-type f32 --json >"$OUT/plan-$t.json"
+  done
+  m=$(synth q4_0 llama3-8b) && "$BUILD/uma" plan "$m" --hw h100-sxm --batch 512 --ctx 640 --kv-type f32 --json \
+    >"$OUT/plan-llama3.json"
+  # The prefill attention's share: F16 pp512 without it (results wrong, time right).
+  m=$(synth f16) && UMA_CUDA_SKIP=attention_gemm "$BUILD/uma" bench -m "$m" --device cuda -p 512 -n 0 -r 3 \
+    --no-membw >"$OUT/bench-f16-noattn.log" 2>&1
+  ls "$OUT"/plan-*.json
 fi
 
 if want depth; then
