@@ -98,20 +98,21 @@ Efficiency default_efficiency(Backend backend) {
   // `uma bench` on synthetic llama-7b files (tools/calibrate_cpu.sh prints the CPU fit); Metal is a placeholder.
   switch (backend) {
     case Backend::cuda:
-      // Fitted 2026-11-21 on an H100 SXM5 (device tool `nvidia-h100-x1`; docs/PERFORMANCE.md "CUDA", docs/PLAN.md):
-      // llama-7b tg128 Q4_0 369, Q8_0 263, F16 173, Q4_K_M 305 t/s; pp512 16,624 / 16,814 / 25,064 / 16,532 t/s,
-      // against the catalog's 3,350 GB/s, 1,979 int8 TOPS and 989 fp16 TFLOPS. ~10 us per layer of small kernels
-      // (norms, rope, attention, swiglu) add to every forward pass. Decode: F16 streams at 0.723 of the catalog
-      // bandwidth; the quantized GEMVs are slower than their bytes (bound per value), so each type gets a decode
-      // compute fraction of the int8 peak that reproduces its time. Prefill: f16 tensor-core GEMMs (quantized
-      // weights dequantized first) over the int8 or fp16 peak, after attention at 0.30 of the fp32 peak.
-      // Checked on llama3-8b Q4_0 (PLAN.md).
-      return {0.723, 0.30, 10.0, static_cast<uint64_t>(512 * kMiB), true, "calibrated on H100 SXM (2026-11-21)",
-              {{GgmlType::Q4_0, 0.002793, 0.1238},
-               {GgmlType::Q8_0, 0.001915, 0.1254},
-               {GgmlType::F16, 0.175, 0.4015},
-               {GgmlType::Q4_K, 0.002259, 0.1230},
-               {GgmlType::Q6_K, 0.002259, 0.1230}},
+      // Fitted 2026-11-22 on an H100 SXM5 (device tool `nvidia-h100-x1`; docs/PERFORMANCE.md "CUDA", docs/PLAN.md)
+      // by tools/device/fit_cuda.py from one run of `build_and_test.sh bench llama3 plan`: llama-7b tg128 Q4_0
+      // 445, Q8_0 288, F16 186, Q4_K_M 348 t/s; pp512 18,315 / 18,722 / 30,233 / 18,220 t/s, against the
+      // catalog's 3,350 GB/s, 1,979 int8 TOPS, 989 fp16 and 67 fp32 TFLOPS. ~10 us per layer of small kernels
+      // (norms, rope, attention, swiglu) add to every forward pass. Decode: F16 streams at 0.778 of the catalog
+      // bandwidth; the quantized GEMVs are slower than their bytes (bound per value and by latency), so each
+      // type gets a decode compute fraction of the int8 peak that reproduces its time. Prefill: f16 tensor-core
+      // GEMMs (quantized weights dequantized first) over the int8 or fp16 peak, after attention (TF32 products,
+      // softmax, gathers: 2.5 ms of an F16 pp512 pass) at 0.404 of the fp32 peak. Checked on llama3-8b Q4_0.
+      return {0.778, 0.404, 10.0, static_cast<uint64_t>(512 * kMiB), true, "calibrated on H100 SXM (2026-11-22)",
+              {{GgmlType::Q4_0, 0.003468, 0.1336},
+               {GgmlType::Q8_0, 0.002120, 0.1369},
+               {GgmlType::F16, 0.175, 0.4765},
+               {GgmlType::Q4_K, 0.002618, 0.1328},
+               {GgmlType::Q6_K, 0.002618, 0.1328}},
               false,
               // MoE (cuda_moe.cu): fitted on qwen3-30b-a3b Q4_0 (tg128 296, pp512 4,381 t/s), checked on
               // deepseek-v3-mini (PLAN.md).
