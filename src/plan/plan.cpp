@@ -114,9 +114,9 @@ Efficiency default_efficiency(Backend backend) {
                {GgmlType::Q4_K, 0.002618, 0.1328},
                {GgmlType::Q6_K, 0.002618, 0.1328}},
               false,
-              // MoE (cuda_moe.cu): fitted on qwen3-30b-a3b Q4_0 (tg128 296, pp512 4,381 t/s), checked on
+              // MoE (cuda_moe.cu): fitted on qwen3-30b-a3b Q4_0 (tg128 356, pp512 4,429 t/s; 2026-11-22), checked on
               // deepseek-v3-mini (PLAN.md).
-              36.9, 4.04};
+              30.1, 4.04};
     case Backend::metal:
       return {0.60, 0.55, 25.0, static_cast<uint64_t>(256 * kMiB), false, "uncalibrated placeholder"};
     case Backend::cpu:
