@@ -3,6 +3,7 @@
 // Activation buffers are opaque float pointers owned by the backend (host or device memory); the model
 // never dereferences them, it only passes them between ops and downloads the final logits.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -170,6 +171,18 @@ class Backend {
     rope(q, batch.n_tokens, n_head, head_dim, batch, p);
     rope(k, batch.n_tokens, n_head_kv, head_dim, batch, p);
     store_kv(kv, layer, k, v, batch);
+  }
+
+  // The index of the largest value of each of n_rows rows of x [n_rows, n_cols] (device memory), the lowest
+  // index on ties (the sampler's greedy rule), into `out` (host memory). Synchronous, outside a step. Greedy
+  // decoding on a device reads n_rows ids instead of n_rows x n_vocab logits.
+  virtual void argmax_rows(const float* x, int64_t n_rows, int64_t n_cols, int32_t* out) {
+    std::vector<float> rows(static_cast<size_t>(n_rows * n_cols));
+    download(rows.data(), x, rows.size());
+    for (int64_t r = 0; r < n_rows; ++r) {
+      const float* row = rows.data() + r * n_cols;
+      out[r] = static_cast<int32_t>(std::max_element(row, row + n_cols) - row);  // first of equal maxima
+    }
   }
 
   // Composite ops with a default that fails, so that a backend can adopt them one at a time.

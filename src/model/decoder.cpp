@@ -1,5 +1,6 @@
 #include "model/decoder.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "uma/error.h"
@@ -149,10 +150,23 @@ void DecoderModel::attention_block(int il, const BatchLayout& layout, int64_t n,
 }
 
 void DecoderModel::forward(const Batch& batch, KvCache& kv, std::vector<float>& logits, const LayerHook* hook) {
+  const int64_t n_out = run(batch, kv, hook);
+  logits.resize(static_cast<size_t>(n_out * config_.n_vocab));
+  if (n_out > 0) backend_->download(logits.data(), s_.logits, logits.size());
+}
+
+void DecoderModel::forward_greedy(const Batch& batch, KvCache& kv, std::vector<int32_t>& ids) {
+  const int64_t n_out = run(batch, kv, nullptr);
+  ids.resize(static_cast<size_t>(n_out));
+  if (n_out > 0) backend_->argmax_rows(s_.logits, n_out, config_.n_vocab, ids.data());
+}
+
+// The forward pass up to the logits of the marked tokens in s_.logits; returns how many rows there are.
+int64_t DecoderModel::run(const Batch& batch, KvCache& kv, const LayerHook* hook) {
   const ModelConfig& c = config_;
   Backend& b = *backend_;
   const int64_t n = batch.size();
-  if (n == 0) return;
+  if (n == 0) return 0;
   ensure_scratch(n);
   const BatchLayout layout{batch.pos.data(), batch.seq.data(), n};
   auto observe = [&](int layer) {
@@ -184,17 +198,26 @@ void DecoderModel::forward(const Batch& batch, KvCache& kv, std::vector<float>& 
   for (int64_t i = 0; i < n; ++i)
     if (batch.output[i]) rows.push_back(static_cast<int32_t>(i));
   const int64_t n_out = static_cast<int64_t>(rows.size());
-  logits.resize(n_out * c.n_vocab);
   if (n_out > 0) {
     b.gather_rows(s_.x, c.n_embd, rows.data(), n_out, s_.out_rows);
     b.rms_norm(s_.out_rows, output_norm_, n_out, c.n_embd, c.norm_eps, s_.out_rows);
     b.matmul(output_, s_.out_rows, n_out, s_.logits);
   }
   b.end_step();
-  if (n_out > 0) b.download(logits.data(), s_.logits, logits.size());
+  return n_out;
 }
 
 // Shared defaults of Model.
+void Model::forward_greedy(const Batch& batch, KvCache& kv, std::vector<int32_t>& ids) {
+  std::vector<float> logits;
+  forward(batch, kv, logits, nullptr);
+  const size_t V = static_cast<size_t>(config_.n_vocab), rows = V ? logits.size() / V : 0;
+  ids.resize(rows);
+  for (size_t r = 0; r < rows; ++r)
+    ids[r] = static_cast<int32_t>(std::max_element(logits.begin() + r * V, logits.begin() + (r + 1) * V) -
+                                  (logits.begin() + r * V));
+}
+
 KvCacheOptions Model::kv_options(int64_t n_ctx, int n_seq) const {
   KvCacheOptions o;
   o.n_layer = config_.n_layer;

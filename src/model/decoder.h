@@ -35,6 +35,7 @@ class DecoderModel : public Model {
   DecoderModel(const GgufFile& file, Backend& backend, ModelConfig config, DecoderOptions options);
   ~DecoderModel() override;
   void forward(const Batch& batch, KvCache& kv, std::vector<float>& logits, const LayerHook* hook) override;
+  void forward_greedy(const Batch& batch, KvCache& kv, std::vector<int32_t>& ids) override;
   // All weights of a dense model; for a MoE, the routed experts count top-k of n_expert.
   size_t bytes_per_token() const override;
 
@@ -47,6 +48,7 @@ class DecoderModel : public Model {
     float* shared = nullptr;  // [n, n_embd] shared-expert output
   };
   void ensure_scratch(int64_t n_tokens);
+  int64_t run(const Batch& batch, KvCache& kv, const LayerHook* hook);
   void load_dense_layers(WeightLoader& loader);
   // Attention of layer `il` on s_.xn [n, n_embd] (normed input) into out [n, n_embd], storing this batch's
   // keys/values in the cache. GQA with RoPE by default.

@@ -72,6 +72,10 @@ class Model {
   // Writes logits [n_outputs, n_vocab] to `logits` in batch order of the marked tokens.
   virtual void forward(const Batch& batch, KvCache& kv, std::vector<float>& logits,
                        const LayerHook* hook = nullptr) = 0;
+  // The same pass for greedy decoding: for each marked token the id of its largest logit (lowest id on ties),
+  // in batch order. A device backend picks them where the logits are and returns ids instead of
+  // n_outputs x n_vocab floats; the default runs forward() and picks on the host.
+  virtual void forward_greedy(const Batch& batch, KvCache& kv, std::vector<int32_t>& ids);
   // Bytes of weights read to produce one token (all weights of a dense model; active experts of a MoE).
   virtual size_t bytes_per_token() const;
   size_t weight_bytes() const { return weight_bytes_; }

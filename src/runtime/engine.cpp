@@ -71,9 +71,18 @@ GenerateResult generate(Engine& engine, int seq, const std::vector<TokenId>& pro
   result.seed = sampler.seed();
   for (TokenId t : prompt) sampler.accept(t);
 
-  // Prefill in chunks of n_batch tokens; only the last prompt token needs logits.
+  // Prefill in chunks of n_batch tokens; only the last prompt token needs logits. Plain greedy decoding lets
+  // the backend pick the token where the logits are (on a GPU: one id comes back instead of n_vocab floats).
   auto t0 = Clock::now();
   std::vector<float> logits;
+  std::vector<int32_t> picked;
+  const bool backend_picks = sampler.plain_greedy();
+  auto forward = [&](const Batch& b) {
+    if (backend_picks)
+      model.forward_greedy(b, kv, picked);
+    else
+      model.forward(b, kv, logits, nullptr);
+  };
   Batch batch;
   const int64_t n_batch = std::max<int64_t>(1, engine.options().n_batch);
   for (int64_t i = 0; i < result.n_prompt; i += n_batch) {
@@ -82,14 +91,14 @@ GenerateResult generate(Engine& engine, int seq, const std::vector<TokenId>& pro
     for (int64_t j = i; j < end; ++j)
       batch.add(prompt[j], static_cast<int32_t>(j), seq, j + 1 == result.n_prompt);
     kv.reserve(seq, end);
-    model.forward(batch, kv, logits, nullptr);
+    forward(batch);
   }
   auto t1 = Clock::now();
   result.prompt_seconds = std::chrono::duration<double>(t1 - t0).count();
 
   int64_t pos = result.n_prompt;
   for (int n = 0; options.n_predict < 0 || n < options.n_predict; ++n) {
-    const TokenId next = sampler.sample(logits);
+    const TokenId next = backend_picks ? picked.at(0) : sampler.sample(logits);
     sampler.accept(next);
     if (!options.ignore_eos && tok.is_eog(next)) {
       result.finish = FinishReason::Stop;
@@ -111,7 +120,7 @@ GenerateResult generate(Engine& engine, int seq, const std::vector<TokenId>& pro
     batch.clear();
     batch.add(next, static_cast<int32_t>(pos), seq, true);
     kv.reserve(seq, pos + 1);
-    model.forward(batch, kv, logits, nullptr);
+    forward(batch);
     ++pos;
   }
   result.generate_seconds = std::chrono::duration<double>(Clock::now() - t1).count();

@@ -62,6 +62,15 @@ class Sampler {
 
   const SamplerParams& params() const { return params_; }
 
+  // Whether sample() is the argmax of the logits as given: greedy, and no penalty that would change a logit
+  // (the caller may then let the backend pick, Model::forward_greedy, and only accept() the token).
+  bool plain_greedy() const {
+    const SamplerParams& p = params_;
+    const bool penalties = p.repeat_last_n != 0 &&
+                           (p.repeat_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f);
+    return p.temperature <= 0.0f && !penalties;
+  }
+
  private:
   void apply_penalties(std::span<float> logits);
   // A uniform double in [0, 1) from the top 53 bits of one 64-bit draw.

@@ -116,6 +116,7 @@ TEST(CudaStories, GreedyEqualsCpu) {
   for (int32_t& t : p) t = std::min<int32_t>(t, model.config().n_vocab - 1);
   const auto a = greedy(model, p, 200), b = greedy(model_cpu, p, 200);
   EXPECT_EQ(a, b);
+  EXPECT_EQ(greedy(model, p, 200, true), b) << "the GPU picking the tokens (argmax_rows)";
 }
 
 }  // namespace

@@ -319,6 +319,26 @@ TEST(CudaOps, AttentionPrefillAndDecode) {
   check_attention(2, 1, 256, 256, {4000}, true);
 }
 
+// Greedy decoding on the device: the index of each row's maximum, the lowest on ties, as the CPU picks it.
+TEST(CudaOps, ArgmaxRowsMatchesTheCpu) {
+  REQUIRE_GPU();
+  auto cuda = gpu();
+  auto cpu = make_cpu_backend(2);
+  for (int64_t cols : {1, 31, 1024, 1025, 32000, 151936}) {
+    const int64_t rows = 3;
+    auto x = random_floats(size_t(rows * cols), 50 + uint32_t(cols));
+    x[size_t(cols) - 1] = 100.0f;  // row 0: the maximum twice, at the end and (below) in the middle
+    x[size_t(cols / 2)] = 100.0f;
+    for (int64_t c = 0; c < cols; ++c) x[size_t(cols + c)] = -INFINITY;  // row 1: all -inf
+    Dev d{*cuda};
+    std::vector<int32_t> got(rows), want(rows);
+    cuda->argmax_rows(d.put(x), rows, cols, got.data());
+    cpu->argmax_rows(x.data(), rows, cols, want.data());
+    EXPECT_EQ(got, want) << cols << " columns";
+    EXPECT_EQ(got[0], int32_t(cols / 2)) << "the lowest index of equal maxima";
+  }
+}
+
 // Decode attention replayed from one recorded step while the context grows: the step sizes its splits for
 // the whole cache, the kernel spreads the actual context over them (one split for short contexts, the last
 // split block merging the others for long ones), and the split counters must be back at zero after every

@@ -63,6 +63,8 @@ TEST_P(F32Reference, LogitsHiddenStatesAndGreedyMatchTransformers) {
     }
     const auto want = fx.reference["greedy"][pi].get<std::vector<int32_t>>();
     EXPECT_EQ(greedy(*model, prompt, static_cast<int>(want.size())), want) << arch << " prompt " << pi;
+    EXPECT_EQ(greedy(*model, prompt, static_cast<int>(want.size()), true), want)
+        << arch << " prompt " << pi << ", the backend picking (Model::forward_greedy)";
   }
 }
 

@@ -34,7 +34,7 @@ PromptRun run_prompt(Model& model, const std::vector<int32_t>& prompt) {
   return r;
 }
 
-std::vector<int32_t> greedy(Model& model, const std::vector<int32_t>& prompt, int n_new) {
+std::vector<int32_t> greedy(Model& model, const std::vector<int32_t>& prompt, int n_new, bool backend_picks) {
   KvCache kv(model.backend(), model.kv_options(256, 1));
   Batch batch;
   for (size_t i = 0; i < prompt.size(); ++i) batch.add(prompt[i], static_cast<int32_t>(i), 0, i + 1 == prompt.size());
@@ -42,9 +42,16 @@ std::vector<int32_t> greedy(Model& model, const std::vector<int32_t>& prompt, in
   std::vector<float> logits;
   std::vector<int32_t> out;
   int32_t pos = static_cast<int32_t>(prompt.size());
+  std::vector<int32_t> picked;
   for (int step = 0; step < n_new; ++step) {
-    model.forward(batch, kv, logits, nullptr);
-    const auto next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    int32_t next;
+    if (backend_picks) {
+      model.forward_greedy(batch, kv, picked);
+      next = picked.at(0);
+    } else {
+      model.forward(batch, kv, logits, nullptr);
+      next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    }
     out.push_back(next);
     batch.clear();
     batch.add(next, pos++, 0, true);

@@ -31,7 +31,8 @@ struct PromptRun {
 // The whole prompt in one batch, logits for every position.
 PromptRun run_prompt(Model& model, const std::vector<int32_t>& prompt);
 // Prompt in one batch, then one token per step (the decode path reads the cache it wrote).
-std::vector<int32_t> greedy(Model& model, const std::vector<int32_t>& prompt, int n_new);
+// backend_picks: through Model::forward_greedy (the backend's argmax) instead of the downloaded logits.
+std::vector<int32_t> greedy(Model& model, const std::vector<int32_t>& prompt, int n_new, bool backend_picks = false);
 // rel_l2 of one row of two [rows, width] matrices.
 double row_rel_l2(const std::vector<float>& a, const std::vector<float>& b, size_t row, size_t width);
 // transformers' last hidden state has the final norm applied (its `hidden_states[-1]`), although the fixture

@@ -77,6 +77,22 @@ TEST(Sampler, GreedyAfterPenalties) {
   EXPECT_EQ(s.sample(logits), 1);
 }
 
+TEST(Sampler, PlainGreedyOnlyWhenNoPenaltyChangesALogit) {
+  SamplerParams p = no_truncation(0.0f);
+  EXPECT_TRUE(Sampler(p, 8).plain_greedy());
+  p.repeat_penalty = 1.1f;
+  EXPECT_FALSE(Sampler(p, 8).plain_greedy());
+  p.repeat_last_n = 0;  // the penalties see no history
+  EXPECT_TRUE(Sampler(p, 8).plain_greedy());
+  p = no_truncation(0.0f);
+  p.presence_penalty = 0.5f;
+  EXPECT_FALSE(Sampler(p, 8).plain_greedy());
+  p = no_truncation(0.0f);
+  p.frequency_penalty = 0.5f;
+  EXPECT_FALSE(Sampler(p, 8).plain_greedy());
+  EXPECT_FALSE(Sampler(no_truncation(0.7f), 8).plain_greedy());
+}
+
 TEST(Sampler, SameSeedSameTokensAndResetRepeats) {
   SamplerParams p;  // default chain: top-k 40, top-p 0.95, min-p 0.05, T 0.8
   p.seed = 42;

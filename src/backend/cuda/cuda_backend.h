@@ -203,6 +203,8 @@ class CudaBackend final : public Backend {
     if (profile_) collect_profile();
   }
 
+  void argmax_rows(const float* x, int64_t n_rows, int64_t n_cols, int32_t* out) override;
+
   void prepare_weight(Weight& w) override { w.device = const_cast<DeviceWeight*>(&device_weight(w)); }
 
   void begin_step(const BatchLayout& batch, const KvCache& kv) override;
@@ -392,7 +394,7 @@ class CudaBackend final : public Backend {
   Scratch wf16_[2];  // dequantized prefill operands, double-buffered (gemm_many)
   cudaStream_t side_ = nullptr;  // the dequantization stream of gemm_many
   cudaEvent_t dequant_done_[2] = {}, gemm_done_[2] = {};
-  Scratch ids_, rows_, xf16_, partial_, attn_count_, repack_src_, q8_, attn_kv_, attn_scores_;
+  Scratch ids_, rows_, xf16_, partial_, attn_count_, repack_src_, q8_, attn_kv_, attn_scores_, argmax_;
   const float* q8_src_ = nullptr;  // the activations q8_ holds, if still valid
   int64_t q8_n_ = 0;
   uint8_t* q8_base_ = nullptr;

@@ -1,4 +1,6 @@
-// Element-wise and row ops: embedding rows, RMSNorm, add, SwiGLU, row gathers, RoPE.
+// Element-wise and row ops: embedding rows, RMSNorm, add, SwiGLU, row gathers, RoPE, greedy argmax.
+#include <climits>
+
 #include "backend/cuda/cuda_backend.h"
 #include "backend/rope_tables.h"
 
@@ -129,6 +131,35 @@ __global__ void __launch_bounds__(1024) rms_norm_q8_kernel(float* x, const float
       quantize_warp_block(o, lane, xq + row * dim + b * 32, xs + row * n_blk + b);
     }
   }
+}
+
+// Greedy decoding: one block per row; each thread keeps the best (value, index) of its strided share, warp
+// shuffles and shared memory then pick the block's. Larger value wins; among equal values the lower index.
+__device__ __forceinline__ void keep_better(float& v, int& i, float v2, int i2) {
+  if (v2 > v || (v2 == v && i2 < i)) v = v2, i = i2;
+}
+
+__global__ void argmax_rows_kernel(const float* x, int64_t n_cols, int32_t* out) {
+  const float* row = x + int64_t(blockIdx.x) * n_cols;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  float best = -INFINITY;
+  int idx = INT_MAX;
+  for (int64_t c = threadIdx.x; c < n_cols; c += blockDim.x) keep_better(best, idx, row[c], int(c));
+  __shared__ float part_v[32];
+  __shared__ int part_i[32];
+  for (int pass = 0; pass < 2; ++pass) {
+#pragma unroll
+    for (int o = kWarp / 2; o > 0; o >>= 1)
+      keep_better(best, idx, __shfl_xor_sync(0xffffffffu, best, o), __shfl_xor_sync(0xffffffffu, idx, o));
+    if (pass == 1) break;
+    if (lane == 0) part_v[warp] = best, part_i[warp] = idx;
+    __syncthreads();
+    if (warp != 0) return;
+    const bool has = lane < int(blockDim.x / kWarp);
+    best = has ? part_v[lane] : -INFINITY;
+    idx = has ? part_i[lane] : INT_MAX;
+  }
+  if (lane == 0) out[blockIdx.x] = idx == INT_MAX ? 0 : idx;  // a row of NaNs: 0
 }
 
 __global__ void gather_rows_kernel(const float* src, int64_t dim, const int32_t* rows, float* dst) {
@@ -333,6 +364,16 @@ void CudaBackend::rope_store_kv(KvCache& kv, int layer, float* q, float* k, cons
            n_head, n_head_kv, hd, hdv, r, L);
     UMA_LAUNCHED("rope_store_kv");
   }, q, k, v, kv.k(layer), kv.v(layer), n_head, n_head_kv, head_dim, hdv, r, L, batch.n_tokens);
+}
+
+void CudaBackend::argmax_rows(const float* x, int64_t n_rows, int64_t n_cols, int32_t* out) {
+  flush();
+  if (n_rows == 0) return;
+  auto* ids = static_cast<int32_t*>(argmax_.get(size_t(n_rows) * sizeof(int32_t)));
+  argmax_rows_kernel<<<unsigned(n_rows), 1024, 0, stream_>>>(x, n_cols, ids);
+  UMA_LAUNCHED("argmax_rows");
+  UMA_CHECK(cudaMemcpyAsync(out, ids, size_t(n_rows) * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+  UMA_CHECK(cudaStreamSynchronize(stream_));
 }
 
 }  // namespace uma::cuda
