@@ -19,6 +19,7 @@ struct BenchArgs {
   BenchOptions options;
   int n_threads = 0;
   std::string device = "auto";
+  std::string kv_type = "auto";
   size_t membw_mib = 0;
   bool no_membw = false;
   bool json = false;
@@ -72,6 +73,7 @@ int bench(BenchArgs a) {
   EngineOptions eo;
   eo.n_threads = a.n_threads;
   eo.device = a.device;
+  eo.kv_type = a.kv_type;
   // Room for the depth and the longer test plus a page; bench clears sequence 0 between runs.
   eo.n_ctx = ((a.options.depth + std::max(a.options.n_prompt, a.options.n_gen)) / KvCache::kPageSize + 1) *
              KvCache::kPageSize;
@@ -96,6 +98,7 @@ const RegisterCommand reg{{"bench", "Measure prompt and generation speed (llama-
       ->capture_default_str();
   sub.add_option("-t,--threads", a->n_threads, "CPU threads (0: all)")->capture_default_str();
   sub.add_option("--device", a->device, "cpu, cuda, cuda:N or auto (a GPU when the model fits)")->capture_default_str();
+  sub.add_option("--kv-type", a->kv_type, "KV cache cells: f32, f16 (GPU only) or auto (f16 on a GPU)")->capture_default_str();
   sub.add_option("-d,--depth", a->options.depth, "Tokens in the context before each test (filled by prefill)")
       ->capture_default_str();
   sub.add_option("--membw-mib", a->membw_mib, "Buffer for the bandwidth measurement in MiB (0: min(1 GiB, RAM/4))")

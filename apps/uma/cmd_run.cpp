@@ -20,6 +20,7 @@ struct RunArgs {
   int64_t n_ctx = 0;
   int n_threads = 0;
   std::string device = "auto";
+  std::string kv_type = "auto";
   SamplerParams sampling;
   bool ignore_eos = false;
   bool no_special = false;
@@ -31,11 +32,11 @@ struct RunArgs {
 
 // Prints the plan for this machine and refuses, with the numbers, a model that will not fit — before
 // anything is loaded.
-void plan_or_refuse(const std::filesystem::path& path, int64_t n_ctx) {
+void plan_or_refuse(const std::filesystem::path& path, int64_t n_ctx, const std::string& kv_type) {
   auto file = GgufFile::open(path);
   plan::PlanInputs in = plan::inputs_for_gguf(*file);
   in.n_ctx = n_ctx > 0 ? n_ctx : default_n_ctx(*file);
-  in.kv_type = GgmlType::F32;  // the CPU backend keeps an f32 cache
+  in.kv_type = kv_type == "f16" ? GgmlType::F16 : GgmlType::F32;  // the CPU backend keeps an f32 cache
   in.machine = plan::local_cpu_machine();
   const plan::Plan p = plan::make_plan(in);
   std::fputs(plan::format_plan_summary(p).c_str(), stderr);
@@ -44,10 +45,11 @@ void plan_or_refuse(const std::filesystem::path& path, int64_t n_ctx) {
 
 int run(const RunArgs& a) {
   const auto path = resolve_model(a.model);
-  if (!a.no_plan) plan_or_refuse(path, a.n_ctx);
+  if (!a.no_plan) plan_or_refuse(path, a.n_ctx, a.kv_type);
   EngineOptions eo;
   eo.n_threads = a.n_threads;
   eo.device = a.device;
+  eo.kv_type = a.kv_type;
   eo.n_ctx = a.n_ctx;
   auto engine = Engine::load(path, eo);
   if (a.touch_kv && engine->backend().name() == "cpu") {  // peak memory of a full context without running one (tests/e2e/test_plan_memory.cpp)
@@ -111,6 +113,7 @@ const RegisterCommand reg{{"run", "Generate text from a prompt", [](CLI::App& su
   sub.add_option("-c,--ctx-size", a->n_ctx, "Context size in tokens (0: model's, at most 4096)")->capture_default_str();
   sub.add_option("-t,--threads", a->n_threads, "CPU threads (0: all)")->capture_default_str();
   sub.add_option("--device", a->device, "cpu, cuda, cuda:N or auto (a GPU when the model fits)")->capture_default_str();
+  sub.add_option("--kv-type", a->kv_type, "KV cache cells: f32, f16 (GPU only) or auto (f16 on a GPU)")->capture_default_str();
   sub.add_option("--temp", a->sampling.temperature, "Temperature (0: greedy)")->capture_default_str();
   sub.add_option("--top-k", a->sampling.top_k, "Top-k (0: off)")->capture_default_str();
   sub.add_option("--top-p", a->sampling.top_p, "Top-p (1: off)")->capture_default_str();

@@ -121,6 +121,8 @@ class Backend {
 
   // Called once per weight after loading; a device backend copies it to device memory here.
   virtual void prepare_weight(Weight& w) {}
+  // Whether its ops read and write a KV cache of f16 cells (KvCacheOptions::f16).
+  virtual bool supports_f16_kv() const { return false; }
 
   // Optional bracket around one forward step: every op between them uses this batch layout and cache (a
   // device backend uploads positions and page tables once here, and may record the step's ops and replay

@@ -9,10 +9,18 @@ namespace uma {
 
 KvCache::KvCache(Backend& backend, const KvCacheOptions& options) : backend_(backend), opt_(options) {
   opt_.n_cells = (opt_.n_cells + kPageSize - 1) / kPageSize * kPageSize;
+  if (opt_.f16 && !backend_.supports_f16_kv())
+    fail("the {} backend keeps its KV cache in f32; use --kv-type f32 (an f16 cache needs the CUDA backend)",
+         backend_.name());
   const int64_t n_pages = opt_.n_cells / kPageSize;
+  // Floats to allocate for `width` values a cell (halves pack two to a float; n_cells is a multiple of 16).
+  auto floats = [&](int width) {
+    const size_t n = static_cast<size_t>(opt_.n_cells) * width;
+    return opt_.f16 ? (n + 1) / 2 : n;
+  };
   for (int l = 0; l < opt_.n_layer; ++l) {
-    k_.push_back(backend_.alloc(static_cast<size_t>(opt_.n_cells) * opt_.k_width));
-    v_.push_back(opt_.v_width ? backend_.alloc(static_cast<size_t>(opt_.n_cells) * opt_.v_width) : nullptr);
+    k_.push_back(backend_.alloc(floats(opt_.k_width)));
+    v_.push_back(opt_.v_width ? backend_.alloc(floats(opt_.v_width)) : nullptr);
   }
   seqs_.resize(opt_.n_seq);
   page_refs_.assign(n_pages, 0);
@@ -27,7 +35,7 @@ KvCache::~KvCache() {
 }
 
 size_t KvCache::bytes() const {
-  return static_cast<size_t>(opt_.n_layer) * opt_.n_cells * (opt_.k_width + opt_.v_width) * sizeof(float);
+  return static_cast<size_t>(opt_.n_layer) * opt_.n_cells * (opt_.k_width + opt_.v_width) * (opt_.f16 ? 2 : 4);
 }
 
 void KvCache::reserve(int seq, int64_t n_tokens) {

@@ -16,6 +16,9 @@ struct KvCacheOptions {
   int k_width = 0;      // floats per token per layer for keys (n_head_kv * head_dim_k, or the MLA latent)
   int v_width = 0;      // floats per token per layer for values (0 when values derive from the keys)
   int n_seq = 1;        // sequence slots
+  // Keys and values stored as f16 (half the memory and the bytes a decode step reads); a backend that cannot
+  // (Backend::supports_f16_kv) refuses it. The buffers below then hold halves.
+  bool f16 = false;
 };
 
 class KvCache {
@@ -45,6 +48,8 @@ class KvCache {
   }
   const std::vector<int32_t>& pages(int seq) const { return seqs_[seq].pages; }
 
+  // The layer's key and value cells: [n_cells, k_width] and [n_cells, v_width] floats, or halves when
+  // options().f16.
   float* k(int layer) const { return k_[layer]; }
   float* v(int layer) const { return v_[layer]; }
   size_t bytes() const;

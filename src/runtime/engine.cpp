@@ -47,8 +47,14 @@ std::unique_ptr<Engine> Engine::load(const std::filesystem::path& path, const En
     fail("{}: the tokenizer has {} tokens but the model only {} rows of embeddings", path.string(),
          e->tokenizer_->vocab_size(), c.n_vocab);
   if (e->options_.n_ctx <= 0) e->options_.n_ctx = default_n_ctx(*e->file_);
-  e->kv_ = std::make_unique<KvCache>(
-      *e->backend_, e->model_->kv_options(e->options_.n_ctx * e->options_.n_seq, e->options_.n_seq));
+  KvCacheOptions ko = e->model_->kv_options(e->options_.n_ctx * e->options_.n_seq, e->options_.n_seq);
+  const std::string& kt = e->options_.kv_type;
+  const bool latent = c.kv_lora_rank > 0;
+  if (kt == "f16" && latent)
+    fail("{}: latent attention (MLA) keeps its cache in f32; use --kv-type f32 or auto", path.string());
+  if (kt != "f16" && kt != "f32" && kt != "auto") fail("unknown KV cache type '{}'; use f16, f32 or auto", kt);
+  ko.f16 = kt == "f16" || (kt == "auto" && !latent && e->backend_->supports_f16_kv());
+  e->kv_ = std::make_unique<KvCache>(*e->backend_, ko);
   return e;
 }
 

@@ -24,6 +24,9 @@ struct EngineOptions {
   // Compute device: "cpu", "cuda" (= "cuda:0"), "cuda:N", or "auto": the first GPU when uma was built with
   // CUDA, one is present and the weights fit in its free memory (with 1 GiB to spare), else the CPU.
   std::string device = "auto";
+  // KV cache cells: "f32", "f16", or "auto": f16 where the backend keeps one (CUDA; half the memory and
+  // the bytes a long-context decode reads) unless the model uses latent attention, else f32.
+  std::string kv_type = "auto";
 };
 
 // The context a run gets when none is asked for: the model's trained context, at most 4096 tokens.

@@ -70,6 +70,12 @@ TEST_P(CudaFixture, MatchesReferencesLikeTheCpuPath) {
       same_top1 += top(logits.data() + t * V) == top(pl.data() + t * V);
     }
     EXPECT_GE(same_top1, prompt.size() * 9 / 10) << "top-1 vs llama.cpp, prompt " << pi;
+    // The cache uma keeps on a GPU by default (f16 cells, EngineOptions::kv_type "auto"): the quantized
+    // budget against llama.cpp, whatever the weights.
+    const auto logits16 = test::run_prompt(model, prompt, true).logits;
+    const double vs_peer16 = worst_row(logits16, pl, prompt.size(), V);
+    std::printf("  %s %s prompt %zu, f16 cache: rel_l2 vs llama.cpp %.3g\n", arch.c_str(), type.c_str(), pi, vs_peer16);
+    EXPECT_LE(vs_peer16, 0.05) << "f16 cache vs llama.cpp, prompt " << pi;
     if (type == "f32") {
       const auto want = reference["greedy"][pi].get<std::vector<int32_t>>();
       EXPECT_EQ(greedy(model, prompt, static_cast<int>(want.size())),

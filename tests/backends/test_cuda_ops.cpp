@@ -261,8 +261,9 @@ TEST(CudaOps, RopeEveryVariant) {
 // the split (flash-decoding) path.
 // Prefill attention (more than 4 query tokens) multiplies on TF32 tensor cores unless UMA_CUDA_ATTN_TF32=0
 // (exact_f32) or the model has f32 matrices; TF32 keeps 10 mantissa bits of each product's inputs.
+// f16_cache: the GPU's cache holds f16 cells (KvCacheOptions::f16), compared with the CPU's f32 cells.
 void check_attention(int n_head, int n_head_kv, int hdk, int hdv, const std::vector<int64_t>& seq_lens,
-                     bool decode_only, bool exact_f32 = false) {
+                     bool decode_only, bool exact_f32 = false, bool f16_cache = false) {
   test::EnvGuard env("UMA_CUDA_ATTN_TF32", exact_f32 ? std::optional<std::string>("0") : std::nullopt);
   auto cuda = gpu();
   auto cpu = make_cpu_backend(2);
@@ -272,7 +273,9 @@ void check_attention(int n_head, int n_head_kv, int hdk, int hdv, const std::vec
   o.k_width = n_head_kv * hdk;
   o.v_width = n_head_kv * hdv;
   for (int64_t l : seq_lens) o.n_cells += (l + 15) / 16 * 16 + 16;
-  KvCache kv_cpu(*cpu, o), kv_gpu(*cuda, o);
+  KvCacheOptions og = o;
+  og.f16 = f16_cache;
+  KvCache kv_cpu(*cpu, o), kv_gpu(*cuda, og);
   // Interleave the sequences' pages: reserve in steps.
   std::vector<int32_t> pos, seq;
   for (int64_t step = 0; step < 4096; step += 16)
@@ -302,10 +305,11 @@ void check_attention(int n_head, int n_head_kv, int hdk, int hdv, const std::vec
   cpu->attention(kv_cpu, layer, q.data(), qlayout, shape, want.data());
   float* out = d.make(want.size());
   cuda->attention(kv_gpu, layer, d.put(q), qlayout, shape, out);
-  const double tol = decode_only || exact_f32 ? 1e-5 : 3e-3;
+  // f16 cells: keys and values rounded to 11 significant bits (~2.4e-4 relative each).
+  const double tol = f16_cache ? 2e-3 : decode_only || exact_f32 ? 1e-5 : 3e-3;
   EXPECT_LE(rel(d.get(out, want.size()), want), tol)
       << n_head << "/" << n_head_kv << " heads, dims " << hdk << "/" << hdv << (decode_only ? " decode" : " prefill")
-      << (exact_f32 ? ", f32" : "");
+      << (exact_f32 ? ", f32" : "") << (f16_cache ? ", f16 cache" : "");
 }
 
 TEST(CudaOps, AttentionPrefillAndDecode) {
@@ -317,6 +321,11 @@ TEST(CudaOps, AttentionPrefillAndDecode) {
   }
   check_attention(32, 8, 128, 128, {3000, 1, 700}, true);
   check_attention(2, 1, 256, 256, {4000}, true);
+  // An f16 cache: stores, decode (head dim 128 and others, the split path) and prefill (gathered to f32).
+  check_attention(8, 2, 128, 128, {70, 5, 33}, false, false, true);
+  check_attention(6, 3, 40, 24, {19}, false, true, true);
+  check_attention(32, 8, 128, 128, {3000, 1, 700}, true, false, true);
+  check_attention(4, 4, 64, 64, {1, 37}, true, false, true);
 }
 
 // Greedy decoding on the device: the index of each row's maximum, the lowest on ties, as the CPU picks it.
@@ -345,40 +354,44 @@ TEST(CudaOps, ArgmaxRowsMatchesTheCpu) {
 // replay.
 TEST(CudaOps, AttentionInRecordedStepsFollowsTheContext) {
   REQUIRE_GPU();
-  auto cuda = gpu();
-  auto cpu = make_cpu_backend(2);
-  const int n_head = 8, n_head_kv = 2, hd = 128;
-  KvCacheOptions o;
-  o.n_layer = 1;
-  o.n_seq = 1;
-  o.k_width = n_head_kv * hd;
-  o.v_width = n_head_kv * hd;
-  o.n_cells = 8192;
-  KvCache kv_cpu(*cpu, o), kv_gpu(*cuda, o);
-  const int64_t n_max = 3000;
-  kv_cpu.reserve(0, n_max);
-  kv_gpu.reserve(0, n_max);
-  std::vector<int32_t> pos(n_max), seq(n_max, 0);
-  for (int64_t p = 0; p < n_max; ++p) pos[p] = int32_t(p);
-  auto k = random_floats(size_t(n_max * o.k_width), 31), v = random_floats(size_t(n_max * o.v_width), 32);
-  Dev d{*cuda};
-  const BatchLayout all{pos.data(), seq.data(), n_max};
-  cpu->store_kv(kv_cpu, 0, k.data(), v.data(), all);
-  cuda->store_kv(kv_gpu, 0, d.put(k), d.put(v), all);
-  const AttentionShape shape{n_head, n_head_kv, hd, hd, 1.0f / std::sqrt(float(hd))};
-  float* q_dev = d.make(size_t(n_head * hd));
-  float* out = d.make(size_t(n_head * hd));
-  for (int64_t n_ctx : {1, 2, 127, 128, 129, 300, 513, 1000, 2047, 3000, 700}) {
-    int32_t p = int32_t(n_ctx - 1), sq = 0;
-    const BatchLayout one{&p, &sq, 1};
-    auto q = random_floats(size_t(n_head * hd), 40 + uint32_t(n_ctx), 2.0f);
-    std::vector<float> want(q.size());
-    cpu->attention(kv_cpu, 0, q.data(), one, shape, want.data());
-    cuda->upload(q_dev, q.data(), q.size());
-    cuda->begin_step(one, kv_gpu);
-    cuda->attention(kv_gpu, 0, q_dev, one, shape, out);
-    cuda->end_step();
-    EXPECT_LE(rel(d.get(out, want.size()), want), 1e-5) << "context " << n_ctx;
+  for (bool f16 : {false, true}) {
+    auto cuda = gpu();
+    auto cpu = make_cpu_backend(2);
+    const int n_head = 8, n_head_kv = 2, hd = 128;
+    KvCacheOptions o;
+    o.n_layer = 1;
+    o.n_seq = 1;
+    o.k_width = n_head_kv * hd;
+    o.v_width = n_head_kv * hd;
+    o.n_cells = 8192;
+    KvCacheOptions og = o;
+    og.f16 = f16;
+    KvCache kv_cpu(*cpu, o), kv_gpu(*cuda, og);
+    const int64_t n_max = 3000;
+    kv_cpu.reserve(0, n_max);
+    kv_gpu.reserve(0, n_max);
+    std::vector<int32_t> pos(n_max), seq(n_max, 0);
+    for (int64_t p = 0; p < n_max; ++p) pos[p] = int32_t(p);
+    auto k = random_floats(size_t(n_max * o.k_width), 31), v = random_floats(size_t(n_max * o.v_width), 32);
+    Dev d{*cuda};
+    const BatchLayout all{pos.data(), seq.data(), n_max};
+    cpu->store_kv(kv_cpu, 0, k.data(), v.data(), all);
+    cuda->store_kv(kv_gpu, 0, d.put(k), d.put(v), all);
+    const AttentionShape shape{n_head, n_head_kv, hd, hd, 1.0f / std::sqrt(float(hd))};
+    float* q_dev = d.make(size_t(n_head * hd));
+    float* out = d.make(size_t(n_head * hd));
+    for (int64_t n_ctx : {1, 2, 127, 128, 129, 300, 513, 1000, 2047, 3000, 700}) {
+      int32_t p = int32_t(n_ctx - 1), sq = 0;
+      const BatchLayout one{&p, &sq, 1};
+      auto q = random_floats(size_t(n_head * hd), 40 + uint32_t(n_ctx), 2.0f);
+      std::vector<float> want(q.size());
+      cpu->attention(kv_cpu, 0, q.data(), one, shape, want.data());
+      cuda->upload(q_dev, q.data(), q.size());
+      cuda->begin_step(one, kv_gpu);
+      cuda->attention(kv_gpu, 0, q_dev, one, shape, out);
+      cuda->end_step();
+      EXPECT_LE(rel(d.get(out, want.size()), want), f16 ? 2e-3 : 1e-5) << "context " << n_ctx << (f16 ? ", f16" : "");
+    }
   }
 }
 

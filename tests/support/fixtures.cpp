@@ -22,8 +22,10 @@ const Fixture& fixture(const std::string& arch) {
   return cache.emplace(arch, std::move(f)).first->second;
 }
 
-PromptRun run_prompt(Model& model, const std::vector<int32_t>& prompt) {
-  KvCache kv(model.backend(), model.kv_options(256, 1));
+PromptRun run_prompt(Model& model, const std::vector<int32_t>& prompt, bool f16_kv) {
+  KvCacheOptions o = model.kv_options(256, 1);
+  o.f16 = f16_kv;
+  KvCache kv(model.backend(), o);
   kv.reserve(0, static_cast<int64_t>(prompt.size()));
   Batch batch;
   for (size_t i = 0; i < prompt.size(); ++i) batch.add(prompt[i], static_cast<int32_t>(i), 0, true);

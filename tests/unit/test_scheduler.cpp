@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
+#include "kv/kv_cache.h"
 #include "runtime/scheduler.h"
 #include "test_support.h"
 #include "uma/error.h"
@@ -70,6 +72,21 @@ class SchedulerTest : public ::testing::Test {
     return e.tokenizer().encode(text, true, false);
   }
 };
+
+// An f16 KV cache halves the bytes; the CPU backend keeps f32 cells and says so instead of misreading them.
+TEST(KvCacheCells, F16HalvesTheBytesAndTheCpuRefusesIt) {
+  auto cpu = make_cpu_backend(1);
+  KvCacheOptions o;
+  o.n_layer = 2, o.n_cells = 64, o.k_width = 32, o.v_width = 16;
+  EXPECT_EQ(KvCache(*cpu, o).bytes(), size_t(2 * 64 * 48 * 4));
+  o.f16 = true;
+  try {
+    KvCache kv(*cpu, o);
+    FAIL() << "the CPU backend accepted an f16 cache";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--kv-type f32"), std::string::npos) << e.what();
+  }
+}
 
 TEST_F(SchedulerTest, OneRequestMatchesGenerate) {
   auto engine = load(2);

@@ -6,13 +6,13 @@ namespace uma::cuda {
 namespace {
 // Grid (token, slices of 256 values over k then v): one value a thread, so a decode token's 2 x 4096
 // values take 32 blocks instead of one block's serial loop.
-__global__ void store_kv_kernel(float* K, float* V, const float* k, const float* v, int kw, int vw,
-                                DeviceLayout L) {
+template <typename KV>
+__global__ void store_kv_kernel(KV* K, KV* V, const float* k, const float* v, int kw, int vw, DeviceLayout L) {
   const int64_t t = blockIdx.x;
   const int64_t c = kv_cell(L, t, L.pos[t]);
   const int j = blockIdx.y * blockDim.x + threadIdx.x;
-  if (j < kw) K[c * kw + j] = k[t * kw + j];
-  else if (j < kw + vw) V[c * vw + j - kw] = v[t * vw + j - kw];
+  if (j < kw) kv_put(K, c * kw + j, k[t * kw + j]);
+  else if (j < kw + vw) kv_put(V, c * vw + j - kw, v[t * vw + j - kw]);
 }
 
 // ---- decode attention (flash-decoding): one block per (query head, token, split), kAttnThreads threads.
@@ -33,7 +33,8 @@ constexpr int kMaxHeadDim = 256;
 constexpr int kDimsPerLane = kMaxHeadDim / kWarp;
 
 struct AttnArgs {
-  const float *K, *V, *q;
+  const void *K, *V;  // float or __half cells (the kernel's KV)
+  const float* q;
   float* out;       // output [n_tokens, n_head, head_dim_v]
   float* partial;   // [n_tokens, n_head, n_split, head_dim_v + 2] states when n_split > 1
   int* count;       // [n_tokens, n_head] finished splits, zero between launches (n_split > 1)
@@ -60,8 +61,10 @@ __device__ __forceinline__ void attn_write(const AttnArgs& a, int64_t th, int j,
 // kHd128: keys and values of 128 dims in 16-byte aligned rows (Llama, Qwen, Mistral): the 32 float4 of a
 // key are all in flight at once, and a lane adds a float4 of each value row. Otherwise any head dims, one
 // float at a time.
-template <bool kHd128>
+template <bool kHd128, typename KV>
 __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, DeviceLayout L) {
+  const KV* K = static_cast<const KV*>(a.K);
+  const KV* V = static_cast<const KV*>(a.V);
   pdl_trigger();  // the output projection's GEMV may start fetching its weights
   const int h = blockIdx.x, split = blockIdx.z;
   const int64_t t = blockIdx.y;
@@ -79,8 +82,8 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, Dev
   const int64_t k_off = int64_t(hk) * a.hdk, v_off = int64_t(hk) * a.hdv;
   int64_t my_cell = tid < p1 - p0 ? kv_cell(L, t, p0 + tid) : 0;
   if (tid < p1 - p0) {
-    for (int j = 0; j < a.hdk; j += 32) prefetch_l2(a.K + my_cell * a.kw + k_off + j);
-    for (int j = 0; j < a.hdv; j += 32) prefetch_l2(a.V + my_cell * a.vw + v_off + j);
+    for (int j = 0; j < a.hdk; j += 128 / int(sizeof(KV))) prefetch_l2(K + my_cell * a.kw + k_off + j);
+    for (int j = 0; j < a.hdv; j += 128 / int(sizeof(KV))) prefetch_l2(V + my_cell * a.vw + v_off + j);
   }
   pdl_wait();
 
@@ -98,12 +101,12 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, Dev
     if (tid < n) {
       const int64_t c = tile == p0 ? my_cell : kv_cell(L, t, tile + tid);
       cell[tid] = c;
-      const float* kp = a.K + c * a.kw + k_off;
+      const KV* kp = K + c * a.kw + k_off;
       float d = 0;
       if constexpr (kHd128) {
         float4 k4[32];
 #pragma unroll
-        for (int j = 0; j < 32; ++j) k4[j] = reinterpret_cast<const float4*>(kp)[j];
+        for (int j = 0; j < 32; ++j) k4[j] = kv_get4(kp + 4 * j);
 #pragma unroll
         for (int j = 0; j < 32; ++j) {
           const float4 q4 = reinterpret_cast<const float4*>(qs)[j];
@@ -111,7 +114,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, Dev
         }
       } else {
 #pragma unroll 8
-        for (int j = 0; j < a.hdk; ++j) d += qs[j] * kp[j];
+        for (int j = 0; j < a.hdk; ++j) d += qs[j] * kv_get(kp, j);
       }
       s = d;
     }
@@ -139,18 +142,18 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, Dev
 #pragma unroll 8
       for (int i = warp; i < n; i += kAttnWarps) {
         const float p = prob[i];
-        const float4 v4 = reinterpret_cast<const float4*>(a.V + cell[i] * a.vw + v_off)[lane];
+        const float4 v4 = kv_get4(V + cell[i] * a.vw + v_off + 4 * lane);
         acc[0] += p * v4.x, acc[1] += p * v4.y, acc[2] += p * v4.z, acc[3] += p * v4.w;
       }
     } else {
 #pragma unroll 4
       for (int i = warp; i < n; i += kAttnWarps) {
         const float p = prob[i];
-        const float* vp = a.V + cell[i] * a.vw + v_off;
+        const KV* vp = V + cell[i] * a.vw + v_off;
 #pragma unroll
         for (int k = 0; k < kDimsPerLane; ++k) {
           const int j = lane + kWarp * k;
-          if (j < a.hdv) acc[k] += p * vp[j];
+          if (j < a.hdv) acc[k] += p * kv_get(vp, j);
         }
       }
     }
@@ -208,28 +211,27 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, Dev
 // gathered from the pages into contiguous rows, S = scale · Q Kᵀ for every head (cuBLAS, f32), a causal
 // softmax over each row of S, then O = P V (cuBLAS). The tensor-core-free f32 SGEMMs keep the CPU's
 // accuracy; the work is O(m · n_ctx · head_dim) per head, read from L2 instead of once per query.
-// One block per position: its key and value rows, as float4 when the widths allow (every row then starts
-// 16-byte aligned), unrolled so that a thread's loads are in flight together.
-__global__ void gather_kv_kernel(const float* K, const float* V, int kw, int vw, DeviceLayout L, int64_t t0,
-                                 float* Kc, float* Vc) {
+// One block per position: its key and value rows as f32 (f16 cells widened), four values at a time when the
+// widths allow (every row then starts aligned), unrolled so that a thread's loads are in flight together.
+template <typename KV>
+__global__ void gather_kv_kernel(const KV* K, const KV* V, int kw, int vw, DeviceLayout L, int64_t t0, float* Kc,
+                                 float* Vc) {
   const int64_t p = blockIdx.x;
   const int64_t c = kv_cell(L, t0, p);
   if (kw % 4 == 0 && vw % 4 == 0) {
     const int kw4 = kw / 4, vw4 = vw / 4;
-    const auto* K4 = reinterpret_cast<const float4*>(K + c * kw);
-    const auto* V4 = reinterpret_cast<const float4*>(V + c * vw);
     auto* Kc4 = reinterpret_cast<float4*>(Kc + p * kw);
     auto* Vc4 = reinterpret_cast<float4*>(Vc + p * vw);
 #pragma unroll 4
     for (int j = threadIdx.x; j < kw4 + vw4; j += blockDim.x) {
-      if (j < kw4) Kc4[j] = K4[j];
-      else Vc4[j - kw4] = V4[j - kw4];
+      if (j < kw4) Kc4[j] = kv_get4(K + c * kw + 4 * j);
+      else Vc4[j - kw4] = kv_get4(V + c * vw + 4 * (j - kw4));
     }
     return;
   }
   for (int j = threadIdx.x; j < kw + vw; j += blockDim.x) {
-    if (j < kw) Kc[p * kw + j] = K[c * kw + j];
-    else Vc[p * vw + j - kw] = V[c * vw + j - kw];
+    if (j < kw) Kc[p * kw + j] = kv_get(K, c * kw + j);
+    else Vc[p * vw + j - kw] = kv_get(V, c * vw + j - kw);
   }
 }
 
@@ -305,7 +307,12 @@ bool CudaBackend::attention_gemm(const KvCache& kv, int layer, const float* q, c
   constexpr size_t kScoreBudget = size_t(128) << 20;  // floats of S at a time (512 MiB)
   for (auto [t0, t1] : runs) {
     const int64_t m = t1 - t0, p_first = batch.pos[t0], n_ctx = batch.pos[t1 - 1] + 1;
-    gather_kv_kernel<<<unsigned(n_ctx), 256, 0, stream_>>>(kv.k(layer), kv.v(layer), kw, vw, L, t0, kc, vc);
+    if (kv.options().f16)
+      gather_kv_kernel<<<unsigned(n_ctx), 256, 0, stream_>>>(reinterpret_cast<const __half*>(kv.k(layer)),
+                                                             reinterpret_cast<const __half*>(kv.v(layer)), kw, vw,
+                                                             L, t0, kc, vc);
+    else
+      gather_kv_kernel<<<unsigned(n_ctx), 256, 0, stream_>>>(kv.k(layer), kv.v(layer), kw, vw, L, t0, kc, vc);
     UMA_LAUNCHED("gather_kv");
     const int64_t rows = std::clamp<int64_t>(int64_t(kScoreBudget / (size_t(s.n_head) * n_ctx)), 1, m);
     for (int64_t i0 = 0; i0 < m; i0 += rows) {
@@ -340,10 +347,15 @@ void CudaBackend::store_kv(KvCache& kv, int layer, const float* k, const float* 
   const DeviceLayout L = layout_for(kv, batch);
   const int kw = kv.options().k_width, vw = kv.options().v_width;
   submit("store_kv", 0, [this](float* K, float* V, const float* k, const float* v, int kw, int vw, DeviceLayout L,
-                               int64_t n) {
-    store_kv_kernel<<<dim3(unsigned(n), unsigned((kw + vw + 255) / 256)), 256, 0, stream_>>>(K, V, k, v, kw, vw, L);
+                               int64_t n, bool f16) {
+    const dim3 grid(unsigned(n), unsigned((kw + vw + 255) / 256));
+    if (f16)
+      store_kv_kernel<<<grid, 256, 0, stream_>>>(reinterpret_cast<__half*>(K), reinterpret_cast<__half*>(V), k, v,
+                                                 kw, vw, L);
+    else
+      store_kv_kernel<<<grid, 256, 0, stream_>>>(K, V, k, v, kw, vw, L);
     UMA_LAUNCHED("store_kv");
-  }, kv.k(layer), kv.v(layer), k, v, kw, vw, L, batch.n_tokens);
+  }, kv.k(layer), kv.v(layer), k, v, kw, vw, L, batch.n_tokens, kv.options().f16);
 }
 
 void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const BatchLayout& batch,
@@ -391,12 +403,14 @@ void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const 
     }
     a.count = static_cast<int*>(attn_count_.p);
   }
-  submit("attention", 0, [this](AttnArgs a, DeviceLayout L, int64_t n_tokens) {
+  submit("attention", 0, [this](AttnArgs a, DeviceLayout L, int64_t n_tokens, bool f16) {
     dim3 grid(unsigned(a.n_head), unsigned(n_tokens), unsigned(a.n_split));
-    const bool hd128 = a.hdk == 128 && a.hdv == 128 && a.kw % 4 == 0 && a.vw % 4 == 0;  // rows 16-byte aligned
-    launch(pdl_, grid, kAttnThreads, stream_, hd128 ? attention_kernel<true> : attention_kernel<false>, a, L);
+    const bool hd128 = a.hdk == 128 && a.hdv == 128 && a.kw % 4 == 0 && a.vw % 4 == 0;  // rows aligned for 4 values
+    auto kernel = f16 ? (hd128 ? attention_kernel<true, __half> : attention_kernel<false, __half>)
+                      : (hd128 ? attention_kernel<true, float> : attention_kernel<false, float>);
+    launch(pdl_, grid, kAttnThreads, stream_, kernel, a, L);
     UMA_LAUNCHED("attention");
-  }, a, L, batch.n_tokens);
+  }, a, L, batch.n_tokens, kv.options().f16);
 }
 
 }  // namespace uma::cuda

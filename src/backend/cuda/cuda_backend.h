@@ -204,6 +204,7 @@ class CudaBackend final : public Backend {
   }
 
   void argmax_rows(const float* x, int64_t n_rows, int64_t n_cols, int32_t* out) override;
+  bool supports_f16_kv() const override { return true; }
 
   void prepare_weight(Weight& w) override { w.device = const_cast<DeviceWeight*>(&device_weight(w)); }
 

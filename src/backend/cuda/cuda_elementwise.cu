@@ -197,8 +197,9 @@ __global__ void rope_kernel(float* x, int64_t n_tokens, int n_heads, int head_st
 
 // RoPE on q and k, then k and v into the cache: one block per (kv head, token) rotates the kv head's
 // query heads and its key head in place, then stores the key and value head in the token's cache cell.
-__global__ void rope_store_kv_kernel(float* q, float* k, const float* v, float* K, float* V, int n_head,
-                                     int n_head_kv, int hd, int hdv, RopeArgs r, DeviceLayout L) {
+template <typename KV>
+__global__ void rope_store_kv_kernel(float* q, float* k, const float* v, KV* K, KV* V, int n_head, int n_head_kv,
+                                     int hd, int hdv, RopeArgs r, DeviceLayout L) {
   pdl_trigger();
   pdl_wait();
   const int hk = blockIdx.x, group = n_head / n_head_kv;
@@ -213,8 +214,8 @@ __global__ void rope_store_kv_kernel(float* q, float* k, const float* v, float* 
   const int64_t c = kv_cell(L, t, L.pos[t]);
   const float* vh = v + (t * n_head_kv + hk) * hdv;
   for (int j = threadIdx.x; j < hd + hdv; j += blockDim.x) {
-    if (j < hd) K[(c * n_head_kv + hk) * hd + j] = kh[j];
-    else V[(c * n_head_kv + hk) * hdv + j - hd] = vh[j - hd];
+    if (j < hd) kv_put(K, (c * n_head_kv + hk) * hd + j, kh[j]);
+    else kv_put(V, (c * n_head_kv + hk) * hdv + j - hd, vh[j - hd]);
   }
 }
 
@@ -359,11 +360,15 @@ void CudaBackend::rope_store_kv(KvCache& kv, int layer, float* q, float* k, cons
   const DeviceLayout L = layout_for(kv, batch);
   const RopeArgs r = rope_args(p);
   submit("rope_store_kv", 0, [this](float* q, float* k, const float* v, float* K, float* V, int n_head, int n_head_kv,
-                                    int hd, int hdv, RopeArgs r, DeviceLayout L, int64_t n_tokens) {
-    launch(pdl_, dim3(unsigned(n_head_kv), unsigned(n_tokens)), 128, stream_, rope_store_kv_kernel, q, k, v, K, V,
-           n_head, n_head_kv, hd, hdv, r, L);
+                                    int hd, int hdv, RopeArgs r, DeviceLayout L, int64_t n_tokens, bool f16) {
+    const dim3 grid{unsigned(n_head_kv), unsigned(n_tokens)};
+    if (f16)
+      launch(pdl_, grid, 128, stream_, rope_store_kv_kernel<__half>, q, k, v, reinterpret_cast<__half*>(K),
+             reinterpret_cast<__half*>(V), n_head, n_head_kv, hd, hdv, r, L);
+    else
+      launch(pdl_, grid, 128, stream_, rope_store_kv_kernel<float>, q, k, v, K, V, n_head, n_head_kv, hd, hdv, r, L);
     UMA_LAUNCHED("rope_store_kv");
-  }, q, k, v, kv.k(layer), kv.v(layer), n_head, n_head_kv, head_dim, hdv, r, L, batch.n_tokens);
+  }, q, k, v, kv.k(layer), kv.v(layer), n_head, n_head_kv, head_dim, hdv, r, L, batch.n_tokens, kv.options().f16);
 }
 
 void CudaBackend::argmax_rows(const float* x, int64_t n_rows, int64_t n_cols, int32_t* out) {

@@ -1,6 +1,7 @@
 // Small device and host helpers shared by the CUDA backend's translation units.
 #pragma once
 #include <cublas_v2.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -65,6 +66,20 @@ __device__ __forceinline__ void quantize_warp_block(float v, int lane, int8_t* x
   for (int o = 8; o > 0; o >>= 1) half_sum += __shfl_xor_sync(0xffffffffu, half_sum, o);
   const int other = __shfl_xor_sync(0xffffffffu, half_sum, 16);
   if (lane == 0) *xs = make_float4(d, d * float(half_sum), d * float(other), 0.0f);
+}
+
+// KV cache cells, f32 or f16 (KvCacheOptions::f16), read and written as floats; kv_get4 reads four
+// consecutive values from a 16-byte (f32) or 8-byte (f16) aligned address.
+__device__ __forceinline__ float kv_get(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float kv_get(const __half* p, int64_t i) { return __half2float(p[i]); }
+__device__ __forceinline__ void kv_put(float* p, int64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void kv_put(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
+__device__ __forceinline__ float4 kv_get4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float4 kv_get4(const __half* p) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
+  const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
+  return make_float4(a.x, a.y, b.x, b.y);
 }
 
 // Launches `kernel` on `stream`, with programmatic dependent launch when `pdl` (see pdl_wait): the kernel may
