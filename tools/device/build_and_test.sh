@@ -134,9 +134,9 @@ fi
 if want plan; then
   echo "== the planner's predictions for the bench models (--hw h100-sxm), for tools/device/fit_cuda.py"
   for t in ${BENCH_TYPES:-q4_0 q8_0 f16 q4_k_m}; do
-    m=$(synth "$t") && "$BUILD/uma" plan "$m" --hw h100-sxm --batch 512 --ctx 640 --kv-type f32 --json >"$OUT/plan-$t.json"
+    m=$(synth "$t") && "$BUILD/uma" plan "$m" --hw h100-sxm --batch 512 --ctx 640 --kv-type f16 --json >"$OUT/plan-$t.json"
   done
-  m=$(synth q4_0 llama3-8b) && "$BUILD/uma" plan "$m" --hw h100-sxm --batch 512 --ctx 640 --kv-type f32 --json \
+  m=$(synth q4_0 llama3-8b) && "$BUILD/uma" plan "$m" --hw h100-sxm --batch 512 --ctx 640 --kv-type f16 --json \
     >"$OUT/plan-llama3.json"
   # The prefill attention's share: F16 pp512 without it (results wrong, time right).
   m=$(synth f16) && UMA_CUDA_SKIP=attention_gemm "$BUILD/uma" bench -m "$m" --device cuda -p 512 -n 0 -r 3 \
