@@ -85,7 +85,7 @@ def main():
     if os.path.exists(f"{run}/bench-llama3.log"):
         b = bench(f"{run}/bench-llama3.log")
         print(f"\ncheck, llama3-8b Q4_0 measured: pp512 {b['pp']:,.0f}, tg128 {b['tg']:.1f} t/s; predict it with the"
-              " new factors: uma plan FILE --hw h100-sxm --batch 512 --ctx 640 --kv-type f32")
+              " new factors: uma plan FILE --hw h100-sxm --batch 512 --ctx 640 --kv-type f16")
 
 
 if __name__ == "__main__":
