@@ -39,7 +39,9 @@ nlohmann::json to_json(const BenchReport& r) {
           {"bytes_per_token_source", r.bytes_per_token_source},
           {"flops_per_token", r.flops_per_token},
           {"membw", {{"read_gbps", r.membw.read_gbps}, {"buffer_bytes", r.membw.buffer_bytes},
-                     {"threads", r.membw.n_threads}, {"passes", r.membw.passes}}},
+                     {"threads", r.membw.n_threads}, {"passes", r.membw.passes},
+                     {"prefetch_bytes", r.membw.prefetch_bytes}, {"before_gbps", r.membw_before.read_gbps},
+                     {"after_gbps", r.membw_after.read_gbps}}},
           {"tests", tests}};
 }
 
@@ -64,8 +66,10 @@ void print_table(const BenchReport& r) {
                                                    "by used/count here",
              r.flops_per_token / 1e9);
   if (r.membw.read_gbps > 0)
-    fmt::print("measured memory read bandwidth: {:.2f} GB/s ({} MiB buffer, {} threads, best of {})\n",
-               r.membw.read_gbps, r.membw.buffer_bytes >> 20, r.membw.n_threads, r.membw.passes);
+    fmt::print("measured memory read bandwidth: {:.2f} GB/s ({} MiB buffer, {} threads, prefetch {} B, best of {}; "
+               "before the tests {:.2f}, after {:.2f})\n",
+               r.membw.read_gbps, r.membw.buffer_bytes >> 20, r.membw.n_threads, r.membw.prefetch_bytes,
+               r.membw.passes, r.membw_before.read_gbps, r.membw_after.read_gbps);
 }
 
 int bench(BenchArgs a) {

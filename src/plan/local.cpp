@@ -61,7 +61,10 @@ double local_read_bandwidth_gbs(BandwidthSource source) {
   if (!path.empty()) {
     std::ifstream in(path);
     const auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-    if (!j.is_discarded() && j.is_object() && j.value("cores", -1) == cores && j.value("read_gbps", 0.0) > 0)
+    // A cache written by another probe (before the probe prefetched as the kernels do, or with another
+    // UMA_CPU_PREFETCH) measured something else: measure again.
+    if (!j.is_discarded() && j.is_object() && j.value("cores", -1) == cores && j.value("read_gbps", 0.0) > 0 &&
+        j.value("prefetch_bytes", int64_t{-1}) == probe_prefetch_bytes())
       return j["read_gbps"].get<double>();
   }
   if (source == BandwidthSource::cache_only) return 0;
@@ -71,7 +74,8 @@ double local_read_bandwidth_gbs(BandwidthSource source) {
     std::filesystem::create_directories(path.parent_path(), ec);
     std::ofstream out(path);
     out << nlohmann::json{{"read_gbps", bw.read_gbps}, {"cores", cores}, {"threads", bw.n_threads},
-                          {"buffer_bytes", bw.buffer_bytes}, {"passes", bw.passes}}.dump(2) << "\n";
+                          {"buffer_bytes", bw.buffer_bytes}, {"passes", bw.passes},
+                          {"prefetch_bytes", bw.prefetch_bytes}}.dump(2) << "\n";
   }
   return bw.read_gbps;
 }

@@ -9,8 +9,10 @@
 namespace uma::plan {
 
 // How the local CPU's memory bandwidth is found: the read-bandwidth probe of src/runtime/membw.h (256 MiB, all
-// threads, best of 3 passes; ~0.1 s with the first touch), cached in $XDG_CACHE_HOME/uma/membw.json (else
-// ~/.cache/uma/membw.json) per core count. Without a measurement the generic catalog estimate stays.
+// threads, prefetching as the decode kernels do, best of 3 passes; ~0.1 s with the first touch), cached in
+// $XDG_CACHE_HOME/uma/membw.json (else ~/.cache/uma/membw.json) per core count and prefetch distance (a cache
+// without `prefetch_bytes`, from the older plain probe, is measured again). Without a measurement the generic
+// catalog estimate stays.
 enum class BandwidthSource { probe_or_cache, cache_only };
 
 // Machines of this host: all local CUDA GPUs (when nvidia-smi reports any), then the local CPU.

@@ -18,8 +18,10 @@ struct Slice {
   uint64_t expert_bytes = 0;      // routed-expert bytes (prefill reads the experts its batch touches)
   uint64_t dense_params = 0;      // params every token multiplies by
   uint64_t expert_active_params = 0;  // routed-expert params one token multiplies by
-  // Params one token multiplies by (dense + active experts), per storage type: each type has its own kernel.
-  std::map<std::pair<uint32_t, bool>, double> active_params_by_type;
+  bool shared_expert = false;     // has shared-expert tensors (a dense SwiGLU beside the routed experts)
+  // Params one token multiplies by (dense + active experts) and bytes it reads, per storage type: each type has its
+  // own kernel.
+  std::map<std::pair<uint32_t, bool>, double> active_params_by_type, decode_bytes_by_type;
 };
 
 // Peak matrix throughput (FLOP/s) for weights stored as `type`: quantized weights use the int8 path where the
@@ -80,13 +82,18 @@ uint64_t tokenizer_bytes(const ModelShape& s) {
 int64_t kv_cells(Backend backend, int64_t n_ctx) { return backend == Backend::cpu ? (n_ctx + 15) / 16 * 16 : n_ctx; }
 
 // FLOPs of attention for one token at context position pos, one layer: scores (q·k) and the weighted sum of v.
-double attention_flops(const ModelShape& s, double pos, bool absorbed_mla) {
-  double dk = s.head_dim, dv = s.head_dim_v;
-  if (s.is_mla() && absorbed_mla) {  // decode attends the latent directly
+// MLA attends the cached latent directly (the absorbed form: q_nope is projected into latent space first, the
+// per-head products of attn_k_b/attn_v_b count as weights), so each head's score is a (kv_lora + rope)-wide dot
+// product and its output a kv_lora-wide sum. uma runs this form for prefill and decode alike, as llama.cpp does
+// (docs/MOE.md); the decompressed form (head_dim + head_dim_v per head, 3.4x fewer FLOPs on DeepSeek-V3) would need
+// K and V materialised per head.
+double attention_flops(const ModelShape& s, double pos) {
+  double dk = static_cast<double>(s.head_dim), dv = static_cast<double>(s.head_dim_v);
+  if (s.is_mla()) {
     dk = static_cast<double>(s.kv_lora_rank + s.qk_rope_head_dim);
     dv = static_cast<double>(s.kv_lora_rank);
   }
-  return 2.0 * s.n_head * pos * (dk + dv);
+  return 2.0 * static_cast<double>(s.n_head) * pos * (dk + dv);
 }
 
 std::string fmt_gb(uint64_t b) { return format_bytes(b); }
@@ -114,25 +121,34 @@ Efficiency default_efficiency(Backend backend) {
                {GgmlType::Q4_K, 0.002618, 0.1328},
                {GgmlType::Q6_K, 0.002618, 0.1328}},
               false,
-              // MoE (cuda_moe.cu): fitted on qwen3-30b-a3b Q4_0 (tg128 356, pp512 4,429 t/s; 2026-11-22), checked on
-              // deepseek-v3-mini (PLAN.md).
-              30.1, 4.04};
+              // MoE (cuda_moe.cu): fitted on qwen3-30b-a3b Q4_0 (tg128 356, pp512 4,429 t/s; 2026-11-22).
+              30.1, 4.04,
+              // MLA and shared experts: fitted on deepseek-v3-mini Q4_0 (tg128 792, pp512 13,724 t/s, same run;
+              // docs/PLAN.md "MLA and shared experts on CUDA"). Decode ran 589 us a token slower than predicted
+              // without them; split by the extra launches each adds over a llama layer (an MLA block ~11: q_a, norm,
+              // q_b, rope, kv_a latent, norm, kv_a rope part, rope, store, gather, per-head latent GEMVs, attention,
+              // split merge; shared experts 5: gate, up, swiglu, down, add), 12 x 11 + 11 x 5 launches at 3.15 us.
+              // Prefill's remaining 9.5 ms per 512-token batch, per MLA layer and token: the absorbed attention and
+              // the per-head latent products run in CUDA-core kernels (cuda_mla.cu), not the cuBLAS GEMMs the rates
+              // above model.
+              34.6, 1.55, 15.8};
     case Backend::metal:
       return {0.60, 0.55, 25.0, static_cast<uint64_t>(256 * kMiB), false, "uncalibrated placeholder"};
     case Backend::cpu:
       // CPU_CALIBRATION_BEGIN (tools/calibrate_cpu.sh prints a replacement for this block)
-      // Fitted 2026-11-22 00:50 on the shared 2-vCPU AMD EPYC (AVX-512 VNNI) VM after the VNNI k-quant kernels,
-      // prefetch and the chunked pool: `TG=16 tools/calibrate_cpu.sh build` (llama-7b pp64/tg16, 2 threads).
-      // decode_bandwidth is relative to the planner's own 256 MiB probe (no prefetch), which on this VM reads
-      // ~31 GB/s while decode streams up to 58 GB/s (hence > 1); compute fractions are of the local peak
-      // (cores x 32 FLOP x 3 GHz, int8 x2). Runtime base: `uma run` peak RSS on stories260K and the fixtures
-      // (tests/e2e/test_plan_memory.cpp).
-      return {1.88, 0.10, 9.0, static_cast<uint64_t>(14.4e6), true, "calibrated on a 2-core EPYC (2026-11-22)",
-              {{GgmlType::Q4_0, 0.3406, 0.4077},
-               {GgmlType::Q8_0, 0.2288, 0.4235},
-               {GgmlType::F16, 0.3062, 0.5296},
-               {GgmlType::Q4_K, 0.4775, 0.2649},
-               {GgmlType::Q6_K, 0.4775, 0.2649}},
+      // Fitted 2026-11-22 00:25-00:33 UTC on the shared 2-vCPU AMD EPYC (AVX-512 VNNI) VM over two runs:
+      // `KEEP=/tmp/cal-A TG=16 tools/calibrate_cpu.sh build`, then `KEEP=/tmp/cal-B FIT_FROM=/tmp/cal-A ...`
+      // (llama-7b pp64 and 14 tg16 rounds per type, 2 threads). The decode fractions are of the read probe of
+      // runtime/membw.h (prefetching as the kernels do) taken around each round, the median over the rounds (all
+      // four types 0.97-0.99; the cache at their median); compute fractions are of the local peak (cores x 32 FLOP
+      // x 3 GHz, int8 x2), decode's from each type's fastest round. Runtime base: `uma run` peak RSS on
+      // stories260K and the fixtures (tests/e2e/test_plan_memory.cpp).
+      return {0.976, 0.10, 12.1, static_cast<uint64_t>(14.4e6), true, "calibrated on a 2-core EPYC (2026-11-22)",
+              {{GgmlType::Q4_0, 0.4727, 0.4046, 0.976},
+               {GgmlType::Q8_0, 0.3142, 0.4149, 0.989},
+               {GgmlType::F16, 0.3317, 0.5292, 0.977},
+               {GgmlType::Q4_K, 0.5181, 0.2681, 0.969},
+               {GgmlType::Q6_K, 0.5181, 0.2681, 0.969}},
               false};
       // CPU_CALIBRATION_END
   }
@@ -197,14 +213,16 @@ Plan make_plan(const PlanInputs& in) {
       sl->active_params_by_type[key] += static_cast<double>(p / s.n_expert * s.n_expert_used);
     else if (sl != &embd)
       sl->active_params_by_type[key] += static_cast<double>(p);
+    if (t.role == TensorRole::shared_expert) sl->shared_expert = true;
+    const uint64_t decode_bytes = t.role == TensorRole::expert ? b / s.n_expert * s.n_expert_used
+                                  : sl == &embd                    ? b / t.ne[1]
+                                                                   : b;
+    sl->decode_bytes += decode_bytes;
+    sl->decode_bytes_by_type[key] += static_cast<double>(decode_bytes);
     if (t.role == TensorRole::expert) {
       sl->expert_bytes += b;
-      sl->decode_bytes += b / s.n_expert * s.n_expert_used;
       sl->expert_active_params += p / s.n_expert * s.n_expert_used;
-    } else if (sl == &embd) {
-      sl->decode_bytes += b / t.ne[1];
-    } else {
-      sl->decode_bytes += b;
+    } else if (sl != &embd) {
       sl->dense_params += p;
     }
   }
@@ -285,12 +303,12 @@ Plan make_plan(const PlanInputs& in) {
     const int n_layers_here = dp.layer_end - dp.layer_begin;
 
     // FLOPs per weight type (attention counts as F32: activations times the cache).
-    double dec_bytes = 0, pre_bytes = 0;
-    std::map<std::pair<uint32_t, bool>, double> dec_flops, pre_flops;
+    double dec_kv_bytes = 0, pre_bytes = 0;
+    std::map<std::pair<uint32_t, bool>, double> dec_bytes, dec_flops, pre_flops;
     const std::pair<uint32_t, bool> f32_key{static_cast<uint32_t>(GgmlType::F32), false};
     auto add = [&](const Slice& sl, bool is_layer) {
       dp.weights += sl.bytes;
-      dec_bytes += static_cast<double>(sl.decode_bytes);
+      for (const auto& [key, bytes] : sl.decode_bytes_by_type) dec_bytes[key] += bytes;
       pre_bytes += static_cast<double>(sl.bytes - sl.expert_bytes) + touched * static_cast<double>(sl.expert_bytes);
       // A prompt batch needs logits for its last token only, so the LM head runs once per batch.
       const double tokens = is_layer ? static_cast<double>(B) : 1.0;
@@ -299,9 +317,9 @@ Plan make_plan(const PlanInputs& in) {
         pre_flops[key] += 2.0 * tokens * params;
       }
       if (is_layer) {
-        dec_bytes += static_cast<double>(kv_layer) * depth;  // decode reads the whole cached context
-        dec_flops[f32_key] += attention_flops(s, depth, true);
-        pre_flops[f32_key] += static_cast<double>(B) * attention_flops(s, prefill_pos, false);
+        dec_kv_bytes += static_cast<double>(kv_layer) * depth;  // decode reads the whole cached context
+        dec_flops[f32_key] += attention_flops(s, depth);
+        pre_flops[f32_key] += static_cast<double>(B) * attention_flops(s, prefill_pos);
         pre_bytes += static_cast<double>(kv_layer) * depth;
       }
     };
@@ -324,31 +342,54 @@ Plan make_plan(const PlanInputs& in) {
       dp.overhead += tokenizer_bytes(s);
 
     const double bw = dev.bandwidth_gbs * 1e9 * eff.decode_bandwidth;
+    auto kernel_of = [&](const std::pair<uint32_t, bool>& key) -> const KernelEfficiency* {
+      for (const auto& k : eff.kernels)
+        if (!key.second && static_cast<uint32_t>(k.type) == key.first) return &k;
+      return nullptr;
+    };
     // Seconds the matrix kernels need for these FLOPs, each weight type at its own kernel's rate.
     auto compute_seconds = [&](const std::map<std::pair<uint32_t, bool>, double>& flops, bool decode) {
       double t = 0;
       for (const auto& [key, f] : flops) {
-        double frac = eff.compute;
-        for (const auto& k : eff.kernels)
-          if (!key.second && static_cast<uint32_t>(k.type) == key.first) frac = decode ? k.decode_compute : k.prefill_compute;
+        const KernelEfficiency* k = kernel_of(key);
+        const double frac = !k ? eff.compute : decode ? k->decode_compute : k->prefill_compute;
         const double rate = peak_flops(dev, StorageType{key.first, key.second}) * frac;
         if (rate > 0) t += f / rate;
       }
       return t;
     };
-    int moe_layers_here = 0;
-    for (int il = dp.layer_begin; il < dp.layer_end; ++il) moe_layers_here += layers[static_cast<size_t>(il)].expert_bytes > 0;
-    const double fixed = n_layers_here * eff.layer_overhead_us * 1e-6 + moe_layers_here * eff.moe_layer_overhead_us * 1e-6;
-    const double moe_prefill = moe_layers_here * static_cast<double>(B) * eff.moe_prefill_token_us * 1e-6;
+    // Seconds a decoded token's reads take: the cache at the backend's fraction of the bandwidth, each weight type
+    // at its kernel's own where the table has one.
+    auto decode_memory_seconds = [&] {
+      if (bw <= 0) return 0.0;
+      double t = dec_kv_bytes / bw;
+      for (const auto& [key, bytes] : dec_bytes) {
+        const KernelEfficiency* k = kernel_of(key);
+        t += bytes / (k && k->decode_bandwidth > 0 ? dev.bandwidth_gbs * 1e9 * k->decode_bandwidth : bw);
+      }
+      return t;
+    };
+    // Fixed costs per forward pass (launches, wake-ups) and, for MoE and MLA, per prompt token, per kind of layer.
+    int moe_layers_here = 0, shexp_layers_here = 0;
+    for (int il = dp.layer_begin; il < dp.layer_end; ++il) {
+      moe_layers_here += layers[static_cast<size_t>(il)].expert_bytes > 0;
+      shexp_layers_here += layers[static_cast<size_t>(il)].shared_expert;
+    }
+    const int mla_layers_here = s.is_mla() ? n_layers_here : 0;
+    const double fixed = 1e-6 * (n_layers_here * eff.layer_overhead_us + moe_layers_here * eff.moe_layer_overhead_us +
+                                 mla_layers_here * eff.mla_layer_overhead_us +
+                                 shexp_layers_here * eff.shexp_layer_overhead_us);
+    const double per_token = 1e-6 * static_cast<double>(B) *
+                             (moe_layers_here * eff.moe_prefill_token_us + mla_layers_here * eff.mla_prefill_token_us);
     // A hop to the next device carries one hidden state (F32) per token.
     double hop = 0;
     if (d + 1 < nd) {
       const double link = dev.link_gbs > 0 ? dev.link_gbs : dev.pcie_gen >= 5 ? 50 : dev.pcie_gen >= 4 ? 25 : 12;
       hop = 10e-6 + 4.0 * s.n_embd / (link * 1e9);
     }
-    const double t_dec_mem = bw > 0 ? dec_bytes / bw : 0, t_dec_cmp = compute_seconds(dec_flops, true);
+    const double t_dec_mem = decode_memory_seconds(), t_dec_cmp = compute_seconds(dec_flops, true);
     dp.bandwidth_bound = t_dec_mem >= t_dec_cmp;
-    const double t_pre = std::max(bw > 0 ? pre_bytes / bw : 0, compute_seconds(pre_flops, false)) + moe_prefill;
+    const double t_pre = std::max(bw > 0 ? pre_bytes / bw : 0, compute_seconds(pre_flops, false)) + per_token;
     // A synchronous backend (CPU) pays its per-layer overhead on top of the work; an asynchronous one (CUDA)
     // queues kernels while earlier ones run, so the slower of issuing and executing sets the pace.
     auto with_overhead = [&](double work) { return eff.overlapped_overhead ? std::max(work, fixed) : work + fixed; };

@@ -20,11 +20,14 @@ namespace uma::plan {
 
 // What one weight type's matrix kernel reaches, as a fraction of the device's peak rate for that type (the int8
 // rate for quantized types, fp16 for F16/BF16, fp32 for F32; see peak_flops in plan.cpp): decode runs
-// matrix-vector products (one token), prefill matrix-matrix products (a batch).
+// matrix-vector products (one token), prefill matrix-matrix products (a batch). decode_bandwidth, where set, is
+// the fraction of the memory bandwidth this type's decode kernel streams at, in place of the backend's (CPU
+// kernels of different types can stream at different fractions of the same probe: 73-95 % on a 16-core host).
 struct KernelEfficiency {
   GgmlType type;
   double decode_compute;
   double prefill_compute;
+  double decode_bandwidth = 0;  // 0: Efficiency::decode_bandwidth
 };
 
 // Per-backend efficiency: the fraction of peak a real engine reaches. One table (default_efficiency),
@@ -44,6 +47,13 @@ struct Efficiency {
   // per MoE layer and decoded token, and per MoE layer and prompt token. 0 where not calibrated.
   double moe_layer_overhead_us = 0;
   double moe_prefill_token_us = 0;
+  // Multi-head latent attention costs more than its bytes and FLOPs say (a dozen small kernels where standard
+  // attention has four; the absorbed attention and the per-head latent products in CUDA-core kernels): per MLA
+  // layer and forward pass, and per MLA layer and prompt token. Shared experts (a dense SwiGLU beside the routed
+  // ones) add their own launches: per layer with shared experts and forward pass. 0 where not calibrated.
+  double mla_layer_overhead_us = 0;
+  double mla_prefill_token_us = 0;
+  double shexp_layer_overhead_us = 0;
 };
 Efficiency default_efficiency(Backend backend);
 

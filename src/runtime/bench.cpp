@@ -105,7 +105,7 @@ BenchReport run_bench(Engine& engine, const BenchOptions& o) {
     r.bytes_per_token_source = "estimate";
   }
 
-  if (o.measure_bandwidth) r.membw = measure_read_bandwidth(r.n_threads, o.bandwidth_buffer_bytes);
+  if (o.measure_bandwidth) r.membw = r.membw_before = measure_read_bandwidth(r.n_threads, o.bandwidth_buffer_bytes);
 
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int32_t> token(0, c.n_vocab - 1);
@@ -166,8 +166,8 @@ BenchReport run_bench(Engine& engine, const BenchOptions& o) {
   // Probe the bandwidth again after the tests and keep the better figure: on a shared or virtual machine a
   // single probe can land in a busy moment and understate the ceiling (seen: 38 vs 52 GB/s minutes apart).
   if (o.measure_bandwidth) {
-    const MemBandwidth after = measure_read_bandwidth(r.n_threads, o.bandwidth_buffer_bytes);
-    if (after.read_gbps > r.membw.read_gbps) r.membw = after;
+    r.membw_after = measure_read_bandwidth(r.n_threads, o.bandwidth_buffer_bytes);
+    if (r.membw_after.read_gbps > r.membw.read_gbps) r.membw = r.membw_after;
   }
   for (BenchTest& t : r.tests) {
     if (t.n_gen == 0) continue;

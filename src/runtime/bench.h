@@ -43,7 +43,10 @@ struct BenchReport {
   size_t bytes_per_token = 0;
   std::string bytes_per_token_source;
   double flops_per_token = 0;  // 2 x active matrix parameters (attention's q·k and p·v are not counted)
-  MemBandwidth membw;
+  // Read bandwidth probed before and after the tests; `membw` is the better of the two (a busy moment on a shared
+  // machine only ever lowers a probe). Both are kept so that a tool comparing runs can use the mean around the
+  // tests (tools/calibrate_cpu.sh).
+  MemBandwidth membw, membw_before, membw_after;
   std::vector<BenchTest> tests;
 };
 

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <memory>
 
+#include "backend/cpu/matmul_kernels.h"
 #include "runtime/thread_pool.h"
 #include "uma/error.h"
 
@@ -23,10 +24,22 @@ size_t default_buffer_bytes() {
 
 // Sum of n words with eight independent accumulators, so that the adds never limit the load rate and the
 // compiler can vectorise (SSE2 already reads 32 bytes per cycle per core, well above one core's share of DRAM
-// bandwidth).
-uint64_t sum_words(const uint64_t* p, size_t n) {
+// bandwidth). One software prefetch `pf` bytes ahead per 64-byte line, as the CPU decode kernels read their
+// weights (matmul_vnni.cpp, matmul_hwy.cpp: prefetch_distance(), 4 KB unless UMA_CPU_PREFETCH says otherwise):
+// the hardware prefetchers stop at every 4 KB page, so a plain loop partly measures the stalls at each new page,
+// which a core that streams from DRAM alone feels most (16-core Xeon: the kernels streamed F16 at 110 GB/s, the
+// plain loop read 59-116 GB/s; docs/PERFORMANCE.md). On the 2-vCPU VM both read alike (~40-50 GB/s). Prefetching
+// past the end of the slice is harmless (a prefetch never faults).
+uint64_t sum_words(const uint64_t* p, size_t n, int64_t pf) {
   uint64_t a[8] = {};
   size_t i = 0;
+  const char* bytes = reinterpret_cast<const char*>(p);
+  if (pf > 0) {
+    for (; i + 8 <= n; i += 8) {
+      __builtin_prefetch(bytes + i * sizeof(uint64_t) + pf);
+      for (int j = 0; j < 8; ++j) a[j] += p[i + j];
+    }
+  }
   for (; i + 8 <= n; i += 8)
     for (int j = 0; j < 8; ++j) a[j] += p[i + j];
   for (; i < n; ++i) a[0] += p[i];
@@ -36,6 +49,8 @@ uint64_t sum_words(const uint64_t* p, size_t n) {
 }
 
 }  // namespace
+
+int64_t probe_prefetch_bytes() { return std::max<int64_t>(0, cpu::prefetch_distance()); }
 
 MemBandwidth measure_read_bandwidth(int n_threads, size_t buffer_bytes, int passes) {
   if (buffer_bytes == 0) buffer_bytes = default_buffer_bytes();
@@ -47,6 +62,7 @@ MemBandwidth measure_read_bandwidth(int n_threads, size_t buffer_bytes, int pass
   ThreadPool pool(n_threads);
   const size_t words = buffer_bytes / sizeof(uint64_t);
   const int nt = pool.size();
+  const int64_t pf = probe_prefetch_bytes();
   auto slice = [&](int t) {
     const size_t per = (words / nt + 7) / 8 * 8;
     const size_t begin = std::min(words, per * t), end = std::min(words, begin + per);
@@ -63,7 +79,7 @@ MemBandwidth measure_read_bandwidth(int n_threads, size_t buffer_bytes, int pass
     const auto t0 = std::chrono::steady_clock::now();
     pool.run_on_all([&](int t, int) {
       const auto [b, e] = slice(t);
-      sums[t] += sum_words(buf.get() + b, e - b);
+      sums[t] += sum_words(buf.get() + b, e - b, pf);
     });
     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
@@ -76,6 +92,7 @@ MemBandwidth measure_read_bandwidth(int n_threads, size_t buffer_bytes, int pass
   r.buffer_bytes = buffer_bytes;
   r.n_threads = nt;
   r.passes = passes;
+  r.prefetch_bytes = pf;
   return r;
 }
 

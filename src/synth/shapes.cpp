@@ -34,6 +34,13 @@ SynthVocab deepseek3_vocab() {
                     .first_reserved = 128000};
 }
 
+// DeepSeek-V2 / V2-Lite: the DeepSeek LLM byte-level BPE (100,000 regular tokens, then the specials).
+SynthVocab deepseek2_vocab() {
+  return SynthVocab{.model = "gpt2", .pre = "deepseek-llm", .bos = 100000, .eos = 100001, .add_bos = true,
+                    .specials = {{100000, "<｜begin▁of▁sentence｜>"}, {100001, "<｜end▁of▁sentence｜>"}},
+                    .first_reserved = 100000};
+}
+
 std::vector<SynthShape> make_shapes() {
   std::vector<SynthShape> s;
   // A toy llama for tests: every matrix is small, but ffn_down's rows (256) still fit one k-quant block.
@@ -82,6 +89,15 @@ std::vector<SynthShape> make_shapes() {
                .n_ctx_train = 163840, .norm_eps = 1e-6f, .n_expert = 64, .n_expert_used = 8, .n_ff_exp = 512,
                .n_expert_shared = 1, .n_layer_dense_lead = 1, .q_lora_rank = 768, .kv_lora_rank = 512,
                .qk_nope_dim = 128, .qk_rope_dim = 64, .v_head_dim = 128, .vocab = deepseek3_vocab()});
+  // DeepSeek-V2-Lite's shape (15.7 B parameters, 2.7 B active): MLA without the q LoRA (one attn_q), 6 of 64
+  // experts plus two shared ones, one leading dense layer. A second MLA shape for the planner's CUDA check. The
+  // routing metadata is the V3 kind this writer always uses (sigmoid, selection bias; V2 routes by softmax): the
+  // same kernels, so the same speed.
+  s.push_back({.name = "deepseek-v2-lite", .arch = "deepseek2", .source = "deepseek-ai/DeepSeek-V2-Lite",
+               .n_layer = 27, .n_embd = 2048, .n_ff = 10944, .n_head = 16, .n_head_kv = 16, .n_vocab = 102400,
+               .n_ctx_train = 163840, .norm_eps = 1e-6f, .n_expert = 64, .n_expert_used = 6, .n_ff_exp = 1408,
+               .n_expert_shared = 2, .n_layer_dense_lead = 1, .q_lora_rank = 0, .kv_lora_rank = 512,
+               .qk_nope_dim = 128, .qk_rope_dim = 64, .v_head_dim = 128, .vocab = deepseek2_vocab()});
   return s;
 }
 

@@ -165,6 +165,41 @@ TEST(Plan, CpuUsesEachWeightTypesKernelRate) {
   }
 }
 
+TEST(Plan, DecodeStreamsEachTypeAtItsKernelsBandwidth) {
+  // A CPU with ample compute: decode time = each type's bytes over the bandwidth at that type's fraction (the rest,
+  // norms here, at the backend's) + the per-layer overhead.
+  struct Case {
+    const char* quant;
+    GgmlType type;           // the type of every matrix, the embedding row included
+    double kernel_fraction;  // 0: no entry for the type
+  };
+  const Case cases[] = {{"Q8_0", GgmlType::Q8_0, 0.5}, {"F16", GgmlType::F16, 1.25}, {"Q4_0", GgmlType::Q4_0, 0}};
+  for (const auto& c : cases) {
+    PlanInputs in;
+    in.model = *find_model("llama-2-7b");
+    in.quant = quant_scheme(c.quant);
+    in.n_ctx = 512;
+    DeviceConfig cpu;
+    cpu.backend = Backend::cpu;
+    cpu.memory_bytes = cpu.usable_bytes = uint64_t{64} << 30;
+    cpu.bandwidth_gbs = 40;
+    cpu.fp32_tflops = cpu.fp16_tflops = cpu.int8_tops = 1e6;
+    in.machine = Machine{"cpu", {cpu}};
+    Efficiency eff = default_efficiency(Backend::cpu);
+    eff.decode_bandwidth = 0.8;
+    eff.kernels = {{c.type, 0.5, 0.5, c.kernel_fraction}};
+    in.efficiency_override = eff;
+    const Plan p = make_plan(in);
+    // Every tensor but the F32 norms (2 x 4096 per layer + the output norm) is of the case's type.
+    const double norm_bytes = 4.0 * 4096 * (2 * 32 + 1);
+    const double type_bytes = static_cast<double>(p.active_bytes) - norm_bytes;
+    const double frac = c.kernel_fraction > 0 ? c.kernel_fraction : 0.8;
+    const double expect_s = type_bytes / (40e9 * frac) + norm_bytes / (40e9 * 0.8) + 32 * eff.layer_overhead_us * 1e-6;
+    EXPECT_NEAR(1.0 / p.decode_tps, expect_s, expect_s * 1e-9) << c.quant;
+    EXPECT_TRUE(p.devices[0].bandwidth_bound) << c.quant;
+  }
+}
+
 TEST(Plan, MoeLayersAddTheirCalibratedOverhead) {
   // Qwen3-30B-A3B: 48 layers, all MoE. The MoE terms add per MoE layer: a fixed cost per forward pass (decode
   // and prefill alike) and, in prefill, a cost per prompt token.
@@ -187,10 +222,175 @@ TEST(Plan, MoeLayersAddTheirCalibratedOverhead) {
   // A dense model has no MoE layer: unchanged.
   in.model = *find_model("llama-3-8b");
   const Plan dense_moe = make_plan(in);
-  in.efficiency_override.reset();
   eff.moe_layer_overhead_us = eff.moe_prefill_token_us = 0;
   in.efficiency_override = eff;
   EXPECT_DOUBLE_EQ(make_plan(in).decode_tps, dense_moe.decode_tps);
+}
+
+// One device that is never bandwidth-bound, with round rates: what is left of a plan is its FLOPs at known rates.
+Machine compute_bound_machine(Backend backend) {
+  DeviceConfig d;
+  d.label = "test device";
+  d.backend = backend;
+  d.memory_bytes = d.usable_bytes = uint64_t{2} << 40;
+  d.bandwidth_gbs = 1e9;
+  d.fp32_tflops = 1.0;
+  d.fp16_tflops = 2.0;
+  d.int8_tops = 4.0;
+  return Machine{"test", {d}};
+}
+
+// A Qwen2-MoE-like shape: shared experts without MLA (not in the catalog).
+ModelShape shared_expert_shape() {
+  ModelShape s;
+  s.name = "shexp-test";
+  s.arch = "qwen2moe";
+  s.n_layer = 6;
+  s.n_embd = 512;
+  s.n_head = 8;
+  s.n_head_kv = 2;
+  s.n_ff = 1024;
+  s.n_vocab = 1000;
+  s.qkv_bias = true;
+  s.n_expert = 16;
+  s.n_expert_used = 4;
+  s.n_ff_exp = 256;
+  s.n_expert_shared = 1;
+  s.n_ff_shexp = 1024;
+  return finalize_shape(s);
+}
+
+TEST(Plan, MlaAttentionCountsTheAbsorbedForm) {
+  // Attention FLOPs per token, layer and cached position: 2 x n_head x the per-head width of q·k plus p·v. MLA
+  // attends the latent (kv_lora + rope, then kv_lora) in decode and prefill alike; standard attention its heads.
+  struct Case {
+    const char* model;
+    double width;  // per head: score + output
+  };
+  const Case cases[] = {
+      {"deepseek-v3", 512 + 64 + 512},       // not 192 + 128 (the decompressed form)
+      {"deepseek-v2-lite", 512 + 64 + 512},
+      {"llama-3-8b", 128 + 128},
+      {"qwen3-30b-a3b", 128 + 128},
+  };
+  Efficiency eff = default_efficiency(Backend::cpu);
+  eff.kernels.clear();
+  eff.compute = 0.5;  // every type, attention (F32) included, at half its peak
+  eff.layer_overhead_us = 0;
+  for (const auto& c : cases) {
+    PlanInputs in;
+    in.model = *find_model(c.model);
+    in.quant = quant_scheme("Q8_0");
+    in.n_ctx = 8192;
+    in.n_batch = 64;
+    in.machine = compute_bound_machine(Backend::cpu);
+    in.efficiency_override = eff;
+    const Plan shallow = make_plan(in);
+    in.depth = 4096;
+    const Plan deep = make_plan(in);
+    ASSERT_FALSE(deep.devices[0].bandwidth_bound) << c.model;
+    // 4096 more cached positions: decode attends them once, each prompt token of the batch once.
+    const double per_token_s = static_cast<double>(in.model.n_layer) * 2.0 * static_cast<double>(in.model.n_head) *
+                               4096.0 * c.width / (1e12 * 0.5);
+    EXPECT_NEAR(1.0 / deep.decode_tps - 1.0 / shallow.decode_tps, per_token_s, per_token_s * 1e-6) << c.model;
+    EXPECT_NEAR(64.0 / deep.prefill_tps - 64.0 / shallow.prefill_tps, 64 * per_token_s, 64 * per_token_s * 1e-6)
+        << c.model;
+  }
+}
+
+TEST(Plan, MlaAndSharedExpertLayersAddTheirCalibratedOverhead) {
+  // Each term adds per layer of its kind: MLA per forward pass and per prompt token, shared experts per forward
+  // pass. Layers: DeepSeek-V3 61 (3 dense), V2-Lite 27 (1 dense), the shared-expert test shape 6 (no MLA).
+  struct Case {
+    ModelShape model;
+    int mla_layers, shexp_layers;
+  };
+  const Case cases[] = {
+      {*find_model("deepseek-v3"), 61, 58},
+      {*find_model("deepseek-v2-lite"), 27, 26},
+      {shared_expert_shape(), 0, 6},
+      {*find_model("qwen3-30b-a3b"), 0, 0},
+      {*find_model("llama-3-8b"), 0, 0},
+  };
+  for (const auto& c : cases) {
+    PlanInputs in;
+    in.model = c.model;
+    in.quant = quant_scheme("Q4_0");
+    in.n_ctx = 1024;
+    in.n_batch = 256;
+    in.machine = parse_machine("8xh200", hardware_catalog());
+    Efficiency eff = default_efficiency(Backend::cuda);
+    eff.mla_layer_overhead_us = eff.mla_prefill_token_us = eff.shexp_layer_overhead_us = 0;
+    in.efficiency_override = eff;
+    const Plan base = make_plan(in);
+    eff.mla_layer_overhead_us = 100;
+    eff.mla_prefill_token_us = 2;
+    eff.shexp_layer_overhead_us = 30;
+    in.efficiency_override = eff;
+    const Plan more = make_plan(in);
+    const double fixed_ms = c.mla_layers * 0.100 + c.shexp_layers * 0.030;
+    EXPECT_NEAR(1e3 / more.decode_tps - 1e3 / base.decode_tps, fixed_ms, 1e-6) << c.model.name;
+    EXPECT_NEAR(256e3 / more.prefill_tps - 256e3 / base.prefill_tps, fixed_ms + c.mla_layers * 256 * 0.002, 1e-6)
+        << c.model.name;
+  }
+}
+
+// deepseek-v3-mini as `uma synth` writes it at q4_0 (src/synth/shapes.cpp): every matrix Q4_0, the LM head and
+// the embeddings too; norms, biases and routers F32.
+PlanInputs synth_q4_0(ModelShape shape) {
+  PlanInputs in;
+  in.model = finalize_shape(std::move(shape));
+  in.file_tensors = tensor_table(in.model);
+  for (const auto& t : in.file_tensors)
+    in.file_types.push_back(t.n_dims < 2 || t.role == TensorRole::norm || t.role == TensorRole::router
+                                ? storage(GgmlType::F32)
+                                : storage(GgmlType::Q4_0));
+  return in;
+}
+
+TEST(Plan, CudaCalibrationReproducesItsMeasurements) {
+  // The H100 figures the CUDA factors were fitted on (docs/PLAN.md): `uma plan FILE --hw h100-sxm --batch 512
+  // --ctx 640 --kv-type f32` against `uma bench --device cuda -p 512 -n 128`. qwen3-30b-a3b fixed the MoE terms,
+  // deepseek-v3-mini the MLA and shared-expert ones; llama3-8b was the check of the dense factors.
+  ModelShape mini;
+  mini.name = "deepseek-v3-mini";
+  mini.arch = "deepseek2";
+  mini.n_layer = 12;
+  mini.n_embd = 2048;
+  mini.n_ff = 8192;
+  mini.n_head = 16;
+  mini.n_vocab = 129280;
+  mini.n_expert = 64;
+  mini.n_expert_used = 8;
+  mini.n_ff_exp = 512;
+  mini.n_expert_shared = 1;
+  mini.n_layer_dense_lead = 1;
+  mini.expert_probs_bias = true;
+  mini.q_lora_rank = 768;
+  mini.kv_lora_rank = 512;
+  mini.qk_nope_head_dim = 128;
+  mini.qk_rope_head_dim = 64;
+  mini.v_head_dim = 128;
+  struct Case {
+    ModelShape model;
+    double pp512, tg128;  // measured t/s
+    double tolerance;     // relative
+  };
+  const Case cases[] = {
+      {mini, 13724, 792, 0.01},
+      {*find_model("qwen3-30b-a3b"), 4429, 355.8, 0.02},
+      {*find_model("llama-3-8b"), 16644, 406.9, 0.05},
+  };
+  for (const auto& c : cases) {
+    PlanInputs in = synth_q4_0(c.model);
+    in.n_ctx = 640;
+    in.n_batch = 512;
+    in.kv_type = GgmlType::F32;
+    in.machine = parse_machine("h100-sxm", hardware_catalog());
+    const Plan p = make_plan(in);
+    EXPECT_NEAR(p.prefill_tps, c.pp512, c.pp512 * c.tolerance) << c.model.name;
+    EXPECT_NEAR(p.decode_tps, c.tg128, c.tg128 * c.tolerance) << c.model.name;
+  }
 }
 
 TEST(Plan, LayerSplitCoversEveryLayerOnce) {

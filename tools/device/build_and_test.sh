@@ -13,8 +13,8 @@
 #   pprofile: GPU time per op of a pp512 prefill (Q4_0, F16); ncu: kernel durations of Q4_0 decode steps
 #   inside the CUDA graph (Nsight Compute, to $OUT/ncu.csv)
 #   depth: tg32 of llama-7b Q4_0 after a DEPTH-token context (default 32768); cpu: the same models on the
-#   host's CPU (--device cpu, pp64/tg16); moe: qwen3-30b-a3b and deepseek-v3-mini Q4_0 on the host's CPU
-#   (MOE_DEVICE=cuda: on the GPU, pp512/tg128)
+#   host's CPU (--device cpu, pp64/tg16); moe: qwen3-30b-a3b and deepseek-v3-mini Q4_0 (MOE_SHAPES) on the
+#   host's CPU (MOE_DEVICE=cuda: on the GPU, pp512/tg128, with `uma plan`'s prediction for that GPU)
 # Logs go to $OUT (the device tool's result folder) or ./out.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -169,6 +169,9 @@ if want moe; then
     if [ "$MOE_DEVICE" = cpu ]; then args=(-t "$(nproc)" -p 32 -n 16 -r 2); else args=(-p 512 -n 128 -r 3 --no-membw); fi
     "$BUILD/uma" bench -m "$m" --device "$MOE_DEVICE" "${args[@]}" 2>&1 | tee "$OUT/moe-$shape.log" \
       | grep -E "^\| |weights read|bandwidth|error"
+    # The planner's prediction for the same file and this GPU, to set beside the bench (docs/PLAN.md, CUDA check).
+    [ "$MOE_DEVICE" = cuda ] && "$BUILD/uma" plan "$m" --hw local --batch 512 --ctx 640 --kv-type f32 2>&1 \
+      | tee "$OUT/moe-plan-$shape.log"
     rm -f "$m"
   done
 fi
