@@ -58,9 +58,9 @@ __device__ __forceinline__ void attn_write(const AttnArgs& a, int64_t th, int j,
   if (a.xq) quantize_warp_block(v, j % kWarp, a.xq + th * a.hdv + (j & ~31), a.xs + (th * a.hdv + j) / 32);
 }
 
-// kHd128: keys and values of 128 dims in 16-byte aligned rows (Llama, Qwen, Mistral): the 32 float4 of a
-// key are all in flight at once, and a lane adds a float4 of each value row. Otherwise any head dims, one
-// float at a time.
+// kHd128: keys and values of 128 dims in rows aligned for four values (Llama, Qwen, Mistral): the 32 loads of
+// four values of a key are all in flight at once, and a lane adds four values of each value row. Otherwise any
+// head dims, one value at a time. KV: float or __half cells (KvCacheOptions::f16).
 template <bool kHd128, typename KV>
 __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, DeviceLayout L) {
   const KV* K = static_cast<const KV*>(a.K);
@@ -168,22 +168,16 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, Dev
       if (lane + kWarp * k < a.hdv) sacc[warp][lane + kWarp * k] = acc[k];
   }
   __syncthreads();
-  if (n_used == 1) {
-    for (int j = tid; j < a.hdv; j += kAttnThreads) {
-      float v = 0;
-#pragma unroll
-      for (int w = 0; w < kAttnWarps; ++w) v += sacc[w][j];
-      attn_write(a, th, j, v / l);
-    }
-    return;
-  }
-  float* P = a.partial + th * a.n_split * (a.hdv + 2);
+  // One split: the output. Several: this split's state (max, sum, accumulators) for the merge below.
+  float* P = n_used > 1 ? a.partial + th * a.n_split * (a.hdv + 2) : nullptr;
   for (int j = tid; j < a.hdv; j += kAttnThreads) {
     float v = 0;
 #pragma unroll
     for (int w = 0; w < kAttnWarps; ++w) v += sacc[w][j];
-    P[split * (a.hdv + 2) + 2 + j] = v;
+    if (n_used == 1) attn_write(a, th, j, v / l);
+    else P[split * (a.hdv + 2) + 2 + j] = v;
   }
+  if (n_used == 1) return;
   if (tid == 0) P[split * (a.hdv + 2)] = m, P[split * (a.hdv + 2) + 1] = l;
   // The last split block merges: its partial states are visible to it after the others' fences.
   __threadfence();
@@ -248,8 +242,7 @@ __global__ void causal_softmax_kernel(float* S, int64_t n_rows, int64_t m, int64
   float mx = -INFINITY;
 #pragma unroll 4
   for (int64_t j = lane; j < limit; j += kWarp) mx = fmaxf(mx, s[j]);
-#pragma unroll
-  for (int o = kWarp / 2; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  mx = warp_max(mx);
   float sum = 0;
 #pragma unroll 4
   for (int64_t j = lane; j < limit; j += kWarp) {
