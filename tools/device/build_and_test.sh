@@ -3,13 +3,14 @@
 # models. The GPU machine has no package registry: the build's libraries come as Debian .debs carried in
 # .debs/ (fetch them here with tools/device/fetch_debs.sh) and unpacked into a private prefix.
 # Test data: UMA_SHARED (default .device/shared, a copy of ../shared's fixtures carried with the call).
-#   usage: tools/device/build_and_test.sh [build|cpu-build|test|gemv|profile|bench|llama3|depth|cpu|moe|ceilings|all]...
-#   (default: all but cpu-build, depth, cpu, moe, pprofile, ncu and plan)
+#   usage: tools/device/build_and_test.sh [build|cpu-build|test|gemv|profile|bench|llama3|depth|cpu|moe|plan|skip|ceilings|all]...
+#   (default: all but cpu-build, depth, cpu, moe, pprofile, ncu, plan and skip)
 #   cpu-build: a CPU-only build (-DUMA_CUDA=OFF) of uma and the kernel tests (CPU_TARGETS), for the cpu step
 #   gemv: GEMV GB/s per type and shape against the copy ceiling (tests/backends/test_cuda_bench.cpp)
 #   profile: GPU time per op of a Q4_0 decode (UMA_CUDA_PROFILE=1, op by op)
 #   bench: pp512/tg128 of llama-7b Q4_0, Q8_0, F16, Q4_K_M on the GPU; llama3: llama3-8b Q4_0
 #   plan: `uma plan --hw h100-sxm --json` of those models (the CUDA fit: tools/device/fit_cuda.py)
+#   skip: tg128 of llama-7b (SKIP_TYPES, default q4_0) with decode ops left out (UMA_CUDA_SKIP): each op's cost
 #   pprofile: GPU time per op of a pp512 prefill (Q4_0, F16); ncu: kernel durations of Q4_0 decode steps
 #   inside the CUDA graph (Nsight Compute, to $OUT/ncu.csv)
 #   depth: tg32 of llama-7b Q4_0 after a DEPTH-token context (default 32768); cpu: the same models on the
@@ -29,7 +30,7 @@ steps=("$@")
 want() {
   for s in "${steps[@]}"; do
     [ "$s" = "$1" ] && return 0
-    case "$1" in depth | cpu | moe | pprofile | ncu | plan | cpu-build) ;; *) [ "$s" = all ] && return 0 ;; esac
+    case "$1" in depth | cpu | moe | pprofile | ncu | plan | skip | cpu-build) ;; *) [ "$s" = all ] && return 0 ;; esac
   done
   return 1
 }
@@ -113,6 +114,19 @@ if want ncu; then
     "$BUILD/uma" bench -m "$m" --device cuda -p 0 -n 3 -r 1 --no-membw >"$OUT/ncu.csv" 2>"$OUT/ncu.err" \
     || tail -5 "$OUT/ncu.err"
   wc -l "$OUT/ncu.csv"
+fi
+
+if want skip; then
+  echo "== what each op costs inside a decode step (UMA_CUDA_SKIP: ops left out, results wrong, timing real)"
+  for t in ${SKIP_TYPES:-q4_0}; do
+    m=$(synth "$t") || continue
+    for ops in none gemv add_rms_norm,rms_norm rope_store_kv attention swiglu \
+      add_rms_norm,rms_norm,rope_store_kv,attention,swiglu; do
+      r=$(UMA_CUDA_SKIP=$ops "$BUILD/uma" bench -m "$m" --device cuda -p 0 -n 128 -r 2 --no-membw 2>&1 \
+        | grep -E "tg128" | awk -F'|' '{print $8}')
+      echo "$t without $ops: tg128 $r" | tee -a "$OUT/skip.log"
+    done
+  done
 fi
 
 if want bench; then
