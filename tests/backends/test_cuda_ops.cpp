@@ -129,35 +129,40 @@ TEST_P(CudaMatmul, GetRowsDequantizesLikeTheCpu) {
 // The int8 GEMV computes exactly what it says: the dequantized weights times the activations after the
 // device's quantization (per 32 values d = amax / 127, q = round-to-even(x / d), reproduced here), summed in
 // double. Only f32 rounding of the per-block products remains (and Q4_0's Σ n x - 8 Σ x): 1e-4. This catches
-// indexing errors the 2 % budget above would hide.
+// indexing errors the 2 % budget above would hide. Q4_0, Q4_K and Q5_K have two GEMVs (32- and 64-value
+// chunks, UMA_CUDA_GEMV_PAIR); both are checked, on rows narrow and wide enough for the wide block shape.
 TEST_P(CudaMatmul, Int8GemvIsExactOnQuantizedActivations) {
   REQUIRE_GPU();
   const GgmlType type = GetParam();
   if (!int8_gemv(type)) GTEST_SKIP() << "f32 activations";
-  auto cuda = gpu();
-  const int64_t bs = traits(type).block_size;
-  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{5, bs}, {67, bs * 7}, {2200, 4096}}) {
-    TestWeight tw(type, rows, cols, 11);
-    cuda->prepare_weight(tw.w);
-    const auto x = random_floats(size_t(cols), 12, 2.0f);
-    std::vector<float> xq(x.size());
-    for (int64_t b = 0; b < cols / 32; ++b) {
-      float amax = 0;
-      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[b * 32 + i]));
-      const float d = amax / 127.0f;
-      for (int i = 0; i < 32; ++i) xq[b * 32 + i] = d > 0 ? d * std::nearbyint(x[b * 32 + i] / d) : 0.0f;
+  for (const char* pair : {"1", "0"}) {
+    test::EnvGuard env("UMA_CUDA_GEMV_PAIR", std::string(pair));
+    auto cuda = gpu();
+    const int64_t bs = traits(type).block_size;
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{5, bs}, {67, bs * 7}, {2200, 4096}, {2200, bs * 43}}) {
+      TestWeight tw(type, rows, cols, 11);
+      cuda->prepare_weight(tw.w);
+      const auto x = random_floats(size_t(cols), 12, 2.0f);
+      std::vector<float> xq(x.size());
+      for (int64_t b = 0; b < cols / 32; ++b) {
+        float amax = 0;
+        for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[b * 32 + i]));
+        const float d = amax / 127.0f;
+        for (int i = 0; i < 32; ++i) xq[b * 32 + i] = d > 0 ? d * std::nearbyint(x[b * 32 + i] / d) : 0.0f;
+      }
+      std::vector<float> row(cols), want(rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        dequantize_row(type, tw.w.host + r * row_bytes(type, cols), row.data(), cols);
+        double acc = 0;
+        for (int64_t c = 0; c < cols; ++c) acc += double(row[c]) * xq[c];
+        want[r] = float(acc);
+      }
+      Dev d{*cuda};
+      float* y = d.make(want.size());
+      cuda->matmul(tw.w, d.put(x), 1, y);
+      EXPECT_LE(rel(d.get(y, want.size()), want), 1e-4)
+          << type_name(type) << " " << rows << "x" << cols << " UMA_CUDA_GEMV_PAIR=" << pair;
     }
-    std::vector<float> row(cols), want(rows);
-    for (int64_t r = 0; r < rows; ++r) {
-      dequantize_row(type, tw.w.host + r * row_bytes(type, cols), row.data(), cols);
-      double acc = 0;
-      for (int64_t c = 0; c < cols; ++c) acc += double(row[c]) * xq[c];
-      want[r] = float(acc);
-    }
-    Dev d{*cuda};
-    float* y = d.make(want.size());
-    cuda->matmul(tw.w, d.put(x), 1, y);
-    EXPECT_LE(rel(d.get(y, want.size()), want), 1e-4) << type_name(type) << " " << rows << "x" << cols;
   }
 }
 
@@ -227,6 +232,46 @@ TEST(CudaOps, RmsNormAddSwigluGather) {
     float* out = d.make(want.size());
     cuda->gather_rows(d.put(src), dim, rows.data(), int64_t(rows.size()), out);
     EXPECT_EQ(d.get(out, want.size()), want);
+  }
+}
+
+// The decode norm in its parallel form (CudaBackend::PendingNorm): the int8 GEMV that reads its output
+// applies 1 / RMS and scales the f32 output in place; an F32 GEMV reading it instead settles it first. The
+// GEMV outputs must match the single-block norm's (UMA_CUDA_NORM_PARALLEL=0) up to where the scale is
+// rounded in, and the norm's outputs the CPU's.
+TEST(CudaOps, ParallelDecodeNormFeedsTheGemv) {
+  REQUIRE_GPU();
+  auto cpu = make_cpu_backend(2);
+  for (auto [dim, rows] : {std::pair<int64_t, int64_t>{4096, 1}, {4096, 3}, {256, 2}, {8192, 1}}) {
+    for (GgmlType type : {GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q8_0, GgmlType::F32}) {
+      auto x = random_floats(size_t(rows * dim), 3, 2.0f), y = random_floats(size_t(rows * dim), 8);
+      auto g = random_floats(size_t(dim), 4);
+      Weight w;
+      w.name = "norm";
+      w.ne[0] = dim;
+      w.host = reinterpret_cast<const uint8_t*>(g.data());
+      w.nbytes = g.size() * 4;
+      TestWeight mat(type, 2500, dim, 5);
+      std::vector<float> want_x = x, want_n(x.size());
+      cpu->add_rms_norm(want_x.data(), y.data(), w, rows, dim, 1e-5f, want_n.data());
+      std::vector<float> outs[2];
+      for (int parallel : {1, 0}) {
+        test::EnvGuard env("UMA_CUDA_NORM_PARALLEL", std::to_string(parallel));
+        auto cuda = gpu();
+        Dev d{*cuda};
+        float* dx = d.put(x);
+        float* xn = d.make(x.size());
+        float* out = d.make(size_t(rows * 2500));
+        cuda->add_rms_norm(dx, d.put(y), w, rows, dim, 1e-5f, xn);
+        cuda->matmul(mat.w, xn, rows, out);
+        outs[parallel] = d.get(out, size_t(rows * 2500));
+        const std::string what = std::string(type_name(type)) + " dim " + std::to_string(dim) + " rows " +
+                                 std::to_string(rows) + " parallel " + std::to_string(parallel);
+        EXPECT_LE(rel(d.get(dx, x.size()), want_x), 1e-6) << what;
+        EXPECT_LE(rel(d.get(xn, x.size()), want_n), 1e-6) << what;
+      }
+      EXPECT_LE(rel(outs[1], outs[0]), 1e-5) << type_name(type) << " dim " << dim << " rows " << rows;
+    }
   }
 }
 

@@ -205,6 +205,7 @@ void CudaBackend::begin_step(const BatchLayout& batch, const KvCache& kv) {
 
 void CudaBackend::end_step() {
   if (!in_step_) return;
+  settle_norm();
   in_step_ = false;
   if (deferred_) {
     deferred_ = false;

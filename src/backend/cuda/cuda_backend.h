@@ -50,6 +50,16 @@ static_assert(sizeof(RopeArgs) == 2 * sizeof(void*) + 6 * 4, "no padding: RopeAr
 
 // A device copy of a weight, in the type the kernels read (types without a kernel become F16; the
 // quantized types with a GEMV are repacked, see WView).
+// An int8 GEMV's input that is x ⊙ w of a pending parallel RMSNorm (CudaBackend::PendingNorm): the GEMV
+// scales its outputs, and `xn` in place, by 1 / RMS from the per-block sums of squares. parts == nullptr:
+// a plain input. No padding: it enters graph signatures.
+struct RmsIn {
+  const float* parts;
+  float* xn;
+  int32_t dim;
+  float eps;
+};
+
 struct DeviceWeight {
   GgmlType type;
   uint8_t* data;     // the allocation
@@ -139,11 +149,13 @@ class CudaBackend final : public Backend {
     graphs_ = env_on("UMA_CUDA_GRAPHS", true) && !profile_;
     // UMA_CUDA_PDL=0: launch the GEMVs without programmatic dependent launch (for comparison).
     pdl_ = env_on("UMA_CUDA_PDL", true) && prop.major >= 9;
+    parallel_norm_ = env_on("UMA_CUDA_NORM_PARALLEL", true);  // =0: decode norms in one block (PendingNorm)
     prefetch_ = env_on("UMA_CUDA_PREFETCH", true);  // =0: no L2 prefetch of the weights before pdl_wait
     merge_ = env_on("UMA_CUDA_MERGE", true);  // =0: one GEMV launch per matrix (q/k/v, gate/up apart)
     fuse_ = env_on("UMA_CUDA_FUSE", true);    // =0: no fused ops (norm + int8, rope + store, add + norm)
     gemm_attention_ = env_on("UMA_CUDA_ATTN_GEMM", true);  // =0: prefill attention with the decode kernel
     attn_tf32_ = env_on("UMA_CUDA_ATTN_TF32", true);         // =0: its products in f32, not TF32 (see there)
+    gemv_pair_ = env_on("UMA_CUDA_GEMV_PAIR", true);  // =0: Q4_0/Q4_K/Q5_K GEMVs on 32-value chunks
     if (const char* g = std::getenv("UMA_CUDA_GEMV")) std::sscanf(g, "%dx%d", &gemv_rows_, &gemv_warps_);
     // UMA_CUDA_SKIP=op[,op...]: leave those ops out (results are wrong; for measuring what each op costs
     // inside a decode step, e.g. UMA_CUDA_SKIP=gemv leaves only the small kernels).
@@ -197,6 +209,7 @@ class CudaBackend final : public Backend {
     UMA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
   }
   void download(float* dst, const float* src, size_t n) override {
+    settle_norm();
     flush();
     UMA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
     UMA_CHECK(cudaStreamSynchronize(stream_));
@@ -270,7 +283,23 @@ class CudaBackend final : public Backend {
   };
   static_assert(sizeof(GemvTargets) == 9 * sizeof(void*) + 8, "no padding: GemvTargets enters graph signatures");
   void gemv(const GemvTargets& g, const float* x, int64_t n_tokens);
-  void launch_gemv(const GemvTargets& g, const float* x, const int8_t* xq, const float4* xs, int64_t n_tokens);
+  void launch_gemv(const GemvTargets& g, const float* x, const int8_t* xq, const float4* xs, int64_t n_tokens,
+                   const RmsIn& rms);
+  // The decode RMSNorm in its parallel form (rms_norm_parts_kernel) leaves x ⊙ w in `out`, its int8 blocks
+  // and per-block sums of squares in `parts`; the int8 GEMV that reads `out` next applies 1 / RMS. Anything
+  // else that runs first settles it (settle_norm: scales out and the int8 scales), and that norm weight gets
+  // the single-block kernel from then on (serial_norms_: e.g. an MoE router or an F16 model's GEMV).
+  struct PendingNorm {
+    float* parts;
+    float* out;
+    int32_t n_rows, dim;
+    float eps;
+    const float* weight;
+  };
+  PendingNorm norm_pending_{};
+  std::unordered_set<const float*> serial_norms_;
+  Scratch norm_parts_;
+  void settle_norm();
   // x [n_tokens, cols] as int8 blocks (quantize_q8_kernel) in the q8_ scratch. Consecutive matmuls of the
   // same activations (q/k/v, gate/up) quantize once: every other op that writes device memory forgets it.
   // Ops whose output feeds a GEMV (rms_norm, swiglu, attention of a decode step) write the int8 blocks
@@ -318,6 +347,7 @@ class CudaBackend final : public Backend {
   template <class Fn, class... A>
   void submit(const char* name, double bytes, Fn fn, A... args) {
     static_assert(sizeof(Fn) <= sizeof(void*), "pass every value as an argument: it must enter the signature");
+    settle_norm();  // an op other than the GEMV that applies it: see PendingNorm
     if (skipped(name)) return;
     if (deferred_) {
       const size_t n = sig_.size();
@@ -337,6 +367,7 @@ class CudaBackend final : public Backend {
   }
   template <class F>
   void execute(const char* name, double bytes, F&& f) {
+    settle_norm();
     if (skipped(name)) return;
     if (!profile_) {
       f();
@@ -408,12 +439,12 @@ class CudaBackend final : public Backend {
   std::vector<std::pair<RopeParams, float*>> rope_tabs_;  // inv_freq + YaRN ramp per parameter set
 
   // Step state (begin_step .. end_step).
-  bool graphs_ = true, profile_ = false, pdl_ = true, prefetch_ = true, merge_ = true, fuse_ = true,
+  bool graphs_ = true, profile_ = false, pdl_ = true, prefetch_ = true, merge_ = true, fuse_ = true, gemv_pair_ = true, parallel_norm_ = true,
        gemm_attention_ = true, attn_tf32_ = true;
   bool f32_weights_ = false;  // a matrix of the model is stored in f32: prefill attention stays f32
   int sm_count_ = 132;
   std::string skip_;  // UMA_CUDA_SKIP, as ",op,op,"
-  int gemv_rows_ = 4, gemv_warps_ = 4;  // block shape of the GEMVs of large matrices (UMA_CUDA_GEMV)
+  int gemv_rows_ = 4, gemv_warps_ = 0;  // block shape of the GEMVs of large matrices (UMA_CUDA_GEMV); 0 warps: by chunk width
   bool in_step_ = false, deferred_ = false, step_pending_ = false;
   const KvCache* step_kv_ = nullptr;
   const int32_t* step_pos_host_ = nullptr;

@@ -133,6 +133,45 @@ __global__ void __launch_bounds__(1024) rms_norm_q8_kernel(float* x, const float
   }
 }
 
+// The decode RMSNorm in its parallel form (RmsIn): a warp per 32-value block, no reduction across the row.
+// The int8 quants of a block of x ⊙ w do not depend on the row's RMS, only the block scale does, so each
+// warp writes x += y, out = x ⊙ w, its int8 block and its block's sum of squares (parts); the GEMV that
+// reads the int8 blocks sums the parts and scales its outputs (and out) by 1 / RMS. The single-block norm
+// it replaces cost ~5 µs of dependent latency twice a layer; this one is as short as SwiGLU's.
+__global__ void rms_norm_parts_kernel(float* x, const float* y, const float* w, int64_t dim, float* out,
+                                      int8_t* xq, float4* xs, float* parts) {
+  pdl_trigger();
+  const int lane = threadIdx.x % kWarp;
+  const int64_t n_blk = dim / 32, b = int64_t(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+  const int64_t row = blockIdx.y;
+  if (b >= n_blk) return;
+  const int64_t i = row * dim + b * 32 + lane;
+  const float wv = w[b * 32 + lane];
+  pdl_wait();
+  float v = x[i];
+  if (y) {
+    v += y[i];
+    x[i] = v;
+  }
+  const float o = v * wv;
+  out[i] = o;
+  quantize_warp_block(o, lane, xq + row * dim + b * 32, xs + row * n_blk + b);
+  const float ss = warp_sum(v * v);
+  if (lane == 0) parts[row * n_blk + b] = ss;
+}
+
+// A pending parallel norm whose output is read by something other than an int8 GEMV: out and the int8
+// block scales times 1 / RMS, as rms_norm_q8_kernel would have left them. One block per row.
+__global__ void rms_settle_kernel(const float* parts, int64_t dim, float eps, float* out, float4* xs) {
+  const int64_t row = blockIdx.x, n_blk = dim / 32;
+  const float scale = rms_scale_from_parts(parts + row * n_blk, int(n_blk), int(dim), eps);
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) out[row * dim + i] *= scale;
+  for (int64_t b = threadIdx.x; xs && b < n_blk; b += blockDim.x) {
+    float4& s = xs[row * n_blk + b];
+    s = make_float4(s.x * scale, s.y * scale, s.z * scale, 0.0f);
+  }
+}
+
 // Greedy decoding: one block per row; each thread keeps the best (value, index) of its strided share, warp
 // shuffles and shared memory then pick the block's. Larger value wins; among equal values the lower index.
 __device__ __forceinline__ void keep_better(float& v, int& i, float v2, int i2) {
@@ -248,10 +287,25 @@ void CudaBackend::add_rms_norm(float* x, const float* y, const Weight& w, int64_
 // RMSNorm (after x += y when y is given); in a decode step also the int8 blocks of the output.
 void CudaBackend::norm_op(float* x, const float* y, const Weight& w, int64_t n_rows, int64_t dim, float eps,
                           float* out) {
+  settle_norm();
   q8_src_ = nullptr;
   if (w.type != GgmlType::F32) fail("norm weight '{}' must be F32, got {}", w.name, type_name(w.type));
   const float* g = reinterpret_cast<const float*>(device_weight(w).data);
   Q8Buffer q{nullptr, nullptr};
+  if (fuse_ && parallel_norm_ && n_rows <= kMaxGemvTokens && dim % 32 == 0 && !serial_norms_.count(g)) {
+    // The parallel form (rms_norm_parts_kernel): pending until an int8 GEMV reads `out` (gemv) or
+    // anything else runs (settle_norm).
+    q = q8_buffer(out, n_rows * dim);
+    auto* parts = static_cast<float*>(norm_parts_.get(size_t(n_rows * dim / 32) * sizeof(float), deferred_));
+    submit(y ? "add_rms_norm" : "rms_norm", 0, [this](float* x, const float* y, const float* g, int64_t n_rows,
+                                                      int64_t dim, float* out, Q8Buffer q, float* parts) {
+      const dim3 grid{unsigned((dim / 32 + 3) / 4), unsigned(n_rows)};
+      launch(pdl_, grid, 4 * kWarp, stream_, rms_norm_parts_kernel, x, y, g, dim, out, q.xq, q.xs, parts);
+      UMA_LAUNCHED("rms_norm_parts");
+    }, x, y, g, n_rows, dim, out, q, parts);
+    norm_pending_ = PendingNorm{parts, out, int32_t(n_rows), int32_t(dim), eps, g};
+    return;
+  }
   if (fuse_ && n_rows <= kMaxGemvTokens && dim % 32 == 0) q = q8_buffer(out, n_rows * dim);
   submit(y ? "add_rms_norm" : "rms_norm", 0, [this](float* x, const float* y, const float* g, int64_t n_rows,
                                                     int64_t dim, float eps, float* out, Q8Buffer q) {
@@ -262,6 +316,22 @@ void CudaBackend::norm_op(float* x, const float* y, const Weight& w, int64_t n_r
       launch(pdl_, unsigned(n_rows), threads, stream_, rms_norm_kernel, x, y, g, dim, eps, out, q.xq, q.xs);
     UMA_LAUNCHED("rms_norm");
   }, x, y, g, n_rows, dim, eps, out, q);
+}
+
+// The pending parallel norm's output is about to be read by something other than an int8 GEMV: scale it
+// now, and give this norm (known by its weight) the single-block kernel from now on.
+void CudaBackend::settle_norm() {
+  if (!norm_pending_.parts) return;
+  const PendingNorm n = norm_pending_;
+  norm_pending_ = {};
+  serial_norms_.insert(n.weight);
+  const float4* xs = q8_src_ == n.out ? reinterpret_cast<const float4*>(q8_base_ + q8_n_) : nullptr;
+  submit("rms_settle", 0, [this](const float* parts, int64_t n_rows, int64_t dim, float eps, float* out,
+                                 const float4* xs) {
+    rms_settle_kernel<<<unsigned(n_rows), 256, 0, stream_>>>(parts, dim, eps, out, const_cast<float4*>(xs));
+    UMA_LAUNCHED("rms_settle");
+  }, n.parts, int64_t(n.n_rows), int64_t(n.dim), n.eps, n.out, xs);
+  if (xs) q8_src_ = n.out;  // still valid, now scaled
 }
 
 void CudaBackend::gather_rows(const float* src, int64_t dim, const int32_t* rows, int64_t n, float* dst) {

@@ -31,6 +31,7 @@ struct GemvSegs {
   int64_t rows[kMaxGemvSegs];
   int first[kMaxGemvSegs + 1];
   int n;
+  RmsIn rms;  // rms.parts: the activations are x ⊙ w of a pending parallel RMSNorm
 };
 
 // The segment of this block and its first row.
@@ -48,7 +49,7 @@ __device__ __forceinline__ int gemv_segment(const GemvSegs& g, int64_t& row0) {
 // add the warps' sums (plus the bias) and write the rows.
 template <int kRows, int kWarps>
 __device__ __forceinline__ void finish_rows(const float (&acc)[kRows], int64_t row0, int64_t rows, float* y,
-                                            const float* bias) {
+                                            const float* bias, float scale = 1.0f) {
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   __shared__ float part_sum[kWarps][kRows];
 #pragma unroll
@@ -61,7 +62,7 @@ __device__ __forceinline__ void finish_rows(const float (&acc)[kRows], int64_t r
     float s = 0;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) s += part_sum[w][threadIdx.x];
-    y[row0 + threadIdx.x] = s + (bias ? bias[row0 + threadIdx.x] : 0.0f);
+    y[row0 + threadIdx.x] = s * scale + (bias ? bias[row0 + threadIdx.x] : 0.0f);
   }
 }
 
@@ -76,7 +77,7 @@ __global__ void __launch_bounds__(kWarps * kWarp)
   const int s = gemv_segment<kRows>(g, row0);
   const WView& w = g.w[s];
   const int64_t rows = g.rows[s], t = blockIdx.y;
-  xq += t * n_chunks * 32, xs += t * n_chunks;
+  xq += int64_t(t) * n_chunks * T::kChunkValues, xs += int64_t(t) * n_chunks * (T::kChunkValues / 32);
   float acc[kRows] = {};
   const uint8_t *q[kRows], *m[kRows], *d[kRows];
 #pragma unroll
@@ -92,6 +93,14 @@ __global__ void __launch_bounds__(kWarps * kWarp)
       for (int r = 0; r < kRows; ++r) prefetch_l2(q[r] + i * chunk_bytes);
   pdl_wait();
   pdl_trigger();
+  // A pending parallel RMSNorm (RmsIn): every warp sums the row's parts itself (no barrier), and the first
+  // blocks scale the norm's f32 output in place (nothing else reads it while this GEMV runs).
+  float scale = 1.0f;
+  if (g.rms.parts) {
+    scale = rms_scale_from_parts(g.rms.parts + t * (g.rms.dim / 32), g.rms.dim / 32, g.rms.dim, g.rms.eps);
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < g.rms.dim; i += int64_t(gridDim.x) * blockDim.x)
+      g.rms.xn[t * g.rms.dim + i] *= scale;
+  }
 #pragma unroll 2
   for (int i = threadIdx.x; i < n_chunks; i += kWarps * kWarp) {
     typename T::X xv;
@@ -99,7 +108,7 @@ __global__ void __launch_bounds__(kWarps * kWarp)
 #pragma unroll
     for (int r = 0; r < kRows; ++r) acc[r] += T::dot(q[r], m[r], d[r], i, xv);
   }
-  finish_rows<kRows, kWarps>(acc, row0, rows, g.y[s] + t * rows, g.bias[s]);
+  finish_rows<kRows, kWarps>(acc, row0, rows, g.y[s] + t * rows, g.bias[s], scale);
 }
 
 // Plain types (f32 activations): each of kWarps * 32 threads takes
@@ -306,6 +315,7 @@ void CudaBackend::quantize_activations(const float* x, int64_t n_tokens, int64_t
 }
 
 CudaBackend::Q8Buffer CudaBackend::q8_buffer(const float* x, int64_t n) {
+  settle_norm();  // a pending norm's int8 blocks may live in q8_
   auto* base = static_cast<uint8_t*>(q8_.get(size_t(n) + size_t(n / 32) * sizeof(float4), deferred_));
   q8_src_ = x, q8_n_ = n, q8_base_ = base;
   return {reinterpret_cast<int8_t*>(base), reinterpret_cast<float4*>(base + n)};
@@ -320,15 +330,23 @@ void CudaBackend::gemv(const GemvTargets& g, const float* x, int64_t n_tokens) {
   const char* name = profile_ ? profile_name(g.n > 1 ? "gemv×" : "gemv", d0, rows) : "gemv";
   const bool plain_ok = (d0.type == GgmlType::F32 ? d0.cols % 4 : d0.cols % 8) == 0;
   if (soa_split(d0.type).q_len) {
+    // The int8 GEMV reading a pending parallel norm's output applies its 1 / RMS (RmsIn).
+    RmsIn rms{};
+    if (norm_pending_.parts && x == norm_pending_.out && n_tokens == norm_pending_.n_rows && d0.cols == norm_pending_.dim) {
+      rms = RmsIn{norm_pending_.parts, norm_pending_.out, norm_pending_.dim, norm_pending_.eps};
+      norm_pending_ = {};
+    }
     const int8_t* xq;
     const float4* xs;
     quantize_activations(x, n_tokens, d0.cols, xq, xs);
-    submit(name, bytes * n_tokens, [this](GemvTargets g, const int8_t* xq, const float4* xs, int64_t n_tokens) {
-      launch_gemv(g, nullptr, xq, xs, n_tokens);
-    }, g, xq, xs, n_tokens);
+    submit(name, bytes * n_tokens, [this](GemvTargets g, const int8_t* xq, const float4* xs, int64_t n_tokens,
+                                          RmsIn rms) {
+      launch_gemv(g, nullptr, xq, xs, n_tokens, rms);
+    }, g, xq, xs, n_tokens, rms);
+    if (rms.parts) q8_src_ = nullptr;  // the int8 blocks lack the scale the f32 output now has
   } else if ((d0.type == GgmlType::F32 || d0.type == GgmlType::F16 || d0.type == GgmlType::BF16) && plain_ok) {
     submit(name, bytes * n_tokens, [this](GemvTargets g, const float* x, int64_t n_tokens) {
-      launch_gemv(g, x, nullptr, nullptr, n_tokens);
+      launch_gemv(g, x, nullptr, nullptr, n_tokens, RmsIn{});
     }, g, x, n_tokens);
   } else {
     for (int s = 0; s < g.n; ++s)
@@ -346,16 +364,24 @@ void CudaBackend::gemv(const GemvTargets& g, const float* x, int64_t n_tokens) {
 // The launch: int8 activations (xq, xs) for the repacked quantized types, f32 (x) for plain types. A block
 // owns 4 rows when that still gives >= 4 blocks per SM, else 1 (small matrices: GQA k/v alone).
 void CudaBackend::launch_gemv(const GemvTargets& g, const float* x, const int8_t* xq, const float4* xs,
-                              int64_t n_tokens) {
+                              int64_t n_tokens, const RmsIn& rms) {
   const DeviceWeight& d0 = *g.d[0];
   int64_t rows = 0;
   for (int s = 0; s < g.n; ++s) rows += g.d[s]->rows;
-  // Block shapes (rows a block x warps): 4 x 4 by default; 1 x 4 when the matrix is too small for >= 4
-  // blocks per SM. UMA_CUDA_GEMV=RxW picks another wide shape (8x4, 2x8, 4x8) for measurements.
+  // Chunks of 64 values (MvQ4_0x2, MvQ45_Kx2) for Q4_K/Q5_K always, for Q4_0 up to 8192 rows; there a
+  // row of 4096 values has 64 chunks, so the block takes 2 warps, not 4 (GB/s measured per shape, "GEMV
+  // alone" in docs/PERFORMANCE.md: Q4_K +13-17 %, Q4_0 4096-row matrices +11-31 %, while Q4_0's merged
+  // q/k/v and gate/up launches stay faster on 32-value chunks). UMA_CUDA_GEMV_PAIR=0: 32 always.
+  const bool k_quant = d0.type == GgmlType::Q4_K || d0.type == GgmlType::Q5_K;
+  const bool pair = gemv_pair_ && d0.cols % 64 == 0 && (k_quant || (d0.type == GgmlType::Q4_0 && rows <= 8192));
+  // Block shapes (rows a block x warps): 4 x 4 (4 x 2 with 64-value chunks); 1 x 4 when the matrix is too
+  // small for >= 4 blocks per SM. UMA_CUDA_GEMV=RxW picks another wide shape (8x4, 4x2, 8x2) for measurements.
   const bool wide = rows >= 4 * 4 * sm_count_;
-  const int per_block = wide ? gemv_rows_ : 1, warps = wide ? gemv_warps_ : 4;
+  const int per_block = wide ? gemv_rows_ : 1;
+  const int warps = !wide ? 4 : gemv_warps_ ? gemv_warps_ : pair ? 2 : 4;
   GemvSegs segs{};
   segs.n = g.n;
+  segs.rms = rms;
   for (int s = 0; s < g.n; ++s) {
     segs.w[s] = g.d[s]->view;
     segs.y[s] = g.y[s];
@@ -364,29 +390,31 @@ void CudaBackend::launch_gemv(const GemvTargets& g, const float* x, const int8_t
     segs.first[s + 1] = segs.first[s] + int((g.d[s]->rows + per_block - 1) / per_block);
   }
   const dim3 grid(unsigned(segs.first[g.n]), unsigned(n_tokens)), block(warps * kWarp);
-  const int n_chunks = int(d0.cols / 32);  // every quantized type's chunk covers 32 values (kernels.cuh)
   const int shape = per_block * 16 + warps;
-  auto pick = [&](auto k1x4, auto k4x4, auto k8x4, auto k2x8, auto k4x8, auto launch) {
+  auto pick = [&](auto k1x4, auto k4x4, auto k8x4, auto k4x2, auto k8x2, auto launch) {
     switch (shape) {
       case 1 * 16 + 4: return launch(k1x4);
       case 8 * 16 + 4: return launch(k8x4);
-      case 2 * 16 + 8: return launch(k2x8);
-      case 4 * 16 + 8: return launch(k4x8);
+      case 4 * 16 + 2: return launch(k4x2);
+      case 8 * 16 + 2: return launch(k8x2);
       default: return launch(k4x4);
     }
   };
-  auto q8 = [&](auto kernel) { launch(pdl_, grid, block, stream_, kernel, segs, n_chunks, xq, xs, prefetch_); };
+  auto q8 = [&](auto kernel, int chunk_values) {
+    launch(pdl_, grid, block, stream_, kernel, segs, int(d0.cols / chunk_values), xq, xs, prefetch_);
+  };
   auto plain = [&](auto kernel) { launch(pdl_, grid, block, stream_, kernel, segs, d0.cols, x); };
-#define UMA_Q8(T)                                                                                         \
-  return pick(gemv_q8_kernel<T, 1, 4>, gemv_q8_kernel<T, 4, 4>, gemv_q8_kernel<T, 8, 4>,                  \
-              gemv_q8_kernel<T, 2, 8>, gemv_q8_kernel<T, 4, 8>, q8)
+#define UMA_Q8(T)                                                                                          \
+  return pick(gemv_q8_kernel<T, 1, 4>, gemv_q8_kernel<T, 4, 4>, gemv_q8_kernel<T, 8, 4>,                   \
+              gemv_q8_kernel<T, 4, 2>, gemv_q8_kernel<T, 8, 2>,                                            \
+              [&](auto kernel) { q8(kernel, T::kChunkValues); })
 #define UMA_PLAIN(T) return pick(gemv_split_kernel<T, 1, 4>, gemv_split_kernel<T, 4, 4>, \
-                                 gemv_split_kernel<T, 8, 4>, gemv_split_kernel<T, 2, 8>, gemv_split_kernel<T, 4, 8>, plain)
+                                 gemv_split_kernel<T, 8, 4>, gemv_split_kernel<T, 4, 2>, gemv_split_kernel<T, 8, 2>, plain)
   switch (d0.type) {
-    case GgmlType::Q4_0: UMA_Q8(MvQ4_0);
+    case GgmlType::Q4_0: if (pair) UMA_Q8(MvQ4_0x2); else UMA_Q8(MvQ4_0);
     case GgmlType::Q8_0: UMA_Q8(MvQ8_0);
-    case GgmlType::Q4_K: UMA_Q8(MvQ45_K<false>);
-    case GgmlType::Q5_K: UMA_Q8(MvQ45_K<true>);
+    case GgmlType::Q4_K: if (pair) UMA_Q8(MvQ45_Kx2<false>); else UMA_Q8(MvQ45_K<false>);
+    case GgmlType::Q5_K: if (pair) UMA_Q8(MvQ45_Kx2<true>); else UMA_Q8(MvQ45_K<true>);
     case GgmlType::Q6_K: UMA_Q8(MvQ6_K);
     case GgmlType::F32: UMA_PLAIN(GemvPlain<GgmlType::F32>);
     case GgmlType::F16: UMA_PLAIN(GemvPlain<GgmlType::F16>);

@@ -31,6 +31,14 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// 1 / RMS of a row from the sums of squares of its 32-value blocks (rms_norm_parts_kernel), computed by a
+// whole warp in a fixed order, so that every warp of every kernel that reads the same parts gets the same bits.
+__device__ __forceinline__ float rms_scale_from_parts(const float* parts, int n_parts, int dim, float eps) {
+  float s = 0;
+  for (int i = threadIdx.x % 32; i < n_parts; i += 32) s += __ldcg(parts + i);
+  return rsqrtf(warp_sum(s) / float(dim) + eps);
+}
+
 
 // Programmatic dependent launch (sm_90): a kernel launched with the attribute (launch_pdl) may start once
 // every block of the kernel before it in the stream has called pdl_trigger (or exited); it must pdl_wait()
