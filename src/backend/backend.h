@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "quant/types.h"
+#include "sampling/top_k.h"
 #include "uma/error.h"
 
 namespace uma {
@@ -185,6 +186,17 @@ class Backend {
       const float* row = rows.data() + r * n_cols;
       out[r] = static_cast<int32_t>(std::max_element(row, row + n_cols) - row);  // first of equal maxima
     }
+  }
+
+  // Sampling next to the logits (Sampler::backend_top_k): applies `pen` to one row of n_cols logits (device
+  // memory, scratch: it may be left penalised) and writes its k best (id, penalised logit) to `out` (host
+  // memory, k entries), best first: higher logit, then lower id, NaN as -inf. 1 <= k <= n_cols. Synchronous, outside a step. The default downloads the row and runs the reference
+  // (sampling/top_k.h); a device backend returns k pairs instead of n_cols floats, and may serve a k larger
+  // than its kernels take through this default.
+  virtual void top_k_row(float* logits, int64_t n_cols, int k, const LogitPenalties& pen, TokenLogit* out) {
+    std::vector<float> row(static_cast<size_t>(n_cols));
+    download(row.data(), logits, row.size());
+    penalized_top_k(row.data(), row.size(), k, pen, out);
   }
 
   // Composite ops with a default that fails, so that a backend can adopt them one at a time.

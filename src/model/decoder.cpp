@@ -7,6 +7,16 @@
 
 namespace uma {
 
+namespace {
+
+// forward_top_k samples one row (the generation loop's last token); several would need one penalty list each.
+void require_one_output(const Batch& batch) {
+  if (std::count_if(batch.output.begin(), batch.output.end(), [](uint8_t o) { return o != 0; }) > 1)
+    fail("forward_top_k: the batch marks several tokens for logits; it samples one at a time");
+}
+
+}  // namespace
+
 DecoderModel::DecoderModel(const GgufFile& file, Backend& backend, ModelConfig config, DecoderOptions options)
     : options_(options) {
   config_ = std::move(config);
@@ -161,6 +171,14 @@ void DecoderModel::forward_greedy(const Batch& batch, KvCache& kv, std::vector<i
   if (n_out > 0) backend_->argmax_rows(s_.logits, n_out, config_.n_vocab, ids.data());
 }
 
+void DecoderModel::forward_top_k(const Batch& batch, KvCache& kv, int k, const LogitPenalties& pen,
+                                 std::vector<TokenLogit>& out) {
+  require_one_output(batch);
+  const int64_t n_out = run(batch, kv, nullptr);
+  out.resize(n_out > 0 ? static_cast<size_t>(k) : 0);
+  if (n_out > 0) backend_->top_k_row(s_.logits, config_.n_vocab, k, pen, out.data());
+}
+
 // The forward pass up to the logits of the marked tokens in s_.logits; returns how many rows there are.
 int64_t DecoderModel::run(const Batch& batch, KvCache& kv, const LayerHook* hook) {
   const ModelConfig& c = config_;
@@ -216,6 +234,15 @@ void Model::forward_greedy(const Batch& batch, KvCache& kv, std::vector<int32_t>
   for (size_t r = 0; r < rows; ++r)
     ids[r] = static_cast<int32_t>(std::max_element(logits.begin() + r * V, logits.begin() + (r + 1) * V) -
                                   (logits.begin() + r * V));
+}
+
+void Model::forward_top_k(const Batch& batch, KvCache& kv, int k, const LogitPenalties& pen,
+                          std::vector<TokenLogit>& out) {
+  require_one_output(batch);
+  std::vector<float> logits;
+  forward(batch, kv, logits, nullptr);
+  out.resize(logits.empty() ? 0 : static_cast<size_t>(k));
+  if (!logits.empty()) penalized_top_k(logits.data(), logits.size(), k, pen, out.data());
 }
 
 KvCacheOptions Model::kv_options(int64_t n_ctx, int n_seq) const {

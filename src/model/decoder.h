@@ -36,6 +36,8 @@ class DecoderModel : public Model {
   ~DecoderModel() override;
   void forward(const Batch& batch, KvCache& kv, std::vector<float>& logits, const LayerHook* hook) override;
   void forward_greedy(const Batch& batch, KvCache& kv, std::vector<int32_t>& ids) override;
+  void forward_top_k(const Batch& batch, KvCache& kv, int k, const LogitPenalties& pen,
+                     std::vector<TokenLogit>& out) override;
   // All weights of a dense model; for a MoE, the routed experts count top-k of n_expert.
   size_t bytes_per_token() const override;
 

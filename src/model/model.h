@@ -76,6 +76,12 @@ class Model {
   // in batch order. A device backend picks them where the logits are and returns ids instead of
   // n_outputs x n_vocab floats; the default runs forward() and picks on the host.
   virtual void forward_greedy(const Batch& batch, KvCache& kv, std::vector<int32_t>& ids);
+  // The same pass for sampling (Sampler::backend_top_k): the batch marks at most one token; its logits get
+  // the penalties and are cut to the k best (id, penalised logit), best first, in `out` (Backend::top_k_row;
+  // empty when no token is marked). A device backend returns k pairs instead of n_vocab floats; the default
+  // runs forward() and does the same on the host.
+  virtual void forward_top_k(const Batch& batch, KvCache& kv, int k, const LogitPenalties& pen,
+                             std::vector<TokenLogit>& out);
   // Bytes of weights read to produce one token (all weights of a dense model; active experts of a MoE).
   virtual size_t bytes_per_token() const;
   size_t weight_bytes() const { return weight_bytes_; }

@@ -77,17 +77,29 @@ GenerateResult generate(Engine& engine, int seq, const std::vector<TokenId>& pro
   result.seed = sampler.seed();
   for (TokenId t : prompt) sampler.accept(t);
 
-  // Prefill in chunks of n_batch tokens; only the last prompt token needs logits. Plain greedy decoding lets
-  // the backend pick the token where the logits are (on a GPU: one id comes back instead of n_vocab floats).
+  // Prefill in chunks of n_batch tokens; only the last prompt token needs logits. The backend does what it
+  // can where the logits are: plain greedy decoding lets it pick the token (on a GPU one id comes back
+  // instead of n_vocab floats); a chain that starts with top-k lets it apply the penalties and return the k
+  // best candidates, the sampler finishing on those. The penalties are those of the history at the forward
+  // pass, which is the history at the sample that follows it.
   auto t0 = Clock::now();
   std::vector<float> logits;
   std::vector<int32_t> picked;
-  const bool backend_picks = sampler.plain_greedy();
+  std::vector<TokenLogit> candidates;
+  const bool backend_picks = options.backend_sampling && sampler.plain_greedy();
+  const int backend_k = options.backend_sampling && !backend_picks ? sampler.backend_top_k() : 0;
   auto forward = [&](const Batch& b) {
     if (backend_picks)
       model.forward_greedy(b, kv, picked);
+    else if (backend_k > 0)
+      model.forward_top_k(b, kv, backend_k, sampler.penalties(), candidates);
     else
       model.forward(b, kv, logits, nullptr);
+  };
+  auto sample = [&]() -> TokenId {
+    if (backend_picks) return picked.at(0);
+    if (backend_k > 0) return sampler.sample_candidates(candidates);
+    return sampler.sample(logits);
   };
   Batch batch;
   const int64_t n_batch = std::max<int64_t>(1, engine.options().n_batch);
@@ -104,7 +116,7 @@ GenerateResult generate(Engine& engine, int seq, const std::vector<TokenId>& pro
 
   int64_t pos = result.n_prompt;
   for (int n = 0; options.n_predict < 0 || n < options.n_predict; ++n) {
-    const TokenId next = backend_picks ? picked.at(0) : sampler.sample(logits);
+    const TokenId next = sample();
     sampler.accept(next);
     if (!options.ignore_eos && tok.is_eog(next)) {
       result.finish = FinishReason::Stop;

@@ -57,6 +57,10 @@ struct GenerateOptions {
   int n_predict = 128;       // < 0: until end of generation or the context is full
   SamplerParams sampling;
   bool ignore_eos = false;
+  // Let the backend run the sampler's first stages where the logits are (greedy argmax, or penalties and
+  // top-k: Model::forward_greedy / forward_top_k) so that a GPU sends back ids instead of every logit.
+  // false: download each row of logits and sample on the host. The tokens are the same either way.
+  bool backend_sampling = true;
 };
 
 enum class FinishReason { Stop, Length, Cancelled };

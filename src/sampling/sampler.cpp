@@ -12,12 +12,6 @@ namespace {
 
 constexpr uint64_t kRandomSeed = 0xFFFFFFFFFFFFFFFF;
 
-// Highest logit first; equal logits by lower id, so the order is total and std::nth_element /
-// std::sort (neither stable) give the same result everywhere.
-bool before(float la, int32_t ia, float lb, int32_t ib) {
-  return la > lb || (la == lb && ia < ib);
-}
-
 }  // namespace
 
 Sampler::Sampler(const SamplerParams& params, int32_t vocab_size) : params_(params), vocab_size_(vocab_size) {
@@ -49,58 +43,65 @@ double Sampler::next_uniform() {
   return double(rng_() >> 11) * 0x1.0p-53;
 }
 
-void Sampler::apply_penalties(std::span<float> logits) {
-  bool repeat = params_.repeat_penalty != 1.0f;
-  bool openai = params_.presence_penalty != 0.0f || params_.frequency_penalty != 0.0f;
-  if (history_.empty() || (!repeat && !openai)) return;
-
+LogitPenalties Sampler::penalties() {
+  LogitPenalties pen{.repeat = params_.repeat_penalty,
+                     .frequency = params_.frequency_penalty,
+                     .presence = params_.presence_penalty};
+  if (history_.empty() || (pen.repeat == 1.0f && pen.frequency == 0.0f && pen.presence == 0.0f)) return pen;
   // Count each distinct token of the window once: sort a copy, then walk the runs.
-  counts_scratch_.assign(history_.begin(), history_.end());
-  std::sort(counts_scratch_.begin(), counts_scratch_.end());
-  for (size_t i = 0; i < counts_scratch_.size();) {
+  history_sorted_.assign(history_.begin(), history_.end());
+  std::sort(history_sorted_.begin(), history_sorted_.end());
+  penalty_ids_.clear();
+  penalty_counts_.clear();
+  for (size_t i = 0; i < history_sorted_.size();) {
     size_t j = i;
-    while (j < counts_scratch_.size() && counts_scratch_[j] == counts_scratch_[i]) ++j;
-    int32_t token = counts_scratch_[i];
-    float count = float(j - i);
+    while (j < history_sorted_.size() && history_sorted_[j] == history_sorted_[i]) ++j;
+    penalty_ids_.push_back(history_sorted_[i]);
+    penalty_counts_.push_back(int32_t(j - i));
     i = j;
-    if (token < 0 || token >= vocab_size_) continue;  // e.g. a control token outside the logits row
-    float& l = logits[size_t(token)];
-    // Dividing a negative logit would raise its probability, hence the two cases.
-    if (repeat) l = l > 0.0f ? l / params_.repeat_penalty : l * params_.repeat_penalty;
-    l -= count * params_.frequency_penalty + params_.presence_penalty;
   }
+  pen.ids = penalty_ids_.data();
+  pen.counts = penalty_counts_.data();
+  pen.n = int64_t(penalty_ids_.size());
+  return pen;
+}
+
+int Sampler::backend_top_k() const {
+  if (params_.temperature <= 0.0f) return 1;
+  if (params_.top_k > 0 && params_.top_k < vocab_size_) return params_.top_k;
+  return 0;
 }
 
 int32_t Sampler::sample(std::span<float> logits) {
   if (logits.size() != size_t(vocab_size_))
     fail("sampler: got {} logits for a vocabulary of {} tokens", logits.size(), vocab_size_);
-  kept_.clear();
-  apply_penalties(logits);
-
-  const size_t n = logits.size();
+  apply_penalties(logits.data(), logits.size(), penalties());
   if (params_.temperature <= 0.0f) {
-    // Strict > keeps the first (lowest id) of equal maxima.
-    size_t best = 0;
-    for (size_t i = 1; i < n; ++i)
-      if (logits[i] > logits[best]) best = i;
-    return int32_t(best);
+    // Greedy is top-1: what sort_top_k(logits, 1) returns, in one pass without the candidate array.
+    TokenLogit best{0, ranking_logit(logits[0])};
+    for (size_t i = 1; i < logits.size(); ++i) {
+      const TokenLogit c{int32_t(i), ranking_logit(logits[i])};
+      if (ranks_before(c, best)) best = c;
+    }
+    return finish(std::span<const TokenLogit>(&best, 1));
   }
 
-  // top-k: order the k best with nth_element + sort of k (O(n + k log k)); without top-k, sort all once
-  // because top-p needs the full order anyway.
-  candidates_.resize(n);
-  // NaN would break the sort's strict weak ordering; treat it as "never".
-  for (size_t i = 0; i < n; ++i)
-    candidates_[i] = {std::isnan(logits[i]) ? -std::numeric_limits<float>::infinity() : logits[i], int32_t(i)};
-  auto cmp = [](const Candidate& a, const Candidate& b) { return before(a.logit, a.id, b.logit, b.id); };
-  size_t k = n;
-  if (params_.top_k > 0 && size_t(params_.top_k) < n) {
-    k = size_t(params_.top_k);
-    std::nth_element(candidates_.begin(), candidates_.begin() + std::ptrdiff_t(k - 1), candidates_.end(), cmp);
-  }
-  std::sort(candidates_.begin(), candidates_.begin() + std::ptrdiff_t(k), cmp);
+  // top-k, O(n + k log k); without top-k, sort all once because top-p needs the full order anyway.
+  const int k = backend_top_k();
+  const size_t n = sort_top_k(logits.data(), logits.size(), k > 0 ? size_t(k) : logits.size(), candidates_);
+  return finish(std::span<const TokenLogit>(candidates_.data(), n));
+}
 
-  const float max_logit = candidates_[0].logit;
+int32_t Sampler::sample_candidates(std::span<const TokenLogit> sorted) {
+  if (sorted.empty()) fail("sampler: no candidates to sample from");
+  return finish(sorted);
+}
+
+int32_t Sampler::finish(std::span<const TokenLogit> sorted) {
+  kept_.clear();
+  if (params_.temperature <= 0.0f) return sorted[0].id;
+  size_t k = sorted.size();
+  const float max_logit = sorted[0].logit;
   if (!(max_logit > -std::numeric_limits<float>::infinity()))
     fail("sampler: every logit is -inf or NaN, nothing can be sampled");
 
@@ -108,11 +109,11 @@ int32_t Sampler::sample(std::span<float> logits) {
   // top-p on softmax = w / sum(w); accumulate in double so a 150k-long tail sums without drift.
   if (params_.top_p < 1.0f) {
     double total = 0.0;
-    for (size_t i = 0; i < k; ++i) total += std::exp(double(candidates_[i].logit - max_logit));
+    for (size_t i = 0; i < k; ++i) total += std::exp(double(sorted[i].logit - max_logit));
     double target = double(params_.top_p) * total, cum = 0.0;
     size_t keep = k;
     for (size_t i = 0; i < k; ++i) {
-      cum += std::exp(double(candidates_[i].logit - max_logit));
+      cum += std::exp(double(sorted[i].logit - max_logit));
       if (cum >= target) {
         keep = i + 1;
         break;
@@ -125,7 +126,7 @@ int32_t Sampler::sample(std::span<float> logits) {
   if (params_.min_p > 0.0f) {
     float threshold = max_logit + std::log(params_.min_p);
     size_t keep = 1;
-    while (keep < k && candidates_[keep].logit >= threshold) ++keep;
+    while (keep < k && sorted[keep].logit >= threshold) ++keep;
     k = keep;
   }
 
@@ -136,17 +137,17 @@ int32_t Sampler::sample(std::span<float> logits) {
   std::vector<double>& weights = weights_;
   weights.resize(k);
   for (size_t i = 0; i < k; ++i) {
-    weights[i] = std::exp(double(candidates_[i].logit - max_logit) * inv_t);
+    weights[i] = std::exp(double(sorted[i].logit - max_logit) * inv_t);
     total += weights[i];
   }
-  for (size_t i = 0; i < k; ++i) kept_[i] = {candidates_[i].id, float(weights[i] / total)};
+  for (size_t i = 0; i < k; ++i) kept_[i] = {sorted[i].id, float(weights[i] / total)};
 
   double r = next_uniform() * total, cum = 0.0;
   for (size_t i = 0; i < k; ++i) {
     cum += weights[i];
-    if (r < cum) return candidates_[i].id;
+    if (r < cum) return sorted[i].id;
   }
-  return candidates_[k - 1].id;  // r landed on rounding slack at the very top
+  return sorted[k - 1].id;  // r landed on rounding slack at the very top
 }
 
 }  // namespace uma

@@ -18,6 +18,8 @@
 #include <span>
 #include <vector>
 
+#include "sampling/top_k.h"
+
 namespace uma {
 
 struct SamplerParams {
@@ -46,6 +48,22 @@ class Sampler {
   // Picks a token from `logits` (size must equal vocab_size). Applies the penalties to `logits` in place.
   int32_t sample(std::span<float> logits);
 
+  // The same chain split where a backend can run its first stages next to the logits:
+  //   k = backend_top_k();  Backend::top_k_row(logits, vocab, k, penalties(), candidates);
+  //   token = sample_candidates(candidates);
+  // picks the token sample() would pick from the same logits (same seed, same history), bit for bit.
+  //
+  // How many candidates that needs: top_k when the chain truncates to it (temperature > 0 and
+  // 0 < top_k < vocab), 1 for greedy; 0 when the rest of the chain needs the whole row (no top-k: top-p
+  // then sees every token), and sample() must be used.
+  int backend_top_k() const;
+  // The penalties for the current history (distinct ids with their counts). Views into the sampler, valid
+  // until the next accept(), reset(), sample() or penalties().
+  LogitPenalties penalties();
+  // The rest of the chain (top-p -> min-p -> temperature -> seeded draw; fills last_candidates) on the
+  // penalised candidates sorted best first, as Backend::top_k_row returns them.
+  int32_t sample_candidates(std::span<const TokenLogit> sorted);
+
   // Feeds the penalty history; call with every token that enters the context (prompt tokens too, if the
   // penalties should see them).
   void accept(int32_t token);
@@ -56,8 +74,8 @@ class Sampler {
   // The seed in use (the drawn one when params.seed asked for a random seed).
   uint64_t seed() const { return seed_; }
 
-  // The candidates that survived truncation in the last sample(), with the probabilities the draw used.
-  // Empty after a greedy sample. Valid until the next sample().
+  // The candidates that survived truncation in the last sample() or sample_candidates(), with the
+  // probabilities the draw used. Empty after a greedy sample. Valid until the next sample.
   std::span<const TokenProb> last_candidates() const { return kept_; }
 
   const SamplerParams& params() const { return params_; }
@@ -72,7 +90,8 @@ class Sampler {
   }
 
  private:
-  void apply_penalties(std::span<float> logits);
+  // The chain after top-k on candidates sorted best first (greedy: the first).
+  int32_t finish(std::span<const TokenLogit> sorted);
   // A uniform double in [0, 1) from the top 53 bits of one 64-bit draw.
   double next_uniform();
 
@@ -83,14 +102,10 @@ class Sampler {
   std::deque<int32_t> history_;  // most recent last; capped at repeat_last_n when that is > 0
 
   // Scratch reused across calls so a 150k-token vocabulary allocates nothing per token.
-  struct Candidate {
-    float logit;
-    int32_t id;
-  };
-  std::vector<Candidate> candidates_;
+  std::vector<TokenLogit> candidates_;
   std::vector<TokenProb> kept_;
   std::vector<double> weights_;
-  std::vector<int32_t> counts_scratch_;
+  std::vector<int32_t> history_sorted_, penalty_ids_, penalty_counts_;
 };
 
 }  // namespace uma

@@ -62,6 +62,42 @@ std::vector<int32_t> greedy(Model& model, const std::vector<int32_t>& prompt, in
   return out;
 }
 
+std::vector<std::filesystem::path> sampling_models() {
+  std::vector<std::filesystem::path> out;
+  for (const auto& path : {shared_dir() / "models" / "stories260K.gguf",
+                           fixture_dir("qwen3_moe") / "qwen3_moe-Q8_0.gguf",
+                           fixture_dir("deepseek_v3") / "deepseek_v3-Q8_0.gguf"})
+    if (std::filesystem::exists(path)) out.push_back(path);
+  return out;
+}
+
+std::vector<SamplerParams> sampling_settings() {
+  SamplerParams defaults;
+  defaults.seed = 1234;
+  SamplerParams penalised = defaults;
+  penalised.top_k = 7;
+  penalised.temperature = 1.2f;
+  penalised.repeat_penalty = 1.3f;
+  penalised.frequency_penalty = 0.2f;
+  penalised.presence_penalty = 0.3f;
+  SamplerParams greedy = penalised;
+  greedy.temperature = 0.0f;
+  return {defaults, penalised, greedy};
+}
+
+SampledTwice sample_both_ways(Engine& engine, const std::vector<int32_t>& prompt, const SamplerParams& sampling,
+                              int n_predict) {
+  GenerateOptions go;
+  go.n_predict = n_predict;
+  go.ignore_eos = true;
+  go.sampling = sampling;
+  SampledTwice r;
+  r.on_backend = generate(engine, 0, prompt, go, nullptr).tokens;
+  go.backend_sampling = false;
+  r.on_host = generate(engine, 0, prompt, go, nullptr).tokens;
+  return r;
+}
+
 double row_rel_l2(const std::vector<float>& a, const std::vector<float>& b, size_t row, size_t width) {
   return rel_l2(std::span<const float>(a.data() + row * width, width),
                 std::span<const float>(b.data() + row * width, width));

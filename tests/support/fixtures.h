@@ -10,6 +10,7 @@
 
 #include "gguf/gguf.h"
 #include "model/model.h"
+#include "runtime/engine.h"
 #include "safetensors.h"
 
 namespace uma::test {
@@ -34,6 +35,19 @@ PromptRun run_prompt(Model& model, const std::vector<int32_t>& prompt, bool f16_
 // Prompt in one batch, then one token per step (the decode path reads the cache it wrote).
 // backend_picks: through Model::forward_greedy (the backend's argmax) instead of the downloaded logits.
 std::vector<int32_t> greedy(Model& model, const std::vector<int32_t>& prompt, int n_new, bool backend_picks = false);
+// The models the sampling comparisons generate with (those present): stories260K, and a MoE and an MLA
+// fixture (their families inherit DecoderModel::forward_top_k).
+std::vector<std::filesystem::path> sampling_models();
+// The sampler settings they run, seeded: the defaults (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05);
+// top-k 7 with every penalty; greedy with penalties (top-1 on the backend).
+std::vector<SamplerParams> sampling_settings();
+// generate() twice on one engine, n_predict tokens (EOS ignored): with the sampler's first stages on the
+// backend (GenerateOptions::backend_sampling), then with every logits row sampled on the host.
+struct SampledTwice {
+  std::vector<int32_t> on_backend, on_host;
+};
+SampledTwice sample_both_ways(Engine& engine, const std::vector<int32_t>& prompt, const SamplerParams& sampling,
+                              int n_predict);
 // rel_l2 of one row of two [rows, width] matrices.
 double row_rel_l2(const std::vector<float>& a, const std::vector<float>& b, size_t row, size_t width);
 // transformers' last hidden state has the final norm applied (its `hidden_states[-1]`), although the fixture

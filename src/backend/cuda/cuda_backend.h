@@ -1,6 +1,6 @@
 // The CUDA backend's class, shared by its translation units (cuda_backend.cu: memory, weights, steps and
-// graphs; cuda_matmul.cu; cuda_elementwise.cu; cuda_attention.cu; cuda_moe.cu). Not a public header: model
-// code sees only Backend (backend/backend.h).
+// graphs; cuda_matmul.cu; cuda_elementwise.cu; cuda_attention.cu; cuda_moe.cu; cuda_sampling.cu). Not a
+// public header: model code sees only Backend (backend/backend.h).
 //
 // Every op goes through submit(): run now, or, while a decode step is recorded, appended to the step with
 // a signature of every value the launch depends on (end_step replays a cached graph whose signature
@@ -217,6 +217,10 @@ class CudaBackend final : public Backend {
   }
 
   void argmax_rows(const float* x, int64_t n_rows, int64_t n_cols, int32_t* out) override;
+  // Penalties and top-k on the device (cuda_sampling.cu) for k up to kMaxTopK; a larger k goes through the
+  // host default (the whole row downloaded).
+  static constexpr int kMaxTopK = 256;
+  void top_k_row(float* logits, int64_t n_cols, int k, const LogitPenalties& pen, TokenLogit* out) override;
   bool supports_f16_kv() const override { return true; }
 
   void prepare_weight(Weight& w) override { w.device = const_cast<DeviceWeight*>(&device_weight(w)); }
@@ -427,6 +431,9 @@ class CudaBackend final : public Backend {
   cudaStream_t side_ = nullptr;  // the dequantization stream of gemm_many
   cudaEvent_t dequant_done_[2] = {}, gemm_done_[2] = {};
   Scratch ids_, rows_, xf16_, partial_, attn_count_, repack_src_, q8_, attn_kv_, attn_scores_, argmax_;
+  Scratch topk_pen_, topk_keys_;  // top_k_row: penalty ids + counts; the passes' keys
+  std::vector<int32_t> topk_pen_host_;
+  std::vector<uint64_t> topk_keys_host_;
   const float* q8_src_ = nullptr;  // the activations q8_ holds, if still valid
   int64_t q8_n_ = 0;
   uint8_t* q8_base_ = nullptr;

@@ -1,0 +1,41 @@
+#include "sampling/top_k.h"
+
+#include <algorithm>
+
+#include "uma/error.h"
+
+namespace uma {
+
+float penalized_logit(float l, int32_t count, const LogitPenalties& pen) {
+  if (pen.repeat != 1.0f) l = l > 0.0f ? l / pen.repeat : l * pen.repeat;
+  if (pen.frequency != 0.0f || pen.presence != 0.0f) l -= float(count) * pen.frequency + pen.presence;
+  return l;
+}
+
+void apply_penalties(float* logits, size_t n, const LogitPenalties& pen) {
+  if (!pen.active()) return;
+  for (int64_t i = 0; i < pen.n; ++i) {
+    const int32_t token = pen.ids[i];
+    if (token < 0 || size_t(token) >= n) continue;
+    logits[size_t(token)] = penalized_logit(logits[size_t(token)], pen.counts[i], pen);
+  }
+}
+
+size_t sort_top_k(const float* logits, size_t n, size_t k, std::vector<TokenLogit>& scratch) {
+  k = std::clamp<size_t>(k, 1, n);
+  scratch.resize(n);
+  for (size_t i = 0; i < n; ++i) scratch[i] = {int32_t(i), ranking_logit(logits[i])};
+  if (k < n) std::nth_element(scratch.begin(), scratch.begin() + std::ptrdiff_t(k - 1), scratch.end(), ranks_before);
+  std::sort(scratch.begin(), scratch.begin() + std::ptrdiff_t(k), ranks_before);
+  return k;
+}
+
+void penalized_top_k(float* logits, size_t n, int k, const LogitPenalties& pen, TokenLogit* out) {
+  if (k < 1 || size_t(k) > n) fail("top-k of a row of {} logits: k must be in [1, {}], got {}", n, n, k);
+  apply_penalties(logits, n, pen);
+  std::vector<TokenLogit> scratch;
+  sort_top_k(logits, n, size_t(k), scratch);
+  std::copy_n(scratch.begin(), k, out);
+}
+
+}  // namespace uma

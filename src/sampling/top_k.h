@@ -1,0 +1,65 @@
+// The first stages of the sampling chain, penalties and top-k, as one reference that every path shares:
+// Sampler::sample runs them on its row, Backend::top_k_row's default and Model::forward_top_k's default run
+// them on a downloaded row, and the CUDA kernels (cuda_sampling.cu) are tested against them. So a token
+// sampled where the logits are is the token the host would have sampled, bit for bit.
+//
+// The order of candidates: higher logit first, equal logits by lower id. NaN counts as -inf ("never"), and
+// -0 as +0 (they compare equal, so a bitwise sort key must not tell them apart).
+// Plain C++17 (pointers, no std::span): backend.h includes it, and nvcc compiles the CUDA backend as C++17.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace uma {
+
+// The penalties of one sample: each distinct token of the recent window once, with how often it occurs
+// there (host memory; Sampler::penalties builds them from its history). The ids must be distinct.
+struct LogitPenalties {
+  const int32_t* ids = nullptr;
+  const int32_t* counts = nullptr;
+  int64_t n = 0;
+  float repeat = 1.0f;     // divides positive logits, multiplies negative ones; 1: off
+  float frequency = 0.0f;  // OpenAI: logit -= frequency * count
+  float presence = 0.0f;   // OpenAI: logit -= presence (count > 0 for every listed token)
+
+  bool active() const { return n > 0 && (repeat != 1.0f || frequency != 0.0f || presence != 0.0f); }
+};
+
+// A candidate token with its (penalised) logit.
+struct TokenLogit {
+  int32_t id;
+  float logit;
+};
+
+// One penalised logit: the repeat penalty (dividing a negative logit would raise its probability, hence the
+// two cases), then logit -= count * frequency + presence. Compiled without FMA contraction (CMakeLists.txt);
+// the CUDA kernel does the same operations with round-to-nearest intrinsics.
+float penalized_logit(float logit, int32_t count, const LogitPenalties& pen);
+
+// Applies the penalties to a row of n logits in place; listed ids outside the row are ignored (e.g. a control
+// token that has no logit).
+void apply_penalties(float* logits, size_t n, const LogitPenalties& pen);
+
+// The value a logit is ranked by (see the order above).
+inline float ranking_logit(float l) {
+  if (std::isnan(l)) return -std::numeric_limits<float>::infinity();
+  return l == 0.0f ? 0.0f : l;
+}
+
+// Whether a ranks before b: a total order, so std::nth_element and std::sort (neither stable) agree with
+// every other implementation.
+inline bool ranks_before(const TokenLogit& a, const TokenLogit& b) {
+  return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
+}
+
+// The k best of n logits (k clamped to [1, n]) sorted best first in scratch[0, k), with ranking_logit values;
+// scratch is resized to n. Returns k. O(n + k log k).
+size_t sort_top_k(const float* logits, size_t n, size_t k, std::vector<TokenLogit>& scratch);
+
+// The whole of Backend::top_k_row on host memory: penalties on the n logits in place, then the k best into
+// out[0, k). Throws uma::Error unless 1 <= k <= n.
+void penalized_top_k(float* logits, size_t n, int k, const LogitPenalties& pen, TokenLogit* out);
+
+}  // namespace uma

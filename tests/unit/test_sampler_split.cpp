@@ -1,0 +1,179 @@
+// The sampler split where a backend runs its first stages (Sampler::backend_top_k, Backend::top_k_row,
+// Sampler::sample_candidates) against Sampler::sample on the same rows: the same tokens and the same
+// last_candidates, bit for bit, over rows with ties, NaN, -inf and signed zeros, with penalties and seeds.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <set>
+#include <vector>
+
+#include "backend/backend.h"
+#include "sampling/sampler.h"
+#include "sampling/top_k.h"
+#include "uma/error.h"
+
+namespace uma {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// xorshift32: deterministic, no <random> distribution involved.
+struct Rng {
+  uint32_t x;
+  uint32_t next() {
+    x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+    return x;
+  }
+};
+
+// A row whose values come from a coarse grid (many exact ties), with NaN, -inf and zeros of both signs
+// sprinkled in; `near_zero` rows put the signed zeros at the top, where top-k and greedy see them.
+std::vector<float> nasty_row(int n, Rng& rng, bool near_zero) {
+  std::vector<float> row(static_cast<size_t>(n));
+  for (float& v : row) {
+    const uint32_t r = rng.next();
+    v = near_zero ? -float(r % 8) / 4.0f : float(r % 64) / 8.0f - 4.0f;
+    switch (r >> 28) {
+      case 0: v = std::numeric_limits<float>::quiet_NaN(); break;
+      case 1: v = -kInf; break;
+      case 2: v = 0.0f; break;
+      case 3: v = -0.0f; break;
+      default: break;
+    }
+  }
+  return row;
+}
+
+bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+struct Case {
+  float temperature;
+  int top_k;
+  float top_p, min_p;
+  float repeat, frequency, presence;
+  int repeat_last_n;
+};
+
+// Two samplers with the same parameters and seed, one sampling whole rows, the other the backend's k best
+// (the default top_k_row, i.e. what the CPU backend runs), fed the same history: every token and every
+// candidate list must be identical.
+void expect_same_tokens(const Case& c, int n_vocab, uint64_t seed) {
+  SamplerParams p;
+  p.temperature = c.temperature;
+  p.top_k = c.top_k;
+  p.top_p = c.top_p;
+  p.min_p = c.min_p;
+  p.repeat_penalty = c.repeat;
+  p.frequency_penalty = c.frequency;
+  p.presence_penalty = c.presence;
+  p.repeat_last_n = c.repeat_last_n;
+  p.seed = seed;
+  Sampler whole(p, n_vocab), split(p, n_vocab);
+  const int k = split.backend_top_k();
+  ASSERT_GT(k, 0);
+  auto backend = make_cpu_backend(1);
+  float* dev = backend->alloc(size_t(n_vocab));
+  Rng rng{uint32_t(seed * 2654435761u) | 1u};
+  // A history with repeats and ids outside the row (a control token without a logit is ignored).
+  for (int32_t t : {3, 3, 5, -1, n_vocab + 7, n_vocab - 1, 3}) whole.accept(t), split.accept(t);
+  std::vector<TokenLogit> candidates(static_cast<size_t>(k));
+  std::set<int32_t> drawn;
+  for (int step = 0; step < 40; ++step) {
+    auto row = nasty_row(n_vocab, rng, step % 3 == 2);
+    row[rng.next() % size_t(n_vocab)] = 5.0f;  // something finite to sample
+    auto row_whole = row;
+    const int32_t want = whole.sample(row_whole);
+    backend->upload(dev, row.data(), row.size());
+    backend->top_k_row(dev, n_vocab, k, split.penalties(), candidates.data());
+    const int32_t got = split.sample_candidates(candidates);
+    ASSERT_EQ(got, want) << "step " << step << ", vocab " << n_vocab << ", seed " << seed;
+    const auto a = whole.last_candidates(), b = split.last_candidates();
+    ASSERT_EQ(a.size(), b.size()) << "step " << step;
+    for (size_t i = 0; i < a.size(); ++i) {
+      ASSERT_EQ(a[i].id, b[i].id) << "step " << step << ", candidate " << i;
+      ASSERT_TRUE(same_bits(a[i].p, b[i].p)) << "step " << step << ", candidate " << i;
+    }
+    whole.accept(want), split.accept(got);
+    drawn.insert(got);
+  }
+  if (c.temperature > 0.0f && c.top_k > 1) {
+    EXPECT_GT(drawn.size(), 3u) << "the draws should vary";
+  }
+  backend->free_buffer(dev);
+}
+
+TEST(SamplerSplit, BackendTopKThenCandidatesEqualsSample) {
+  const Case cases[] = {
+      {0.8f, 40, 0.95f, 0.05f, 1.0f, 0.0f, 0.0f, 64},   // the defaults
+      {0.8f, 40, 0.95f, 0.05f, 1.3f, 0.2f, 0.4f, 64},   // with every penalty
+      {1.5f, 7, 1.0f, 0.0f, 1.1f, 0.0f, 0.0f, -1},      // top-k alone, whole-history repeat penalty
+      {0.7f, 1, 0.9f, 0.1f, 1.0f, 0.5f, 0.0f, 16},      // top-1
+      {1.0f, 256, 0.5f, 0.0f, 0.9f, 0.0f, 0.3f, 64},    // k larger than a small vocabulary's survivors
+      {0.0f, 40, 0.95f, 0.05f, 1.2f, 0.1f, 0.1f, 64},   // greedy with penalties: k = 1
+      {0.0f, 0, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f, 0},       // plain greedy
+  };
+  for (const Case& c : cases)
+    for (int n_vocab : {300, 5000})
+      for (uint64_t seed : {1u, 77u, 4242u}) {
+        SCOPED_TRACE(testing::Message() << "T " << c.temperature << " top_k " << c.top_k << " top_p " << c.top_p
+                                        << " min_p " << c.min_p << " repeat " << c.repeat);
+        expect_same_tokens(c, n_vocab, seed);
+      }
+}
+
+TEST(SamplerSplit, BackendTopKSaysWhenTheRowIsNeeded) {
+  SamplerParams p;
+  p.top_k = 40;
+  EXPECT_EQ(Sampler(p, 1000).backend_top_k(), 40);
+  EXPECT_EQ(Sampler(p, 40).backend_top_k(), 0) << "top_k >= vocab: top-k is off, top-p sees the whole row";
+  p.top_k = 0;
+  EXPECT_EQ(Sampler(p, 1000).backend_top_k(), 0);
+  p.temperature = 0.0f;
+  EXPECT_EQ(Sampler(p, 1000).backend_top_k(), 1) << "greedy is top-1";
+}
+
+TEST(SamplerSplit, PenaltiesListDistinctTokensOfTheWindow) {
+  SamplerParams p;
+  p.repeat_penalty = 1.5f;
+  p.repeat_last_n = 4;
+  Sampler s(p, 10);
+  for (int32_t t : {9, 2, 7, 2, 7, 7}) s.accept(t);  // window: 7 2 7 7
+  const LogitPenalties pen = s.penalties();
+  ASSERT_EQ(pen.n, 2);
+  EXPECT_EQ(pen.ids[0], 2);
+  EXPECT_EQ(pen.counts[0], 1);
+  EXPECT_EQ(pen.ids[1], 7);
+  EXPECT_EQ(pen.counts[1], 3);
+  EXPECT_EQ(pen.repeat, 1.5f);
+  p.repeat_penalty = 1.0f;  // no penalty changes a logit: nothing to list
+  Sampler off(p, 10);
+  off.accept(3);
+  EXPECT_FALSE(off.penalties().active());
+}
+
+TEST(SamplerSplit, TopKRowOrderAndChecks) {
+  auto backend = make_cpu_backend(1);
+  const std::vector<float> row = {1.0f, std::nanf(""), -0.0f, 2.0f, 0.0f, -kInf, 2.0f, -1.0f};
+  float* dev = backend->alloc(row.size());
+  backend->upload(dev, row.data(), row.size());
+  const int32_t ids[] = {7, 3, 42};
+  const int32_t counts[] = {2, 1, 5};
+  LogitPenalties pen{.ids = ids, .counts = counts, .n = 3, .repeat = 2.0f, .frequency = 0.5f};
+  std::vector<TokenLogit> out(row.size());
+  backend->top_k_row(dev, int64_t(row.size()), int(row.size()), pen, out.data());
+  // 3: 2 / 2 - 0.5 = 0.5; 7: -1 * 2 - 1 = -3; 42 is outside the row. -0 ranks as +0, NaN as -inf.
+  const int32_t want_ids[] = {6, 0, 3, 2, 4, 7, 1, 5};
+  const float want_logits[] = {2.0f, 1.0f, 0.5f, 0.0f, 0.0f, -3.0f, -kInf, -kInf};
+  for (size_t i = 0; i < row.size(); ++i) {
+    EXPECT_EQ(out[i].id, want_ids[i]) << i;
+    EXPECT_TRUE(same_bits(out[i].logit, want_logits[i])) << i << ": " << out[i].logit;
+  }
+  EXPECT_THROW(backend->top_k_row(dev, int64_t(row.size()), 0, pen, out.data()), Error);
+  EXPECT_THROW(backend->top_k_row(dev, int64_t(row.size()), 9, pen, out.data()), Error);
+  backend->free_buffer(dev);
+}
+
+}  // namespace
+}  // namespace uma
