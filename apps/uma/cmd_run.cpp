@@ -1,8 +1,11 @@
 // uma run: generate text from a prompt, streaming tokens as they come, then a line of timings.
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <optional>
 #include <string>
 
+#include "backend/backend.h"
 #include "chat/prompt_format.h"
 #include "plan/local.h"
 #include "runtime/engine.h"
@@ -30,25 +33,63 @@ struct RunArgs {
   bool touch_kv = false;  // diagnostic: make the whole KV cache resident, as a full context would
 };
 
-// Prints the plan for this machine and refuses, with the numbers, a model that will not fit — before
-// anything is loaded.
-void plan_or_refuse(const std::filesystem::path& path, int64_t n_ctx, const std::string& kv_type) {
+// The GPU `index` of this host as a one-device machine for the planner (nvidia-smi's free memory), if the
+// build can use it.
+std::optional<plan::Machine> local_gpu_machine(int index) {
+#ifdef UMA_HAVE_CUDA
+  if (cuda_device_count() <= index) return std::nullopt;
+  for (const plan::Machine& m : plan::detect_local_machines(plan::BandwidthSource::cache_only))
+    if (!m.devices.empty() && m.devices.front().backend == plan::Backend::cuda && int(m.devices.size()) > index)
+      return plan::Machine{"local " + m.devices[size_t(index)].label, {m.devices[size_t(index)]}};
+#else
+  (void)index;
+#endif
+  return std::nullopt;
+}
+
+// Prints the plan for the device the run will use and refuses, with the numbers, a model that will not fit —
+// before anything is loaded. Returns the device to load on: `auto` becomes the GPU when the plan says the
+// model fits it (with the cache type the GPU would use), else the CPU, so the plan printed is the one run.
+std::string plan_or_refuse(const std::filesystem::path& path, int64_t n_ctx, const std::string& kv_type,
+                           const std::string& device) {
   auto file = GgufFile::open(path);
   plan::PlanInputs in = plan::inputs_for_gguf(*file);
   in.n_ctx = n_ctx > 0 ? n_ctx : default_n_ctx(*file);
-  in.kv_type = kv_type == "f16" ? GgmlType::F16 : GgmlType::F32;  // the CPU backend keeps an f32 cache
-  in.machine = plan::local_cpu_machine();
-  const plan::Plan p = plan::make_plan(in);
+  auto planned = [&](const plan::Machine& m, bool gpu) {
+    // The engine's cache: f16 on a GPU unless asked otherwise or latent attention (MLA keeps f32), f32 on the CPU.
+    const bool f16 = kv_type == "f16" || (kv_type == "auto" && gpu && !in.model.is_mla());
+    in.kv_type = f16 ? GgmlType::F16 : GgmlType::F32;
+    in.machine = m;
+    return plan::make_plan(in);
+  };
+  const bool cuda = device == "cuda" || device.rfind("cuda:", 0) == 0;
+  if (cuda || device == "auto") {
+    const int index = device.rfind("cuda:", 0) == 0 ? std::atoi(device.c_str() + 5) : 0;
+    if (const auto gpu = local_gpu_machine(index)) {
+      const plan::Plan p = planned(*gpu, true);
+      const std::string why = plan::check_fits_or_explain(p);
+      if (why.empty() || cuda) {
+        std::fputs(plan::format_plan_summary(p).c_str(), stderr);
+        if (!why.empty()) fail("{}", why);
+        return device == "auto" ? "cuda:" + std::to_string(index) : device;
+      }
+      std::fprintf(stderr, "does not fit %s (%s); planning for the CPU instead\n", gpu->label.c_str(), why.c_str());
+    }
+    // cuda without a usable GPU: the engine says why when it loads.
+    if (cuda) return device;
+  }
+  const plan::Plan p = planned(plan::local_cpu_machine(), false);
   std::fputs(plan::format_plan_summary(p).c_str(), stderr);
   if (const std::string why = plan::check_fits_or_explain(p); !why.empty()) fail("{}", why);
+  return device == "auto" ? "cpu" : device;
 }
 
 int run(const RunArgs& a) {
   const auto path = resolve_model(a.model);
-  if (!a.no_plan) plan_or_refuse(path, a.n_ctx, a.kv_type);
+  const std::string device = a.no_plan ? a.device : plan_or_refuse(path, a.n_ctx, a.kv_type, a.device);
   EngineOptions eo;
   eo.n_threads = a.n_threads;
-  eo.device = a.device;
+  eo.device = device;
   eo.kv_type = a.kv_type;
   eo.n_ctx = a.n_ctx;
   auto engine = Engine::load(path, eo);
