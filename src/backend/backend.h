@@ -194,7 +194,8 @@ class Backend {
   // (sampling/top_k.h); a device backend returns k pairs instead of n_cols floats, and may serve a k larger
   // than its kernels take through this default.
   virtual void top_k_row(float* logits, int64_t n_cols, int k, const LogitPenalties& pen, TokenLogit* out) {
-    std::vector<float> row(static_cast<size_t>(n_cols));
+    thread_local std::vector<float> row;  // kept between tokens: see penalized_top_k
+    row.resize(static_cast<size_t>(n_cols));
     download(row.data(), logits, row.size());
     penalized_top_k(row.data(), row.size(), k, pen, out);
   }
