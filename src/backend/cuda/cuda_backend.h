@@ -156,7 +156,14 @@ class CudaBackend final : public Backend {
     gemm_attention_ = env_on("UMA_CUDA_ATTN_GEMM", true);  // =0: prefill attention with the decode kernel
     attn_tf32_ = env_on("UMA_CUDA_ATTN_TF32", true);         // =0: its products in f32, not TF32 (see there)
     gemv_pair_ = env_on("UMA_CUDA_GEMV_PAIR", true);  // =0: Q4_0/Q4_K/Q5_K GEMVs on 32-value chunks
-    if (const char* g = std::getenv("UMA_CUDA_GEMV")) std::sscanf(g, "%dx%d", &gemv_rows_, &gemv_warps_);
+    if (const char* g = std::getenv("UMA_CUDA_GEMV")) {
+      std::sscanf(g, "%dx%d", &gemv_rows_, &gemv_warps_);
+      const int shape = gemv_rows_ * 16 + gemv_warps_;  // the shapes launch_gemv instantiates
+      if (shape != 4 * 16 + 4 && shape != 8 * 16 + 4 && shape != 4 * 16 + 2 && shape != 8 * 16 + 2) {
+        std::fprintf(stderr, "UMA_CUDA_GEMV=%s is not one of 4x4, 8x4, 4x2, 8x2; using the default\n", g);
+        gemv_rows_ = 4, gemv_warps_ = 0;
+      }
+    }
     // UMA_CUDA_SKIP=op[,op...]: leave those ops out (results are wrong; for measuring what each op costs
     // inside a decode step, e.g. UMA_CUDA_SKIP=gemv leaves only the small kernels).
     if (const char* s = std::getenv("UMA_CUDA_SKIP")) skip_ = std::string(",") + s + ",";
