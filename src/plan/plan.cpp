@@ -22,6 +22,7 @@ struct Slice {
   // Params one token multiplies by (dense + active experts) and bytes it reads, per storage type: each type has its
   // own kernel.
   std::map<std::pair<uint32_t, bool>, double> active_params_by_type, decode_bytes_by_type;
+  std::map<std::pair<uint32_t, bool>, double> expert_params_by_type;  // the routed experts' share of the above
 };
 
 // Peak matrix throughput (FLOP/s) for weights stored as `type`: quantized weights use the int8 path where the
@@ -114,15 +115,15 @@ Efficiency default_efficiency(Backend backend) {
       // type gets a decode compute fraction of the int8 peak that reproduces its time. Prefill: f16 tensor-core
       // GEMMs (quantized weights dequantized first) over the int8 or fp16 peak, after attention (TF32 products,
       // softmax, gathers: 2.5 ms of an F16 pp512 pass) at 0.404 of the fp32 peak. Checked on llama3-8b Q4_0.
-      return {0.778, 0.404, 10.0, static_cast<uint64_t>(512 * kMiB), true, "calibrated on H100 SXM (2026-11-22)",
-              {{GgmlType::Q4_0, 0.003468, 0.1336},
-               {GgmlType::Q8_0, 0.002120, 0.1369},
-               {GgmlType::F16, 0.175, 0.4765},
-               {GgmlType::Q4_K, 0.002618, 0.1328},
-               {GgmlType::Q6_K, 0.002618, 0.1328}},
+      return {0.769, 0.450, 10.0, static_cast<uint64_t>(512 * kMiB), true, "calibrated on H100 SXM (2026-11-22)",
+              {{GgmlType::Q4_0, 0.003550, 0.1315},
+               {GgmlType::Q8_0, 0.001976, 0.1370},
+               {GgmlType::F16, 0.175, 0.4716},
+               {GgmlType::Q4_K, 0.002738, 0.1332},
+               {GgmlType::Q6_K, 0.002738, 0.1332}},
               false,
               // MoE (cuda_moe.cu): fitted on qwen3-30b-a3b Q4_0 (tg128 356, pp512 4,429 t/s; 2026-11-22).
-              30.1, 4.04,
+              30.1, 1.86, 0.01561,
               // MLA and shared experts: fitted on deepseek-v3-mini Q4_0 (tg128 792, pp512 13,724 t/s, same run;
               // docs/PLAN.md "MLA and shared experts on CUDA"). Decode ran 589 us a token slower than predicted
               // without them; split by the extra launches each adds over a llama layer (an MLA block ~11: q_a, norm,
@@ -131,7 +132,7 @@ Efficiency default_efficiency(Backend backend) {
               // Prefill's remaining 9.5 ms per 512-token batch, per MLA layer and token: the absorbed attention and
               // the per-head latent products run in CUDA-core kernels (cuda_mla.cu), not the cuBLAS GEMMs the rates
               // above model.
-              34.6, 1.55, 15.8};
+              34.6, 1.26, 0.1041, 15.8};
     case Backend::metal:
       return {0.60, 0.55, 25.0, static_cast<uint64_t>(256 * kMiB), false, "uncalibrated placeholder"};
     case Backend::cpu:
@@ -209,9 +210,10 @@ Plan make_plan(const PlanInputs& in) {
     if (t.role == TensorRole::token_embd && !s.tied_embeddings) sl = &embd;
     sl->bytes += b;
     const std::pair<uint32_t, bool> key{types[i].ggml_id, types[i].fp8};
-    if (t.role == TensorRole::expert)
+    if (t.role == TensorRole::expert) {
       sl->active_params_by_type[key] += static_cast<double>(p / s.n_expert * s.n_expert_used);
-    else if (sl != &embd)
+      sl->expert_params_by_type[key] += static_cast<double>(p / s.n_expert * s.n_expert_used);
+    } else if (sl != &embd)
       sl->active_params_by_type[key] += static_cast<double>(p);
     if (t.role == TensorRole::shared_expert) sl->shared_expert = true;
     const uint64_t decode_bytes = t.role == TensorRole::expert ? b / s.n_expert * s.n_expert_used
@@ -304,7 +306,8 @@ Plan make_plan(const PlanInputs& in) {
 
     // FLOPs per weight type (attention counts as F32: activations times the cache).
     double dec_kv_bytes = 0, pre_bytes = 0;
-    std::map<std::pair<uint32_t, bool>, double> dec_bytes, dec_flops, pre_flops;
+    std::map<std::pair<uint32_t, bool>, double> dec_bytes, dec_flops, pre_flops, pre_expert_flops;
+    double pre_mla_attn_flops = 0;  // at mla_attention_compute
     const std::pair<uint32_t, bool> f32_key{static_cast<uint32_t>(GgmlType::F32), false};
     auto add = [&](const Slice& sl, bool is_layer) {
       dp.weights += sl.bytes;
@@ -314,12 +317,17 @@ Plan make_plan(const PlanInputs& in) {
       const double tokens = is_layer ? static_cast<double>(B) : 1.0;
       for (const auto& [key, params] : sl.active_params_by_type) {
         dec_flops[key] += 2.0 * params;
-        pre_flops[key] += 2.0 * tokens * params;
+        const auto e = sl.expert_params_by_type.find(key);
+        const double expert = eff.expert_prefill_compute > 0 && e != sl.expert_params_by_type.end() ? e->second : 0;
+        pre_flops[key] += 2.0 * tokens * (params - expert);
+        pre_expert_flops[key] += 2.0 * tokens * expert;
       }
       if (is_layer) {
         dec_kv_bytes += static_cast<double>(kv_layer) * depth;  // decode reads the whole cached context
         dec_flops[f32_key] += attention_flops(s, depth);
-        pre_flops[f32_key] += static_cast<double>(B) * attention_flops(s, prefill_pos);
+        const double attn = static_cast<double>(B) * attention_flops(s, prefill_pos);
+        if (s.is_mla() && eff.mla_attention_compute > 0) pre_mla_attn_flops += attn;
+        else pre_flops[f32_key] += attn;
         pre_bytes += static_cast<double>(kv_layer) * depth;
       }
     };
@@ -389,7 +397,15 @@ Plan make_plan(const PlanInputs& in) {
     }
     const double t_dec_mem = decode_memory_seconds(), t_dec_cmp = compute_seconds(dec_flops, true);
     dp.bandwidth_bound = t_dec_mem >= t_dec_cmp;
-    const double t_pre = std::max(bw > 0 ? pre_bytes / bw : 0, compute_seconds(pre_flops, false)) + per_token;
+    // Routed experts and latent attention in kernels of their own (expert_prefill_compute, mla_attention_compute).
+    double t_pre_own = 0;
+    for (const auto& [key, f] : pre_expert_flops)
+      if (f > 0) t_pre_own += f / (peak_flops(dev, StorageType{key.first, key.second}) * eff.expert_prefill_compute);
+    if (pre_mla_attn_flops > 0)
+      t_pre_own += pre_mla_attn_flops / (peak_flops(dev, StorageType{static_cast<uint32_t>(GgmlType::F32), false}) *
+                                         eff.mla_attention_compute);
+    const double t_pre =
+        std::max(bw > 0 ? pre_bytes / bw : 0, compute_seconds(pre_flops, false) + t_pre_own) + per_token;
     // A synchronous backend (CPU) pays its per-layer overhead on top of the work; an asynchronous one (CUDA)
     // queues kernels while earlier ones run, so the slower of issuing and executing sets the pace.
     auto with_overhead = [&](double work) { return eff.overlapped_overhead ? std::max(work, fixed) : work + fixed; };

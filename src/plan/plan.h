@@ -47,12 +47,19 @@ struct Efficiency {
   // per MoE layer and decoded token, and per MoE layer and prompt token. 0 where not calibrated.
   double moe_layer_overhead_us = 0;
   double moe_prefill_token_us = 0;
+  // Where a backend multiplies a prompt's routed experts in a kernel of their own rather than its matrix
+  // kernels (CUDA: the 8-token tile GEMV of cuda_moe.cu, not cuBLAS), those FLOPs go at this fraction of the
+  // weight type's peak. 0: at the type's prefill fraction, as the dense products.
+  double expert_prefill_compute = 0;
   // Multi-head latent attention costs more than its bytes and FLOPs say (a dozen small kernels where standard
   // attention has four; the absorbed attention and the per-head latent products in CUDA-core kernels): per MLA
   // layer and forward pass, and per MLA layer and prompt token. Shared experts (a dense SwiGLU beside the routed
   // ones) add their own launches: per layer with shared experts and forward pass. 0 where not calibrated.
   double mla_layer_overhead_us = 0;
   double mla_prefill_token_us = 0;
+  // The absorbed latent attention of a prompt (CUDA: mla_attention_kernel on CUDA cores, not the tensor-core
+  // path of standard attention) at this fraction of the fp32 peak. 0: at `compute`, as standard attention.
+  double mla_attention_compute = 0;
   double shexp_layer_overhead_us = 0;
 };
 Efficiency default_efficiency(Backend backend);

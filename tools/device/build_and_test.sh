@@ -3,14 +3,16 @@
 # models. The GPU machine has no package registry: the build's libraries come as Debian .debs carried in
 # .debs/ (fetch them here with tools/device/fetch_debs.sh) and unpacked into a private prefix.
 # Test data: UMA_SHARED (default .device/shared, a copy of ../shared's fixtures carried with the call).
-#   usage: tools/device/build_and_test.sh [build|cpu-build|test|gemv|profile|bench|llama3|depth|cpu|moe|plan|skip|ceilings|all]...
-#   (default: all but cpu-build, depth, cpu, moe, pprofile, ncu, plan and skip)
+#   usage: tools/device/build_and_test.sh [build|cpu-build|test|gemv|profile|bench|llama3|depth|cpu|moe|plan|skip|ab|mem|ceilings|all]...
+#   (default: all but cpu-build, depth, cpu, moe, pprofile, ncu, plan, skip, ab and mem)
 #   cpu-build: a CPU-only build (-DUMA_CUDA=OFF) of uma and the kernel tests (CPU_TARGETS), for the cpu step
 #   gemv: GEMV GB/s per type and shape against the copy ceiling (tests/backends/test_cuda_bench.cpp)
 #   profile: GPU time per op of a Q4_0 decode (UMA_CUDA_PROFILE=1, op by op)
 #   bench: pp512/tg128 of llama-7b Q4_0, Q8_0, F16, Q4_K_M on the GPU; llama3: llama3-8b Q4_0
 #   plan: `uma plan --hw h100-sxm --json` of those models (the CUDA fit: tools/device/fit_cuda.py)
 #   skip: tg128 of llama-7b (SKIP_TYPES, default q4_0) with decode ops left out (UMA_CUDA_SKIP): each op's cost
+#   mem: uma run's planned GPU memory against nvidia-smi's peak for the process (MEM_MODELS, MEM_CTX)
+#   ab: tg128 of llama-7b (AB_TYPES, default q4_0) with the switch AB_ENV at 0 and 1, alternating, three rounds
 #   pprofile: GPU time per op of a pp512 prefill (Q4_0, F16); ncu: kernel durations of Q4_0 decode steps
 #   inside the CUDA graph (Nsight Compute, to $OUT/ncu.csv)
 #   depth: tg32 of llama-7b Q4_0 after a DEPTH-token context (default 32768); cpu: the same models on the
@@ -30,7 +32,7 @@ steps=("$@")
 want() {
   for s in "${steps[@]}"; do
     [ "$s" = "$1" ] && return 0
-    case "$1" in depth | cpu | moe | pprofile | ncu | plan | skip | cpu-build) ;; *) [ "$s" = all ] && return 0 ;; esac
+    case "$1" in depth | cpu | moe | pprofile | ncu | plan | skip | ab | mem | cpu-build) ;; *) [ "$s" = all ] && return 0 ;; esac
   done
   return 1
 }
@@ -116,6 +118,20 @@ if want ncu; then
   wc -l "$OUT/ncu.csv"
 fi
 
+if want ab; then
+  echo "== A/B of a switch: tg128 with ${AB_ENV:?AB_ENV=NAME of an on/off environment switch}=0 and =1, alternating"
+  for t in ${AB_TYPES:-q4_0}; do
+    m=$(synth "$t") || continue
+    for round in 1 2 3; do
+      for v in 0 1; do
+        r=$(env "$AB_ENV=$v" "$BUILD/uma" bench -m "$m" --device cuda -p 0 -n 128 -r 2 --no-membw 2>&1 \
+          | grep -E "tg128" | awk -F'|' '{print $8}')
+        echo "$t $AB_ENV=$v round $round: tg128 $r"
+      done
+    done
+  done
+fi
+
 if want skip; then
   echo "== what each op costs inside a decode step (UMA_CUDA_SKIP: ops left out, results wrong, timing real)"
   for t in ${SKIP_TYPES:-q4_0}; do
@@ -186,7 +202,33 @@ if want moe; then
     # The planner's prediction for the same file and this GPU, to set beside the bench (docs/PLAN.md, CUDA check).
     [ "$MOE_DEVICE" = cuda ] && "$BUILD/uma" plan "$m" --hw local --batch 512 --ctx 640 --kv-type f32 2>&1 \
       | tee "$OUT/moe-plan-$shape.log"
+    # A longer prompt (MOE_PP2048=1): whether the per-token MoE and MLA terms hold as the prompt grows.
+    [ "$MOE_DEVICE" = cuda ] && [ "${MOE_PP2048:-0}" = 1 ] && "$BUILD/uma" bench -m "$m" --device cuda -p 2048 -n 0 \
+      -r 2 --no-membw 2>&1 | tee "$OUT/moe-$shape-pp2048.log" | grep -E "^\| |error"
     rm -f "$m"
+  done
+fi
+
+if want mem; then
+  echo "== device memory: what uma run's plan says it needs on this GPU against nvidia-smi's peak for the process"
+  for spec in ${MEM_MODELS:-q4_0:llama-7b q8_0:llama-7b q4_0:llama3-8b}; do
+    t=${spec%%:*} shape=${spec##*:}
+    m=$(synth "$t" "$shape") || continue
+    # A 5-token prompt takes the prefill path (cuBLAS, dequantized weights), then decode; -c MEM_CTX cells.
+    "$BUILD/uma" run -m "$m" --device cuda -c "${MEM_CTX:-4096}" -n 32 --ignore-eos -p "Once upon a time" \
+      >"$OUT/mem-$shape-$t.log" 2>&1 &
+    pid=$! peak=0
+    while kill -0 "$pid" 2>/dev/null; do
+      u=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits \
+        | awk -F', ' -v p="$pid" '$1 == p {print $2}')
+      [ -n "$u" ] && [ "$u" -gt "$peak" ] && peak=$u
+      sleep 0.1
+    done
+    echo "$shape $t -c ${MEM_CTX:-4096}: nvidia-smi peak $peak MiB"
+    grep -E "GPU0|needs|fits" "$OUT/mem-$shape-$t.log" | head -4
+    "$BUILD/uma" plan "$m" --hw h100-sxm --ctx "${MEM_CTX:-4096}" --batch 6 --kv-type f16 --json \
+      >"$OUT/mem-plan-$shape-$t.json" 2>&1
+    grep -E '"(total|weights|kv_cache|compute|overhead)_bytes"' "$OUT/mem-plan-$shape-$t.json" | head -6 | tr -d ' \n'; echo
   done
 fi
 
