@@ -115,7 +115,9 @@ Efficiency default_efficiency(Backend backend) {
       // type gets a decode compute fraction of the int8 peak that reproduces its time. Prefill: f16 tensor-core
       // GEMMs (quantized weights dequantized first) over the int8 or fp16 peak, after attention (TF32 products,
       // softmax, gathers: 2.5 ms of an F16 pp512 pass) at 0.404 of the fp32 peak. Checked on llama3-8b Q4_0.
-      return {0.769, 0.450, 10.0, static_cast<uint64_t>(512 * kMiB), true, "calibrated on H100 SXM (2026-11-22)",
+      // Runtime overhead: the CUDA context (526.8 MiB) and cuBLAS's handle (68.0 MiB) as cudaMemGetInfo saw them
+      // on the H100 with CUDA 13 (UMA_CUDA_MEMLOG=1; docs/PLAN.md, GPU memory).
+      return {0.769, 0.450, 10.0, static_cast<uint64_t>(595 * kMiB), true, "calibrated on H100 SXM (2026-11-22)",
               {{GgmlType::Q4_0, 0.003550, 0.1315},
                {GgmlType::Q8_0, 0.001976, 0.1370},
                {GgmlType::F16, 0.175, 0.4716},
@@ -246,6 +248,30 @@ Plan make_plan(const PlanInputs& in) {
   plan.kv_bytes_per_token = kv_layer * static_cast<uint64_t>(s.n_layer);
   plan.kv_bytes_per_token_full = kv_bytes_per_token_layer_full(s, in.kv_type) * static_cast<uint64_t>(s.n_layer);
 
+  // The CUDA backend's device copies: types without a CUDA kernel are kept as F16 (CudaBackend::device_weight),
+  // and a prompt of more than 4 tokens dequantizes each quantized layer matrix to f16 for cuBLAS, into two
+  // buffers the size of the largest (gemm_many; routed experts and per-head MLA matrices take the expert GEMV).
+  uint64_t cuda_prefill_f16 = 0;
+  std::vector<uint64_t> cuda_f16_extra(static_cast<size_t>(s.n_layer) + 2);  // per layer, then embd and head
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const auto& t = tensors[i];
+    const auto ty = static_cast<GgmlType>(types[i].ggml_id);
+    const bool kernel = types[i].fp8 || ty == GgmlType::F32 || ty == GgmlType::F16 || ty == GgmlType::BF16 ||
+                        ty == GgmlType::Q4_0 || ty == GgmlType::Q8_0 || ty == GgmlType::Q4_K ||
+                        ty == GgmlType::Q5_K || ty == GgmlType::Q6_K;
+    const uint64_t f16 = 2 * static_cast<uint64_t>(t.n_elements()), bytes = tensor_bytes(t, types[i]);
+    if (!kernel && f16 > bytes) {
+      const size_t slot = t.layer >= 0 && t.layer < s.n_layer ? static_cast<size_t>(t.layer)
+                          : t.role == TensorRole::token_embd && !s.tied_embeddings ? static_cast<size_t>(s.n_layer)
+                                                                                    : static_cast<size_t>(s.n_layer) + 1;
+      cuda_f16_extra[slot] += f16 - bytes;
+    }
+    const bool gemm = t.layer >= 0 && t.n_dims >= 2 && t.ne[2] == 1 && t.role != TensorRole::expert &&
+                      t.role != TensorRole::router && t.role != TensorRole::norm;
+    if (gemm && kernel && ty != GgmlType::F16 && ty != GgmlType::F32) cuda_prefill_f16 = std::max(cuda_prefill_f16, f16);
+  }
+  cuda_prefill_f16 *= 2;
+
   // Layer split: proportional to what each device has left after its fixed costs (like llama.cpp's default
   // tensor split by free memory), layers in order.
   const auto& devs = in.machine.devices;
@@ -256,6 +282,7 @@ Plan make_plan(const PlanInputs& in) {
   for (size_t d = 0; d < nd; ++d) {
     double fixed = static_cast<double>(eff_of(devs[d]).runtime_overhead +
                                        compute_buffer(devs[d].backend, s, B, in.n_ctx, d == nd - 1));
+    if (devs[d].backend == Backend::cuda && B > 4) fixed += static_cast<double>(cuda_prefill_f16);
     if (d == 0) fixed += static_cast<double>(embd.bytes);
     if (d == nd - 1) fixed += static_cast<double>(head.bytes);
     budget[d] = std::max(0.0, static_cast<double>(devs[d].usable_bytes) - fixed);
@@ -344,6 +371,12 @@ Plan make_plan(const PlanInputs& in) {
     if (dp.has_output) add(head, false);
     dp.kv_cache = kv_layer * static_cast<uint64_t>(kv_cells(dev.backend, in.n_ctx)) * static_cast<uint64_t>(n_layers_here);
     dp.compute = compute_buffer(dev.backend, s, B, in.n_ctx, dp.has_output);
+    if (dev.backend == Backend::cuda) {
+      if (B > 4) dp.compute += cuda_prefill_f16;
+      for (int il = dp.layer_begin; il < dp.layer_end; ++il) dp.weights += cuda_f16_extra[static_cast<size_t>(il)];
+      if (dp.has_token_embd) dp.weights += cuda_f16_extra[static_cast<size_t>(s.n_layer)];
+      if (dp.has_output) dp.weights += cuda_f16_extra[static_cast<size_t>(s.n_layer) + 1];
+    }
     dp.overhead = eff.runtime_overhead;
     // The CPU backend also holds the tokenizer in the same memory (on a GPU it stays in host RAM).
     if (dev.backend == Backend::cpu && d == 0)

@@ -302,6 +302,29 @@ TEST(Plan, PromptExpertsAndLatentAttentionGoAtTheirOwnRates) {
   }
 }
 
+TEST(Plan, CudaMemoryCountsPrefillBuffersAndF16Copies) {
+  // What the CUDA backend allocates beyond the file's bytes (measured: docs/PLAN.md, GPU memory): a prompt of
+  // more than 4 tokens dequantizes each quantized layer matrix to f16 for cuBLAS into two buffers the size of
+  // the largest (llama-3-8b: ffn 14336 x 4096), and types without a CUDA kernel are kept as F16.
+  auto plan = [](const char* quant, int64_t batch) {
+    PlanInputs in;
+    in.model = *find_model("llama-3-8b");
+    in.quant = quant_scheme(quant);
+    in.n_ctx = 4096;
+    in.n_batch = batch;
+    in.machine = parse_machine("h100-sxm", hardware_catalog());
+    return make_plan(in);
+  };
+  const uint64_t two_f16_ffn = 2ull * 14336 * 4096 * 2;
+  EXPECT_EQ(plan("Q4_0", 9).devices[0].compute, plan("F16", 9).devices[0].compute + two_f16_ffn);
+  EXPECT_EQ(plan("Q4_0", 4).devices[0].compute, plan("F16", 4).devices[0].compute);  // decode-sized: GEMVs only
+  const Plan q4_0 = plan("Q4_0", 9), q4_1 = plan("Q4_1", 9);
+  EXPECT_EQ(q4_0.devices[0].weights, q4_0.weight_bytes);
+  // Q4_1 (5 bits a weight) has no CUDA kernel: its matrices take 16 bits on the device, ~3.2 times the file.
+  EXPECT_GT(q4_1.devices[0].weights, 3 * q4_1.weight_bytes);
+  EXPECT_LT(q4_1.devices[0].weights, 2 * q4_1.params + q4_1.params / 100);
+}
+
 TEST(Plan, MlaAttentionCountsTheAbsorbedForm) {
   // Attention FLOPs per token, layer and cached position: 2 x n_head x the per-head width of q·k plus p·v. MLA
   // attends the latent (kv_lora + rope, then kv_lora) in decode and prefill alike; standard attention its heads.

@@ -211,12 +211,12 @@ fi
 
 if want mem; then
   echo "== device memory: what uma run's plan says it needs on this GPU against nvidia-smi's peak for the process"
-  for spec in ${MEM_MODELS:-q4_0:llama-7b q8_0:llama-7b q4_0:llama3-8b}; do
+  for spec in ${MEM_MODELS:-q4_0:llama-7b q8_0:llama-7b f16:llama-7b q4_0:llama3-8b}; do
     t=${spec%%:*} shape=${spec##*:}
     m=$(synth "$t" "$shape") || continue
     # A 5-token prompt takes the prefill path (cuBLAS, dequantized weights), then decode; -c MEM_CTX cells.
-    "$BUILD/uma" run -m "$m" --device cuda -c "${MEM_CTX:-4096}" -n 32 --ignore-eos -p "Once upon a time" \
-      >"$OUT/mem-$shape-$t.log" 2>&1 &
+    UMA_CUDA_MEMLOG=1 "$BUILD/uma" run -m "$m" --device cuda -c "${MEM_CTX:-4096}" -n 32 --ignore-eos \
+      -p "Once upon a time" >"$OUT/mem-$shape-$t.log" 2>&1 &
     pid=$! peak=0
     while kill -0 "$pid" 2>/dev/null; do
       u=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits \
@@ -225,7 +225,7 @@ if want mem; then
       sleep 0.1
     done
     echo "$shape $t -c ${MEM_CTX:-4096}: nvidia-smi peak $peak MiB"
-    grep -E "GPU0|needs|fits" "$OUT/mem-$shape-$t.log" | head -4
+    grep -E "GPU0|needs|fits|MEMLOG" "$OUT/mem-$shape-$t.log" | head -4
     "$BUILD/uma" plan "$m" --hw h100-sxm --ctx "${MEM_CTX:-4096}" --batch 6 --kv-type f16 --json \
       >"$OUT/mem-plan-$shape-$t.json" 2>&1
     grep -E '"(total|weights|kv_cache|compute|overhead)_bytes"' "$OUT/mem-plan-$shape-$t.json" | head -6 | tr -d ' \n'; echo

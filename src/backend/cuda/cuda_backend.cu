@@ -106,7 +106,7 @@ const DeviceWeight& CudaBackend::device_weight(const Weight& w) {
     const int64_t q_row = nb * sp.q_len, m_row = nb * sp.m_len, d_row = nb * sp.d_len;
     const size_t q_bytes = size_t(q_row) * d.rows, m_bytes = size_t(m_row) * d.rows;
     const size_t total = q_bytes + m_bytes + size_t(d_row) * d.rows;
-    UMA_CHECK(cudaMalloc(&d.data, total + 16));
+    d.data = weights_mem_.take(total + 16);
     d.view = WView{w.type, d.data, d.data + q_bytes, d.data + q_bytes + m_bytes, q_row, m_row, d_row};
     auto* raw = static_cast<uint8_t*>(repack_src_.get(d.row_bytes * d.rows));
     copy_to_device(raw, w.host, d.row_bytes * d.rows);
@@ -115,7 +115,7 @@ const DeviceWeight& CudaBackend::device_weight(const Weight& w) {
     UMA_LAUNCHED("repack");
   } else if (has_gemv(w.type)) {
     d.row_bytes = row_bytes(w.type, d.cols);
-    UMA_CHECK(cudaMalloc(&d.data, std::max<size_t>(w.nbytes, 16)));
+    d.data = weights_mem_.take(std::max<size_t>(w.nbytes, 16));
     copy_to_device(d.data, w.host, d.row_bytes * d.rows);
   } else {
     // No kernel reads this type: dequantize on the host and keep f16 (exact for the few-bit types' grids
@@ -129,7 +129,7 @@ const DeviceWeight& CudaBackend::device_weight(const Weight& w) {
       dequantize_row(w.type, w.host + r * src_stride, row.data(), d.cols);
       for (int64_t c = 0; c < d.cols; ++c) half[r * d.cols + c] = fp32_to_fp16(row[c]);
     }
-    UMA_CHECK(cudaMalloc(&d.data, std::max<size_t>(half.size() * 2, 16)));
+    d.data = weights_mem_.take(std::max<size_t>(half.size() * 2, 16));
     copy_to_device(d.data, reinterpret_cast<const uint8_t*>(half.data()), half.size() * 2);
   }
   if (!sp.q_len) d.view = WView{d.type, d.data, d.data, d.data, int64_t(d.row_bytes), 0, 0};
@@ -250,6 +250,22 @@ void CudaBackend::end_step() {
   }
   UMA_CHECK(cudaEventRecord(step_done_, stream_));
   step_pending_ = true;
+  if (memlog_ && device_used() > mem_peak_) {
+    mem_peak_ = device_used();
+    mem_peak_buffers_ = 0;
+    for (const auto& [p, n] : buffers_) mem_peak_buffers_ += n;
+  }
+}
+
+void CudaBackend::print_memory() {
+  const double mib = 1024.0 * 1024.0;
+  const size_t buffers = mem_peak_buffers_;
+  std::fprintf(stderr,
+               "UMA_CUDA_MEMLOG (%s): device memory used, MiB: context %.1f, with cuBLAS %.1f, peak at a step's end "
+               "%.1f = context and cuBLAS + weights %.1f + buffers (KV cache, activations) %.1f + scratch and the "
+               "rest %.1f\n",
+               name_.c_str(), mem_context_ / mib, mem_cublas_ / mib, mem_peak_ / mib, weights_mem_.held() / mib,
+               buffers / mib, (double(mem_peak_) - mem_cublas_ - weights_mem_.held() - buffers) / mib);
 }
 
 }  // namespace uma::cuda

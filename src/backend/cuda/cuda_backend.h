@@ -22,6 +22,7 @@
 #include "backend/cuda/cublas_api.h"
 #include "backend/cuda/cuda_util.cuh"
 #include "backend/cuda/kernels.cuh"
+#include "backend/cuda/weight_arena.h"
 #include "kv/kv_cache.h"
 #include "quant/quant.h"
 
@@ -132,7 +133,12 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(int device) : device_(device) {
     UMA_CHECK(cudaSetDevice(device));
     UMA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    // UMA_CUDA_MEMLOG=1: device memory in use (all processes: cudaMemGetInfo) with the context alone, after
+    // cuBLAS, and at its peak over step ends, printed when the backend dies (docs/PLAN.md, GPU memory).
+    memlog_ = env_on("UMA_CUDA_MEMLOG", false);
+    if (memlog_) mem_context_ = device_used();
     check(cuda::cublas_api().create(&cublas_), "cublasCreate");
+    if (memlog_) mem_cublas_ = device_used();
     check(cuda::cublas_api().set_stream(cublas_, stream_), "cublasSetStream");
     cudaDeviceProp prop{};
     UMA_CHECK(cudaGetDeviceProperties(&prop, device));
@@ -172,9 +178,9 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
     if (profile_) print_profile();
+    if (memlog_) print_memory();
     for (auto& g : graph_cache_) cudaGraphExecDestroy(g.exec);
-    for (float* p : buffers_) cudaFree(p);
-    for (auto& [host, w] : weights_) cudaFree(w.data);
+    for (auto& [p, n] : buffers_) cudaFree(p);
     for (auto& [key, tab] : rope_tabs_) cudaFree(tab);
     if (staging_[0]) cudaFreeHost(staging_[0]);
     if (staging_[1]) cudaFreeHost(staging_[1]);
@@ -201,7 +207,7 @@ class CudaBackend final : public Backend {
            bytes >> 20, free_b >> 20, total_b >> 20);
     }
     std::lock_guard lock(mutex_);
-    buffers_.insert(static_cast<float*>(p));
+    buffers_.emplace(static_cast<float*>(p), bytes);
     return static_cast<float*>(p);
   }
   void free_buffer(float* p) override {
@@ -411,13 +417,21 @@ class CudaBackend final : public Backend {
   }
   void collect_profile();
   void print_profile();
+  static size_t device_used() {
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    return total_b - free_b;
+  }
+  void print_memory();
+  bool memlog_ = false;
+  size_t mem_context_ = 0, mem_cublas_ = 0, mem_peak_ = 0, mem_peak_buffers_ = 0;
 
   int device_;
   std::string name_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   std::mutex mutex_;
-  std::unordered_set<float*> buffers_;
+  std::unordered_map<float*, size_t> buffers_;  // alloc'd activation buffers and their bytes
   struct WeightKey {
     const void* host;
     size_t nbytes;
@@ -431,6 +445,7 @@ class CudaBackend final : public Backend {
     size_t operator()(const WeightKey& k) const { return std::hash<const void*>()(k.host) ^ (k.nbytes * 31); }
   };
   std::unordered_map<WeightKey, DeviceWeight, WeightKeyHash> weights_;
+  WeightArena weights_mem_{device_};  // their device memory, freed when the backend dies
   size_t uploaded_ = 0, last_report_ = 0;
   void* staging_[2] = {nullptr, nullptr};
   cudaEvent_t staging_done_[2] = {nullptr, nullptr};
