@@ -15,6 +15,13 @@ void require_one_output(const Batch& batch) {
     fail("forward_top_k: the batch marks several tokens for logits; it samples one at a time");
 }
 
+// forward_top_k_rows takes one k and one penalty list per marked token.
+void check_rows(int64_t n_out, std::span<const int> ks, std::span<const LogitPenalties> pens) {
+  if (ks.size() != static_cast<size_t>(n_out) || pens.size() != static_cast<size_t>(n_out))
+    fail("forward_top_k_rows: {} tokens marked for logits but {} k and {} penalty lists", n_out, ks.size(),
+         pens.size());
+}
+
 }  // namespace
 
 DecoderModel::DecoderModel(const GgufFile& file, Backend& backend, ModelConfig config, DecoderOptions options)
@@ -179,6 +186,18 @@ void DecoderModel::forward_top_k(const Batch& batch, KvCache& kv, int k, const L
   if (n_out > 0) backend_->top_k_row(s_.logits, config_.n_vocab, k, pen, out.data());
 }
 
+void DecoderModel::forward_top_k_rows(const Batch& batch, KvCache& kv, std::span<const int> ks,
+                                      std::span<const LogitPenalties> pens,
+                                      std::vector<std::vector<TokenLogit>>& outs) {
+  const int64_t n_out = run(batch, kv, nullptr);
+  check_rows(n_out, ks, pens);
+  outs.resize(static_cast<size_t>(n_out));
+  for (int64_t r = 0; r < n_out; ++r) {
+    outs[r].resize(static_cast<size_t>(ks[r]));
+    backend_->top_k_row(s_.logits + r * config_.n_vocab, config_.n_vocab, ks[r], pens[r], outs[r].data());
+  }
+}
+
 // The forward pass up to the logits of the marked tokens in s_.logits; returns how many rows there are.
 int64_t DecoderModel::run(const Batch& batch, KvCache& kv, const LayerHook* hook) {
   const ModelConfig& c = config_;
@@ -234,6 +253,19 @@ void Model::forward_greedy(const Batch& batch, KvCache& kv, std::vector<int32_t>
   for (size_t r = 0; r < rows; ++r)
     ids[r] = static_cast<int32_t>(std::max_element(logits.begin() + r * V, logits.begin() + (r + 1) * V) -
                                   (logits.begin() + r * V));
+}
+
+void Model::forward_top_k_rows(const Batch& batch, KvCache& kv, std::span<const int> ks,
+                               std::span<const LogitPenalties> pens, std::vector<std::vector<TokenLogit>>& outs) {
+  std::vector<float> logits;
+  forward(batch, kv, logits, nullptr);
+  const size_t V = static_cast<size_t>(config_.n_vocab), rows = V ? logits.size() / V : 0;
+  check_rows(static_cast<int64_t>(rows), ks, pens);
+  outs.resize(rows);
+  for (size_t r = 0; r < rows; ++r) {
+    outs[r].resize(static_cast<size_t>(ks[r]));
+    penalized_top_k(logits.data() + r * V, V, ks[r], pens[r], outs[r].data());
+  }
 }
 
 void Model::forward_top_k(const Batch& batch, KvCache& kv, int k, const LogitPenalties& pen,

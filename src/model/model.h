@@ -5,6 +5,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <span>
 #include <vector>
 
 #include "backend/backend.h"
@@ -82,6 +83,11 @@ class Model {
   // runs forward() and does the same on the host.
   virtual void forward_top_k(const Batch& batch, KvCache& kv, int k, const LogitPenalties& pen,
                              std::vector<TokenLogit>& out);
+  // The same for every marked token, each with its own k and penalties (the server's batch of sequences):
+  // row r (in batch order of the marked tokens) gets pens[r] and its ks[r] best go to outs[r]. ks and pens
+  // hold one entry per marked token.
+  virtual void forward_top_k_rows(const Batch& batch, KvCache& kv, std::span<const int> ks,
+                                  std::span<const LogitPenalties> pens, std::vector<std::vector<TokenLogit>>& outs);
   // Bytes of weights read to produce one token (all weights of a dense model; active experts of a MoE).
   virtual size_t bytes_per_token() const;
   size_t weight_bytes() const { return weight_bytes_; }

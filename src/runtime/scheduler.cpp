@@ -284,8 +284,18 @@ void Scheduler::step() {
   ++n_steps_;
   if (batch_.size() == 0) return;
 
+  // Sampling next to the logits when every sampling slot's chain allows it (see SchedulerOptions).
+  ks_.clear();
+  pens_.clear();
+  for (const Part& p : parts)
+    if (p.wants_logits) ks_.push_back(options_.backend_sampling ? slots_[p.slot].sampler->backend_top_k() : 0);
+  const bool on_backend = !ks_.empty() && std::all_of(ks_.begin(), ks_.end(), [](int k) { return k > 0; });
+  if (on_backend)
+    for (const Part& p : parts)
+      if (p.wants_logits) pens_.push_back(slots_[p.slot].sampler->penalties());
   try {
-    model.forward(batch_, kv, logits_, nullptr);
+    if (on_backend) model.forward_top_k_rows(batch_, kv, ks_, pens_, candidates_);
+    else model.forward(batch_, kv, logits_, nullptr);
   } catch (const std::exception& e) {
     // The cache state of these slots is unknown now: forget it.
     for (const Part& p : parts) {
@@ -312,10 +322,10 @@ void Scheduler::step() {
       slot.n_fed += p.n;
     }
     if (!p.wants_logits) continue;
-    std::span<float> logits(logits_.data() + row * n_vocab, n_vocab);
-    ++row;
     const Request& req = slot.job->request;
-    const TokenId next = slot.sampler->sample(logits);
+    const TokenId next = on_backend ? slot.sampler->sample_candidates(candidates_[row])
+                                    : slot.sampler->sample(std::span<float>(logits_.data() + row * n_vocab, n_vocab));
+    ++row;
     slot.sampler->accept(next);
     if (slot.job->first_token == Clock::time_point{}) slot.job->first_token = Clock::now();
     if (!req.ignore_eos && tok.is_eog(next)) {
@@ -341,6 +351,7 @@ void Scheduler::step() {
   }
   std::lock_guard lock(mutex_);
   ++stats_.steps;
+  stats_.steps_backend_sampled += on_backend;
   stats_.batch_tokens += batch_.size();
   stats_.generated_tokens += n_generated;
   stats_.busy_seconds += seconds(Clock::now() - t0);

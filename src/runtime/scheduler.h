@@ -27,6 +27,10 @@ namespace uma {
 struct SchedulerOptions {
   int64_t n_batch = 512;     // tokens per forward step, all slots together (decode tokens come first)
   bool prefix_reuse = true;  // reuse cached prompt prefixes across requests
+  // Penalties and top-k next to the logits (Model::forward_top_k_rows, Backend::top_k_row) when every slot
+  // sampling in a step can (Sampler::backend_top_k > 0): a GPU returns k pairs a sequence instead of its
+  // whole row of logits, and the host skips the selection over the vocabulary. Same tokens either way.
+  bool backend_sampling = true;
 };
 
 // What a finished request reports (exactly once, through Request::on_done).
@@ -66,6 +70,7 @@ struct SchedulerStats {
   uint64_t prompt_tokens_cached = 0;  // of which reused from the cache
   uint64_t generated_tokens = 0;
   uint64_t steps = 0;                 // forward calls
+  uint64_t steps_backend_sampled = 0; // of which sampled next to the logits (SchedulerOptions::backend_sampling)
   uint64_t batch_tokens = 0;          // tokens over all forward calls
   double busy_seconds = 0;            // time spent in forward + sampling
   int64_t kv_cells_free = 0;
@@ -128,6 +133,9 @@ class Scheduler {
   SchedulerStats stats_;
 
   std::vector<float> logits_;
+  std::vector<int> ks_;                                  // per sampling slot of a step: its k on the backend
+  std::vector<LogitPenalties> pens_;                      // and its penalties
+  std::vector<std::vector<TokenLogit>> candidates_;       // what the backend returned
   Batch batch_;
   uint64_t n_steps_ = 0;
   std::thread thread_;

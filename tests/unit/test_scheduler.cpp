@@ -125,6 +125,42 @@ TEST_F(SchedulerTest, ConcurrentRequestsMatchSequentialOnes) {
   EXPECT_GT(st.batch_tokens, st.steps);  // steps really were shared
 }
 
+// Penalties and top-k next to the logits (Model::forward_top_k_rows; on the CPU the backend's default runs
+// them) give each sequence of a shared step the tokens the whole-row host path gives: greedy, top-k with
+// penalties, and a chain without top-k (top-p over the whole row), whose steps fall back to whole rows.
+TEST_F(SchedulerTest, SamplingNextToTheLogitsGivesTheSameTokens) {
+  std::vector<SamplerParams> params(4);
+  params[0] = greedy();
+  params[1] = seeded(7);
+  params[1].top_k = 20, params[1].repeat_penalty = 1.3f, params[1].presence_penalty = 0.4f;
+  params[2] = seeded(8);
+  params[2].top_k = 5, params[2].top_p = 0.9f, params[2].frequency_penalty = 0.2f;
+  params[3] = seeded(9);
+  params[3].top_k = 0, params[3].top_p = 0.8f;  // needs the whole row
+  const std::vector<std::string> texts = {"Once upon a time", "The little dog", "Lily and Tom went", "One day"};
+  std::vector<std::vector<TokenId>> got[2];
+  SchedulerStats stats[2];
+  for (int backend : {1, 0}) {
+    auto engine = load(4);
+    SchedulerOptions so;
+    so.n_batch = 9;
+    so.backend_sampling = backend;
+    Scheduler s(*engine, so);
+    std::vector<std::future<Completion>> futures;
+    // The first three alone first (every step on the backend), then all four together.
+    for (int round = 0; round < 2; ++round) {
+      for (size_t i = 0; i < (round ? 4 : 3); ++i) futures.push_back(submit(s, encode(*engine, texts[i]), params[i], 24));
+      for (size_t i = futures.size() - (round ? 4 : 3); i < futures.size(); ++i) got[backend].push_back(futures[i].get().tokens);
+    }
+    stats[backend] = s.stats();
+  }
+  ASSERT_EQ(got[1].size(), 7u);
+  for (size_t i = 0; i < got[1].size(); ++i) EXPECT_EQ(got[1][i], got[0][i]) << "request " << i;
+  EXPECT_EQ(stats[0].steps_backend_sampled, 0u);
+  EXPECT_GT(stats[1].steps_backend_sampled, 0u);
+  EXPECT_LT(stats[1].steps_backend_sampled, stats[1].steps);  // the top-p-only request's steps went whole-row
+}
+
 TEST_F(SchedulerTest, PrefixReuseKeepsTheTokens) {
   auto engine = load(2);
   Scheduler s(*engine);
