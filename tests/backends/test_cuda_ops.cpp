@@ -130,7 +130,8 @@ TEST_P(CudaMatmul, GetRowsDequantizesLikeTheCpu) {
 // device's quantization (per 32 values d = amax / 127, q = round-to-even(x / d), reproduced here), summed in
 // double. Only f32 rounding of the per-block products remains (and Q4_0's Σ n x - 8 Σ x): 1e-4. This catches
 // indexing errors the 2 % budget above would hide. Q4_0, Q4_K and Q5_K have two GEMVs (32- and 64-value
-// chunks, UMA_CUDA_GEMV_PAIR); both are checked, on rows narrow and wide enough for the wide block shape.
+// chunks, UMA_CUDA_GEMV_PAIR); both are checked, on rows narrow and wide enough for the wide block shape,
+// for one token and for steps of 3 and 4 (a block for all of them: gemv_q8_tokens_kernel).
 TEST_P(CudaMatmul, Int8GemvIsExactOnQuantizedActivations) {
   REQUIRE_GPU();
   const GgmlType type = GetParam();
@@ -142,26 +143,30 @@ TEST_P(CudaMatmul, Int8GemvIsExactOnQuantizedActivations) {
     for (auto [rows, cols] : {std::pair<int64_t, int64_t>{5, bs}, {67, bs * 7}, {2200, 4096}, {2200, bs * 43}}) {
       TestWeight tw(type, rows, cols, 11);
       cuda->prepare_weight(tw.w);
-      const auto x = random_floats(size_t(cols), 12, 2.0f);
-      std::vector<float> xq(x.size());
-      for (int64_t b = 0; b < cols / 32; ++b) {
-        float amax = 0;
-        for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[b * 32 + i]));
-        const float d = amax / 127.0f;
-        for (int i = 0; i < 32; ++i) xq[b * 32 + i] = d > 0 ? d * std::nearbyint(x[b * 32 + i] / d) : 0.0f;
+      for (int64_t n_tok : {1, 3, 4}) {
+        const auto x = random_floats(size_t(n_tok * cols), 12 + uint32_t(n_tok), 2.0f);
+        std::vector<float> xq(x.size());
+        for (int64_t b = 0; b < n_tok * cols / 32; ++b) {
+          float amax = 0;
+          for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[b * 32 + i]));
+          const float d = amax / 127.0f;
+          for (int i = 0; i < 32; ++i) xq[b * 32 + i] = d > 0 ? d * std::nearbyint(x[b * 32 + i] / d) : 0.0f;
+        }
+        std::vector<float> row(cols), want(size_t(n_tok * rows));
+        for (int64_t r = 0; r < rows; ++r) {
+          dequantize_row(type, tw.w.host + r * row_bytes(type, cols), row.data(), cols);
+          for (int64_t t = 0; t < n_tok; ++t) {
+            double acc = 0;
+            for (int64_t c = 0; c < cols; ++c) acc += double(row[c]) * xq[t * cols + c];
+            want[t * rows + r] = float(acc);
+          }
+        }
+        Dev d{*cuda};
+        float* y = d.make(want.size());
+        cuda->matmul(tw.w, d.put(x), n_tok, y);
+        EXPECT_LE(rel(d.get(y, want.size()), want), 1e-4) << type_name(type) << " " << rows << "x" << cols
+                                                           << " tokens " << n_tok << " UMA_CUDA_GEMV_PAIR=" << pair;
       }
-      std::vector<float> row(cols), want(rows);
-      for (int64_t r = 0; r < rows; ++r) {
-        dequantize_row(type, tw.w.host + r * row_bytes(type, cols), row.data(), cols);
-        double acc = 0;
-        for (int64_t c = 0; c < cols; ++c) acc += double(row[c]) * xq[c];
-        want[r] = float(acc);
-      }
-      Dev d{*cuda};
-      float* y = d.make(want.size());
-      cuda->matmul(tw.w, d.put(x), 1, y);
-      EXPECT_LE(rel(d.get(y, want.size()), want), 1e-4)
-          << type_name(type) << " " << rows << "x" << cols << " UMA_CUDA_GEMV_PAIR=" << pair;
     }
   }
 }

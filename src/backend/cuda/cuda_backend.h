@@ -162,6 +162,7 @@ class CudaBackend final : public Backend {
     gemm_attention_ = env_on("UMA_CUDA_ATTN_GEMM", true);  // =0: prefill attention with the decode kernel
     attn_tf32_ = env_on("UMA_CUDA_ATTN_TF32", true);         // =0: its products in f32, not TF32 (see there)
     gemv_pair_ = env_on("UMA_CUDA_GEMV_PAIR", true);  // =0: Q4_0/Q4_K/Q5_K GEMVs on 32-value chunks
+    gemv_tokens_ = env_on("UMA_CUDA_GEMV_TOKENS", true);  // =0: int8 GEMVs of 2-4 tokens take a block a token
     if (const char* g = std::getenv("UMA_CUDA_GEMV")) {
       std::sscanf(g, "%dx%d", &gemv_rows_, &gemv_warps_);
       const int shape = gemv_rows_ * 16 + gemv_warps_;  // the shapes launch_gemv instantiates
@@ -468,7 +469,7 @@ class CudaBackend final : public Backend {
   std::vector<std::pair<RopeParams, float*>> rope_tabs_;  // inv_freq + YaRN ramp per parameter set
 
   // Step state (begin_step .. end_step).
-  bool graphs_ = true, profile_ = false, pdl_ = true, prefetch_ = true, merge_ = true, fuse_ = true, gemv_pair_ = true, parallel_norm_ = true,
+  bool graphs_ = true, profile_ = false, pdl_ = true, prefetch_ = true, merge_ = true, fuse_ = true, gemv_pair_ = true, gemv_tokens_ = true, parallel_norm_ = true,
        gemm_attention_ = true, attn_tf32_ = true;
   bool f32_weights_ = false;  // a matrix of the model is stored in f32: prefill attention stays f32
   int sm_count_ = 132;

@@ -111,6 +111,71 @@ __global__ void __launch_bounds__(kWarps * kWarp)
   finish_rows<kRows, kWarps>(acc, row0, rows, g.y[s] + t * rows, g.bias[s], scale);
 }
 
+// The same for a step of 2 to kMaxGemvTokens tokens (the server's sequences, a short prompt): a block takes
+// its rows for every token (grid.y = 1), so each weight byte comes from DRAM once a step instead of once a
+// token; a chunk's weights are read again for each token from L1. Same arithmetic, token by token.
+constexpr int kGemvTokens = 4;
+template <typename T, int kRows, int kWarps>
+__global__ void __launch_bounds__(kWarps * kWarp)
+    gemv_q8_tokens_kernel(const __grid_constant__ GemvSegs g, int n_chunks, const int8_t* __restrict__ xq,
+                          const float4* __restrict__ xs, bool prefetch, int n_tokens) {
+  int64_t row0;
+  const int s = gemv_segment<kRows>(g, row0);
+  const WView& w = g.w[s];
+  const int64_t rows = g.rows[s];
+  const int64_t xq_token = int64_t(n_chunks) * T::kChunkValues, xs_token = int64_t(n_chunks) * (T::kChunkValues / 32);
+  float acc[kGemvTokens][kRows] = {};
+  const uint8_t *q[kRows], *m[kRows], *d[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const int64_t row = row0 + r < rows ? row0 + r : rows - 1;
+    q[r] = w.q + row * w.q_row, m[r] = w.m + row * w.m_row, d[r] = w.d + row * w.d_row;
+  }
+  const int64_t chunk_bytes = w.q_row / n_chunks;
+  if (prefetch)
+    for (int i = threadIdx.x; i < n_chunks; i += kWarps * kWarp)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) prefetch_l2(q[r] + i * chunk_bytes);
+  pdl_wait();
+  pdl_trigger();
+  float scale[kGemvTokens];
+#pragma unroll
+  for (int t = 0; t < kGemvTokens; ++t) scale[t] = 1.0f;
+  if (g.rms.parts)
+    for (int t = 0; t < n_tokens; ++t) {
+      scale[t] = rms_scale_from_parts(g.rms.parts + t * (g.rms.dim / 32), g.rms.dim / 32, g.rms.dim, g.rms.eps);
+      for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < g.rms.dim; i += int64_t(gridDim.x) * blockDim.x)
+        g.rms.xn[t * g.rms.dim + i] *= scale[t];
+    }
+  for (int i = threadIdx.x; i < n_chunks; i += kWarps * kWarp) {
+#pragma unroll
+    for (int t = 0; t < kGemvTokens; ++t) {
+      if (t >= n_tokens) break;
+      typename T::X xv;
+      T::load_x(xq + t * xq_token, xs + t * xs_token, i, xv);
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) acc[t][r] += T::dot(q[r], m[r], d[r], i, xv);
+    }
+  }
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  __shared__ float part_sum[kGemvTokens][kWarps][kRows];
+#pragma unroll
+  for (int t = 0; t < kGemvTokens; ++t)
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const float v = warp_sum(acc[t][r]);
+      if (lane == 0) part_sum[t][warp][r] = v;
+    }
+  __syncthreads();
+  const int t = threadIdx.x / kRows, r = threadIdx.x % kRows;
+  if (t < n_tokens && row0 + r < rows) {
+    float v = 0;
+#pragma unroll
+    for (int k = 0; k < kWarps; ++k) v += part_sum[t][k][r];
+    g.y[s][t * rows + row0 + r] = v * scale[t] + (g.bias[s] ? g.bias[s][row0 + r] : 0.0f);
+  }
+}
+
 // Plain types (f32 activations): each of kWarps * 32 threads takes
 // every (kWarps * 32)-th part of kRows rows, and the warps' partial sums meet in shared memory. A block
 // owns kRows rows, so a 4096-row matrix gives 1024 blocks of 4 warps (~31 warps per SM on 132 SMs) with
@@ -400,14 +465,25 @@ void CudaBackend::launch_gemv(const GemvTargets& g, const float* x, const int8_t
       default: return launch(k4x4);
     }
   };
-  auto q8 = [&](auto kernel, int chunk_values) {
-    launch(pdl_, grid, block, stream_, kernel, segs, int(d0.cols / chunk_values), xq, xs, prefetch_);
+  // 2-4 tokens: one block for all of them (gemv_q8_tokens_kernel); UMA_CUDA_GEMV_TOKENS=0: a block a token.
+  static_assert(kGemvTokens >= kMaxGemvTokens, "gemv_q8_tokens_kernel holds every token of a GEMV step");
+  const bool tokens = gemv_tokens_ && n_tokens > 1 && xq;
+  const dim3 grid_tokens{grid.x, 1};
+  auto q8 = [&](auto kernel, auto tokens_kernel, int chunk_values) {
+    if (tokens)
+      launch(pdl_, grid_tokens, block, stream_, tokens_kernel, segs, int(d0.cols / chunk_values), xq, xs, prefetch_,
+             int(n_tokens));
+    else
+      launch(pdl_, grid, block, stream_, kernel, segs, int(d0.cols / chunk_values), xq, xs, prefetch_);
   };
   auto plain = [&](auto kernel) { launch(pdl_, grid, block, stream_, kernel, segs, d0.cols, x); };
 #define UMA_Q8(T)                                                                                          \
-  return pick(gemv_q8_kernel<T, 1, 4>, gemv_q8_kernel<T, 4, 4>, gemv_q8_kernel<T, 8, 4>,                   \
-              gemv_q8_kernel<T, 4, 2>, gemv_q8_kernel<T, 8, 2>,                                            \
-              [&](auto kernel) { q8(kernel, T::kChunkValues); })
+  return pick(std::pair{gemv_q8_kernel<T, 1, 4>, gemv_q8_tokens_kernel<T, 1, 4>},                          \
+              std::pair{gemv_q8_kernel<T, 4, 4>, gemv_q8_tokens_kernel<T, 4, 4>},                          \
+              std::pair{gemv_q8_kernel<T, 8, 4>, gemv_q8_tokens_kernel<T, 8, 4>},                          \
+              std::pair{gemv_q8_kernel<T, 4, 2>, gemv_q8_tokens_kernel<T, 4, 2>},                          \
+              std::pair{gemv_q8_kernel<T, 8, 2>, gemv_q8_tokens_kernel<T, 8, 2>},                          \
+              [&](auto k) { q8(k.first, k.second, T::kChunkValues); })
 #define UMA_PLAIN(T) return pick(gemv_split_kernel<T, 1, 4>, gemv_split_kernel<T, 4, 4>, \
                                  gemv_split_kernel<T, 8, 4>, gemv_split_kernel<T, 4, 2>, gemv_split_kernel<T, 8, 2>, plain)
   switch (d0.type) {
