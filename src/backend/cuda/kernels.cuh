@@ -128,6 +128,37 @@ __device__ __forceinline__ int dot4(uint32_t a0, uint32_t a1, uint32_t a2, uint3
 }
 constexpr uint32_t kLow4 = 0x0F0F0F0Fu;
 
+// Σ n·x over a Q4_0 block's 16 quant bytes (value j: low nibble of byte j, value 16 + j: its high nibble)
+// against the block's int8 activations (lo: values 0-15, hi: 16-31).
+__device__ __forceinline__ int q4_block_dot(const uint4& w, const int4& lo, const int4& hi) {
+  const int s = dot4(w.x & kLow4, w.y & kLow4, w.z & kLow4, w.w & kLow4, lo, 0);
+  return dot4((w.x >> 4) & kLow4, (w.y >> 4) & kLow4, (w.z >> 4) & kLow4, (w.w >> 4) & kLow4, hi, s);
+}
+
+// Q5_K's fifth bits: for the groups 2c (low nibbles) and 2c + 1 (high nibbles), bits 2c and 2c + 1 of the qh
+// words that cover the same values.
+template <int kWords>
+__device__ __forceinline__ void q5_add_high_bits(uint32_t (&lo)[kWords], uint32_t (&hi)[kWords],
+                                                 const uint32_t (&qh)[kWords], int c) {
+#pragma unroll
+  for (int k = 0; k < kWords; ++k) {
+    lo[k] |= ((qh[k] >> (2 * c)) & 0x01010101u) << 4;
+    hi[k] |= ((qh[k] >> (2 * c + 1)) & 0x01010101u) << 4;
+  }
+}
+
+// A Q4_K/Q5_K group pair 2c, 2c + 1 of a super-block from its integer dots s0, s1 and the activations' block
+// scales d0, d1 and sums m0, m1: d·(sc0·d0·s0 + sc1·d1·s1) − dmin·(mn0·m0 + mn1·m1). `meta` is the
+// super-block's 16 bytes of d, dmin and 6-bit scales/mins, loaded once (k4_scale_min_reg picks them out).
+__device__ __forceinline__ float k4_pair_sum(const uint4& meta, int c, int s0, int s1, float d0, float d1, float m0,
+                                             float m1) {
+  float sc0, mn0, sc1, mn1;
+  k4_scale_min_reg(2 * c, meta, sc0, mn0);
+  k4_scale_min_reg(2 * c + 1, meta, sc1, mn1);
+  const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&meta.x));
+  return dm.x * (sc0 * d0 * float(s0) + sc1 * d1 * float(s1)) - dm.y * (mn0 * m0 + mn1 * m1);
+}
+
 // Q4_0: a chunk is a block (16 quant bytes: value j low nibble of byte j, value 16 + j high nibble).
 struct MvQ4_0 {
   static constexpr int kChunkValues = 32;
@@ -142,9 +173,7 @@ struct MvQ4_0 {
     x.d = s.x, x.s = s.y + s.z;
   }
   __device__ static float dot(const uint8_t* q, const uint8_t*, const uint8_t* d, int i, const X& x) {
-    const uint4 w = reinterpret_cast<const uint4*>(q)[i];
-    int s = dot4(w.x & kLow4, w.y & kLow4, w.z & kLow4, w.w & kLow4, x.lo, 0);
-    s = dot4((w.x >> 4) & kLow4, (w.y >> 4) & kLow4, (w.z >> 4) & kLow4, (w.w >> 4) & kLow4, x.hi, s);
+    const int s = q4_block_dot(reinterpret_cast<const uint4*>(q)[i], x.lo, x.hi);
     return f16(d + 2 * i) * (x.d * float(s) - 8.0f * x.s);  // Σ (n - 8) x = Σ n x - 8 Σ x
   }
 };
@@ -195,22 +224,10 @@ struct MvQ45_K {
     uint32_t hi[4] = {(w.x >> 4) & kLow4, (w.y >> 4) & kLow4, (w.z >> 4) & kLow4, (w.w >> 4) & kLow4};
     if constexpr (kQ5) {
       const uint4 qh = *reinterpret_cast<const uint4*>(blk + 16 * h);
-      const uint32_t hw[4] = {qh.x, qh.y, qh.z, qh.w};
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        lo[k] |= ((hw[k] >> (2 * c)) & 0x01010101u) << 4;
-        hi[k] |= ((hw[k] >> (2 * c + 1)) & 0x01010101u) << 4;
-      }
+      q5_add_high_bits(lo, hi, {qh.x, qh.y, qh.z, qh.w}, c);
     }
     const int s0 = dot4(lo[0], lo[1], lo[2], lo[3], x.a, 0), s1 = dot4(hi[0], hi[1], hi[2], hi[3], x.b, 0);
-    // The super-block's 16 bytes of d, dmin and scales in one load; the two groups' 6-bit scale and min
-    // (k4_scale_min) picked out of the registers with shifts.
-    const uint4 meta = *reinterpret_cast<const uint4*>(m + 16 * sb);
-    float sc0, mn0, sc1, mn1;
-    k4_scale_min_reg(2 * c, meta, sc0, mn0);
-    k4_scale_min_reg(2 * c + 1, meta, sc1, mn1);
-    const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&meta.x));
-    return dm.x * (sc0 * x.d0 * float(s0) + sc1 * x.d1 * float(s1)) - dm.y * (mn0 * x.s0 + mn1 * x.s1);
+    return k4_pair_sum(*reinterpret_cast<const uint4*>(m + 16 * sb), c, s0, s1, x.d0, x.d1, x.s0, x.s1);
   }
 };
 
@@ -231,11 +248,8 @@ struct MvQ4_0x2 {
     x.d0 = a.x, x.s0 = a.y + a.z, x.d1 = b.x, x.s1 = b.y + b.z;
   }
   __device__ static float dot(const uint8_t* q, const uint8_t*, const uint8_t* d, int i, const X& x) {
-    const uint4 w0 = reinterpret_cast<const uint4*>(q)[2 * i], w1 = reinterpret_cast<const uint4*>(q)[2 * i + 1];
-    int s0 = dot4(w0.x & kLow4, w0.y & kLow4, w0.z & kLow4, w0.w & kLow4, x.lo0, 0);
-    s0 = dot4((w0.x >> 4) & kLow4, (w0.y >> 4) & kLow4, (w0.z >> 4) & kLow4, (w0.w >> 4) & kLow4, x.hi0, s0);
-    int s1 = dot4(w1.x & kLow4, w1.y & kLow4, w1.z & kLow4, w1.w & kLow4, x.lo1, 0);
-    s1 = dot4((w1.x >> 4) & kLow4, (w1.y >> 4) & kLow4, (w1.z >> 4) & kLow4, (w1.w >> 4) & kLow4, x.hi1, s1);
+    const int s0 = q4_block_dot(reinterpret_cast<const uint4*>(q)[2 * i], x.lo0, x.hi0);
+    const int s1 = q4_block_dot(reinterpret_cast<const uint4*>(q)[2 * i + 1], x.lo1, x.hi1);
     // Both block scales in one 4-byte load: a row's scales start 4-byte aligned when cols % 64 == 0.
     const float2 dd = __half22float2(reinterpret_cast<const __half2*>(d)[i]);
     return dd.x * (x.d0 * float(s0) - 8.0f * x.s0) + dd.y * (x.d1 * float(s1) - 8.0f * x.s1);
@@ -269,23 +283,13 @@ struct MvQ45_Kx2 {
     for (int k = 0; k < 8; ++k) lo[k] = wv[k] & kLow4, hi[k] = (wv[k] >> 4) & kLow4;
     if constexpr (kQ5) {
       const uint4 h0 = *reinterpret_cast<const uint4*>(blk), h1 = *reinterpret_cast<const uint4*>(blk + 16);
-      const uint32_t hw[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        lo[k] |= ((hw[k] >> (2 * c)) & 0x01010101u) << 4;
-        hi[k] |= ((hw[k] >> (2 * c + 1)) & 0x01010101u) << 4;
-      }
+      q5_add_high_bits(lo, hi, {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w}, c);
     }
     int s0 = dot4(lo[0], lo[1], lo[2], lo[3], x.a0, 0);
     s0 = dot4(lo[4], lo[5], lo[6], lo[7], x.a1, s0);
     int s1 = dot4(hi[0], hi[1], hi[2], hi[3], x.b0, 0);
     s1 = dot4(hi[4], hi[5], hi[6], hi[7], x.b1, s1);
-    const uint4 meta = *reinterpret_cast<const uint4*>(m + 16 * sb);
-    float sc0, mn0, sc1, mn1;
-    k4_scale_min_reg(2 * c, meta, sc0, mn0);
-    k4_scale_min_reg(2 * c + 1, meta, sc1, mn1);
-    const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&meta.x));
-    return dm.x * (sc0 * x.d0 * float(s0) + sc1 * x.d1 * float(s1)) - dm.y * (mn0 * x.s0 + mn1 * x.s1);
+    return k4_pair_sum(*reinterpret_cast<const uint4*>(m + 16 * sb), c, s0, s1, x.d0, x.d1, x.s0, x.s1);
   }
 };
 
