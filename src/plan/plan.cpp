@@ -101,22 +101,44 @@ std::string fmt_gb(uint64_t b) { return format_bytes(b); }
 
 }  // namespace
 
+Efficiency efficiency_for(const DeviceConfig& d) {
+  Efficiency e = default_efficiency(d.backend);
+  if (d.backend != Backend::cuda || !(d.id == "h200" || d.label.find("H200") != std::string::npos)) return e;
+  // CUDA_H200_BEGIN (tools/device/fit_cuda.py h200 refits these; the MoE and MLA terms stay the H100's)
+  // Fitted 2026-11-22 on an H200 SXM (device tool `nvidia-h200`) by `tools/device/fit_cuda.py RUN h200` from one
+  // run of `PLAN_HW=h200 build_and_test.sh bench llama3 plan`: llama-7b tg128 Q4_0 488.6, Q8_0 319.1, F16 238.6,
+  // Q4_K_M 421.5 t/s; pp512 20,780 / 20,748 / 32,316 / 20,842 (docs/PLAN.md, "H200"). Its F16 decode streams at
+  // 0.711 of the catalog's 4,800 GB/s; its quantized GEMVs and prefill ran 8-19 % faster than the H100's at the
+  // same peaks.
+  const Efficiency h200 = {0.711, 0.507, 10.0, static_cast<uint64_t>(595 * kMiB), true, "calibrated on H200 SXM (2026-11-22)",
+              {{GgmlType::Q4_0, 0.003867, 0.1504},
+               {GgmlType::Q8_0, 0.002373, 0.1501},
+               {GgmlType::F16, 0.175, 0.4968},
+               {GgmlType::Q4_K, 0.003253, 0.1509},
+               {GgmlType::Q6_K, 0.003253, 0.1509}}};
+  // CUDA_H200_END
+  e.decode_bandwidth = h200.decode_bandwidth, e.compute = h200.compute, e.layer_overhead_us = h200.layer_overhead_us;
+  e.kernels = h200.kernels, e.note = h200.note;
+  return e;
+}
+
 Efficiency default_efficiency(Backend backend) {
   // The one table of efficiency factors (docs/PLAN.md, "Efficiency table"). CPU and CUDA are fitted against
   // `uma bench` on synthetic llama-7b files (tools/calibrate_cpu.sh prints the CPU fit); Metal is a placeholder.
   switch (backend) {
     case Backend::cuda:
+      // CUDA_H100_BEGIN (tools/device/fit_cuda.py and fit_cuda_moe.py read and refit this entry)
       // Fitted 2026-11-22 on an H100 SXM5 (device tool `nvidia-h100-x1`; docs/PERFORMANCE.md "CUDA", docs/PLAN.md)
       // by tools/device/fit_cuda.py from one run of `build_and_test.sh bench llama3 plan`: llama-7b tg128 Q4_0
-      // 445, Q8_0 288, F16 186, Q4_K_M 348 t/s; pp512 18,315 / 18,722 / 30,233 / 18,220 t/s, against the
-      // catalog's 3,350 GB/s, 1,979 int8 TOPS, 989 fp16 and 67 fp32 TFLOPS. ~10 us per layer of small kernels
-      // (norms, rope, attention, swiglu) add to every forward pass. Decode: F16 streams at 0.778 of the catalog
-      // bandwidth; the quantized GEMVs are slower than their bytes (bound per value and by latency), so each
-      // type gets a decode compute fraction of the int8 peak that reproduces its time. Prefill: f16 tensor-core
-      // GEMMs (quantized weights dequantized first) over the int8 or fp16 peak, after attention (TF32 products,
-      // softmax, gathers: 2.5 ms of an F16 pp512 pass) at 0.404 of the fp32 peak. Checked on llama3-8b Q4_0.
-      // Runtime overhead: the CUDA context (526.8 MiB) and cuBLAS's handle (68.0 MiB) as cudaMemGetInfo saw them
-      // on the H100 with CUDA 13 (UMA_CUDA_MEMLOG=1; docs/PLAN.md, GPU memory).
+      // 454.4, Q8_0 270.3, F16 183.6, Q4_K_M 362.5 t/s; pp512 18,229 / 18,915 / 30,432 / 18,442 t/s, against
+      // the catalog's 3,350 GB/s, 1,979 int8 TOPS, 989 fp16 and 67 fp32 TFLOPS. ~10 us per layer of small
+      // kernels (norms, rope, attention, swiglu) add to every forward pass. Decode: F16 streams at 0.769 of the
+      // catalog bandwidth; the quantized GEMVs are slower than their bytes (bound per value and by latency), so
+      // each type gets a decode compute fraction of the int8 peak that reproduces its time. Prefill: f16
+      // tensor-core GEMMs (quantized weights dequantized first) over the int8 or fp16 peak, after attention (TF32
+      // products, softmax, gathers: 2.28 ms of an F16 pp512 pass) at 0.450 of the fp32 peak. Checked on
+      // llama3-8b Q4_0. Runtime overhead: the CUDA context (526.8 MiB) and cuBLAS's handle (68.0 MiB) as
+      // cudaMemGetInfo saw them on the H100 with CUDA 13 (UMA_CUDA_MEMLOG=1; docs/PLAN.md, GPU memory).
       return {0.769, 0.450, 10.0, static_cast<uint64_t>(595 * kMiB), true, "calibrated on H100 SXM (2026-11-22)",
               {{GgmlType::Q4_0, 0.003550, 0.1315},
                {GgmlType::Q8_0, 0.001976, 0.1370},
@@ -124,17 +146,18 @@ Efficiency default_efficiency(Backend backend) {
                {GgmlType::Q4_K, 0.002738, 0.1332},
                {GgmlType::Q6_K, 0.002738, 0.1332}},
               false,
-              // MoE (cuda_moe.cu): fitted on qwen3-30b-a3b Q4_0 (tg128 356, pp512 4,429 t/s; 2026-11-22).
+              // MoE (cuda_moe.cu): per MoE layer and forward pass (launches), per prompt token, and the prompt's
+              // routed-expert FLOPs in the tile GEMV at 0.0156 of the int8 peak (tools/device/fit_cuda_moe.py).
               30.1, 1.86, 0.01561,
-              // MLA and shared experts: fitted on deepseek-v3-mini Q4_0 (tg128 792, pp512 13,724 t/s, same run;
-              // docs/PLAN.md "MLA and shared experts on CUDA"). Decode ran 589 us a token slower than predicted
-              // without them; split by the extra launches each adds over a llama layer (an MLA block ~11: q_a, norm,
-              // q_b, rope, kv_a latent, norm, kv_a rope part, rope, store, gather, per-head latent GEMVs, attention,
-              // split merge; shared experts 5: gate, up, swiglu, down, add), 12 x 11 + 11 x 5 launches at 3.15 us.
-              // Prefill's remaining 9.5 ms per 512-token batch, per MLA layer and token: the absorbed attention and
-              // the per-head latent products run in CUDA-core kernels (cuda_mla.cu), not the cuBLAS GEMMs the rates
-              // above model.
+              // MLA and shared experts: per-pass terms fitted on deepseek-v3-mini Q4_0 (tg128 792; docs/PLAN.md "MLA
+              // and shared experts on CUDA"): decode ran 589 us a token slower than predicted without them, split by
+              // the extra launches each adds over a llama layer (an MLA block ~11: q_a, norm, q_b, rope, kv_a latent,
+              // norm, kv_a rope part, rope, store, gather, per-head latent GEMVs, attention, split merge; shared
+              // experts 5: gate, up, swiglu, down, add), 12 x 11 + 11 x 5 launches at 3.15 us. Prefill: per prompt
+              // token and MLA layer, and the absorbed attention (mla_attention_kernel, CUDA cores) at 0.104 of the
+              // fp32 peak, fitted with the MoE terms by fit_cuda_moe.py.
               34.6, 1.26, 0.1041, 15.8};
+      // CUDA_H100_END
     case Backend::metal:
       return {0.60, 0.55, 25.0, static_cast<uint64_t>(256 * kMiB), false, "uncalibrated placeholder"};
     case Backend::cpu:
@@ -277,7 +300,7 @@ Plan make_plan(const PlanInputs& in) {
   const auto& devs = in.machine.devices;
   const size_t nd = devs.size();
   const int64_t B = plan.n_batch;
-  auto eff_of = [&](const DeviceConfig& d) { return in.efficiency_override.value_or(default_efficiency(d.backend)); };
+  auto eff_of = [&](const DeviceConfig& d) { return in.efficiency_override.value_or(efficiency_for(d)); };
   std::vector<double> budget(nd);
   for (size_t d = 0; d < nd; ++d) {
     double fixed = static_cast<double>(eff_of(devs[d]).runtime_overhead +

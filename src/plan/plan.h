@@ -63,6 +63,8 @@ struct Efficiency {
   double shexp_layer_overhead_us = 0;
 };
 Efficiency default_efficiency(Backend backend);
+// The factors for one device: the backend's, or a GPU model's own where one was fitted (CUDA: H200).
+Efficiency efficiency_for(const DeviceConfig& d);
 
 struct PlanInputs {
   ModelShape model;

@@ -9,7 +9,7 @@
 #   gemv: GEMV GB/s per type and shape against the copy ceiling (tests/backends/test_cuda_bench.cpp)
 #   profile: GPU time per op of a Q4_0 decode (UMA_CUDA_PROFILE=1, op by op)
 #   bench: pp512/tg128 of llama-7b Q4_0, Q8_0, F16, Q4_K_M on the GPU; llama3: llama3-8b Q4_0
-#   plan: `uma plan --hw h100-sxm --json` of those models (the CUDA fit: tools/device/fit_cuda.py)
+#   plan: `uma plan --hw h100-sxm --json` of those models (the CUDA fit: tools/device/fit_cuda.py; PLAN_HW=h200 on an H200)
 #   skip: tg128 of llama-7b (SKIP_TYPES, default q4_0) with decode ops left out (UMA_CUDA_SKIP): each op's cost
 #   mem: uma run's planned GPU memory against nvidia-smi's peak for the process (MEM_MODELS, MEM_CTX)
 #   ab: tg128 of llama-7b (AB_TYPES, default q4_0) with the switch AB_ENV at 0 and 1, alternating, three rounds
@@ -164,9 +164,10 @@ fi
 if want plan; then
   echo "== the planner's predictions for the bench models (--hw h100-sxm), for tools/device/fit_cuda.py"
   for t in ${BENCH_TYPES:-q4_0 q8_0 f16 q4_k_m}; do
-    m=$(synth "$t") && "$BUILD/uma" plan "$m" --hw h100-sxm --batch 512 --ctx 640 --kv-type f16 --json >"$OUT/plan-$t.json"
+    m=$(synth "$t") && "$BUILD/uma" plan "$m" --hw "${PLAN_HW:-h100-sxm}" --batch 512 --ctx 640 --kv-type f16 --json \
+      >"$OUT/plan-$t.json"
   done
-  m=$(synth q4_0 llama3-8b) && "$BUILD/uma" plan "$m" --hw h100-sxm --batch 512 --ctx 640 --kv-type f16 --json \
+  m=$(synth q4_0 llama3-8b) && "$BUILD/uma" plan "$m" --hw "${PLAN_HW:-h100-sxm}" --batch 512 --ctx 640 --kv-type f16 --json \
     >"$OUT/plan-llama3.json"
   # The prefill attention's share: F16 pp512 without it (results wrong, time right).
   m=$(synth f16) && UMA_CUDA_SKIP=attention_gemm "$BUILD/uma" bench -m "$m" --device cuda -p 512 -n 0 -r 3 \

@@ -14,7 +14,7 @@ and the prefill attention's share (F16 pp512 with and without it, UMA_CUDA_SKIP=
 `compute`. The fit reproduces its llama-7b figures by construction; the check is llama3-8b, predicted again
 after the new factors are pasted and measured in the same run.
 
-  usage: tools/device/fit_cuda.py RESULT_DIR
+  usage: tools/device/fit_cuda.py RESULT_DIR [h100|h200]   (the entry to refit; h200: a run with PLAN_HW=h200)
 """
 import json
 import os
@@ -23,7 +23,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAYERS, HEADS, HEAD_DIM, BATCH = 32, 32, 128, 512  # llama-7b, pp512 from an empty cache
-FP32_TFLOPS = 67.0  # data/hardware.json, h100-sxm
+FP32_TFLOPS = 67.0  # data/hardware.json, h100-sxm and h200 alike
 FILES = {"q4_0": ["Q4_0"], "q8_0": ["Q8_0"], "f16": ["F16"], "q4_k_m": ["Q4_K", "Q6_K"]}
 
 
@@ -37,18 +37,21 @@ def bench(path):
     return out
 
 
-def current_factors():
-    """decode_bandwidth, compute, layer_overhead_us and the per-type fractions of the CUDA entry."""
+def current_factors(entry):
+    """decode_bandwidth, compute, layer_overhead_us and the per-type fractions of a CUDA entry (h100, h200)."""
     src = open(os.path.join(ROOT, "src/plan/plan.cpp")).read()
-    block = src[src.index("case Backend::cuda:"):src.index("case Backend::metal:")]
-    bw, compute, overhead = (float(x) for x in re.search(r"return \{([\d.]+), ([\d.]+), ([\d.]+),", block).groups())
+    tag = entry.upper()
+    block = src[src.index(f"// CUDA_{tag}_BEGIN"):src.index(f"// CUDA_{tag}_END")]
+    bw, compute, overhead = (float(x) for x in re.search(r"\{([\d.]+), ([\d.]+), ([\d.]+),", block).groups())
     kernels = {t: (float(d), float(p)) for t, d, p in re.findall(r"GgmlType::(\w+), ([\d.]+), ([\d.]+)\}", block)}
     return bw, compute, overhead, kernels
 
 
 def main():
     run = sys.argv[1]
-    bw, compute, overhead_us, kernels = current_factors()
+    entry = sys.argv[2] if len(sys.argv) > 2 else "h100"
+    hw = {"h100": "h100-sxm", "h200": "h200"}[entry]
+    bw, compute, overhead_us, kernels = current_factors(entry)
     fixed = LAYERS * overhead_us / 1e3  # ms a forward pass pays in small kernels
     attn_flops = BATCH * LAYERS * 2.0 * HEADS * (BATCH / 2) * 2 * HEAD_DIM  # at the batch's mean position
     t_attn_old = attn_flops / (FP32_TFLOPS * 1e12 * compute) * 1e3
@@ -78,14 +81,14 @@ def main():
     for f, pp_p, pp_m, tg_p, tg_m in rows:
         print(f"| {f} | {pp_p:,.0f} | {pp_m:,.0f} | {100 * (pp_p / pp_m - 1):+.1f} % | {tg_p:,.1f} | {tg_m:,.1f} |"
               f" {100 * (tg_p / tg_m - 1):+.1f} % |")
-    print("\nfitted CUDA entry (paste into default_efficiency, src/plan/plan.cpp):")
+    print(f"\nfitted CUDA entry (paste between CUDA_{entry.upper()}_BEGIN and _END in src/plan/plan.cpp):")
     print(f"      return {{{new_bw:.3f}, {compute_new:.3f}, {overhead_us:.1f}, ...")
     for t, (d, p) in new_kernels.items():
         print(f"              {{GgmlType::{t}, {d:.6f}, {p:.4f}}},")
     if os.path.exists(f"{run}/bench-llama3.log"):
         b = bench(f"{run}/bench-llama3.log")
         print(f"\ncheck, llama3-8b Q4_0 measured: pp512 {b['pp']:,.0f}, tg128 {b['tg']:.1f} t/s; predict it with the"
-              " new factors: uma plan FILE --hw h100-sxm --batch 512 --ctx 640 --kv-type f16")
+              f" new factors: uma plan FILE --hw {hw} --batch 512 --ctx 640 --kv-type f16")
 
 
 if __name__ == "__main__":
