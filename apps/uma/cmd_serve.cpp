@@ -41,6 +41,7 @@ struct ServeArgs {
   int64_t n_ctx = 0;
   int n_threads = 0;
   std::string kv_type = "auto";
+  std::string device = "auto";
   int64_t n_batch = 512;
   std::string api_key;
   std::string characters;
@@ -528,6 +529,7 @@ int serve(const ServeArgs& a) {
   EngineOptions eo;
   eo.n_threads = a.n_threads;
   eo.kv_type = a.kv_type;
+  eo.device = a.device;
   eo.n_seq = a.parallel;
   // Whole pages per sequence, so that every slot can always grow to its full context.
   eo.n_ctx = (a.n_ctx + KvCache::kPageSize - 1) / KvCache::kPageSize * KvCache::kPageSize;
@@ -571,6 +573,7 @@ const RegisterCommand reg{{"serve", "Serve the OpenAI API and a web chat page", 
       ->capture_default_str();
   sub.add_option("-c,--ctx", a->n_ctx, "Context per slot in tokens (0: the model's, at most 4096)")->capture_default_str();
   sub.add_option("-t,--threads", a->n_threads, "CPU threads (0: all)")->capture_default_str();
+  sub.add_option("--device", a->device, "cpu, cuda, cuda:N or auto (a GPU when the model fits)")->capture_default_str();
   sub.add_option("--kv-type", a->kv_type, "KV cache cells: f32, f16 (GPU only) or auto (f16 on a GPU)")->capture_default_str();
   sub.add_option("-b,--batch", a->n_batch, "Tokens per forward step over all slots")->capture_default_str();
   sub.add_option("--api-key", a->api_key, "Require 'Authorization: Bearer KEY' on /v1/* and /metrics");

@@ -88,6 +88,14 @@ TEST(Cli, UnknownArchitectureListsTheSupportedOnes) {
   EXPECT_TRUE(contains(r.out, "qwen2")) << r.out;
 }
 
+TEST(Cli, UnknownDeviceIsOneClearErrorEverywhere) {
+  for (const char* cmd : {"run -p hi -n 1 --no-plan", "bench -p 8 -n 1 -r 1 --no-membw", "serve --port 18111"}) {
+    const Result r = uma(std::string(cmd) + " --device tpu");
+    EXPECT_NE(r.status, 0) << cmd;
+    EXPECT_TRUE(contains(r.out, "unknown device 'tpu': use cpu, cuda, cuda:N or auto")) << cmd << ": " << r.out;
+  }
+}
+
 TEST(Cli, TruncatedFileIsOneClearError) {
   std::ifstream in(test::shared_dir() / "models" / "stories260K.gguf", std::ios::binary);
   std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
