@@ -9,6 +9,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -54,8 +55,38 @@ inline bool ranks_before(const TokenLogit& a, const TokenLogit& b) {
   return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
 }
 
+#ifdef __CUDACC__
+#define UMA_HOST_DEVICE __host__ __device__
+#else
+#define UMA_HOST_DEVICE
+#endif
+
+// A 64-bit key whose ascending order is the sampler's order. High half: the logit (NaN as -inf, -0 as +0, as
+// ranking_logit does) mapped to an unsigned integer that grows as the logit falls: positive floats order
+// like their bits with the sign bit set, negative ones like their inverted bits; then all of it inverted.
+// Low half: the id, so equal logits rank by lower id. The highest real key (-inf) is 0xFF800000'xxxxxxxx.
+// The CUDA top-k sorts these; the host's sort of a whole row radix-sorts their high halves.
+UMA_HOST_DEVICE inline uint64_t rank_key(float l, int32_t id) {
+  if (l != l) l = -INFINITY;  // the macro: device code may not call numeric_limits without relaxed constexpr
+  if (l == 0.0f) l = 0.0f;
+  uint32_t b;
+  memcpy(&b, &l, sizeof b);
+  const uint32_t ascending = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+  return (uint64_t(~ascending) << 32) | uint32_t(id);
+}
+
+// The candidate a rank_key stands for (its logit as ranking_logit gives it).
+UMA_HOST_DEVICE inline TokenLogit key_candidate(uint64_t key) {
+  const uint32_t ascending = ~uint32_t(key >> 32);
+  const uint32_t b = (ascending & 0x80000000u) ? (ascending & 0x7fffffffu) : ~ascending;
+  float l;
+  memcpy(&l, &b, sizeof l);
+  return {int32_t(uint32_t(key)), l};
+}
+
 // The k best of n logits (k clamped to [1, n]) sorted best first in scratch[0, k), with ranking_logit values;
-// scratch is resized to n. Returns k. O(n + k log k).
+// scratch is resized to n. Returns k. O(n + k log k); for k above n / 16 (a chain without top-k sorts the
+// whole row), a radix sort of the rank keys, O(n): the same order, since the order is total.
 size_t sort_top_k(const float* logits, size_t n, size_t k, std::vector<TokenLogit>& scratch);
 
 // The whole of Backend::top_k_row on host memory: penalties on the n logits in place, then the k best into

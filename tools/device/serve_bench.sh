@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Server decode throughput on the GPU machine: `uma serve` on a uma synth model (SERVE_SHAPE, default
 # llama3-8b, Q4_0), then /v1/completions of 256 tokens (ignore_eos) one at a time and PARALLEL at once, with
-# top_k 40 (penalties and top-k next to the logits: Model::forward_top_k_rows) and with top_k 300 (above the
-# device's k, so each row comes to the host and is selected there, as every server step did before).
+# top_k 40 (penalties and top-k next to the logits: Model::forward_top_k_rows), top_k 300 (above the device's
+# k, so each row comes to the host and is selected there, as every server step did before) and top_k 0
+# (OpenAI's default: the whole row sampled on the host). SERVE_TOP_K lists them.
 #   usage: tools/device/serve_bench.sh   (after tools/device/build_and_test.sh build)
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -21,7 +22,7 @@ one() {  # one request of 256 tokens with top_k $1
     >/dev/null
 }
 for round in 1 2; do
-  for k in 40 300; do
+  for k in ${SERVE_TOP_K:-40 300 0}; do
     t0=$(date +%s.%N); one $k 1; t1=$(date +%s.%N)
     reqs=()
     for i in $(seq "$par"); do one $k "$i" & reqs+=($!); done

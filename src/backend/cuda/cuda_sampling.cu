@@ -19,26 +19,7 @@ static_assert(CudaBackend::kMaxTopK <= kSlice / 8, "a pass must shrink the keys"
 // Ranks after every real key: pads a short last slice.
 constexpr uint64_t kPadKey = ~uint64_t(0);
 
-// A 64-bit key whose ascending order is the sampler's order. High half: the logit (NaN as -inf, -0 as +0, as
-// ranking_logit does) mapped to an unsigned integer that grows as the logit falls: positive floats order
-// like their bits with the sign bit set, negative ones like their inverted bits; then all of it inverted.
-// Low half: the id, so equal logits rank by lower id. The highest real key (-inf) is 0xFF800000'xxxxxxxx.
-__host__ __device__ inline uint64_t rank_key(float l, int32_t id) {
-  if (l != l) l = -INFINITY;
-  if (l == 0.0f) l = 0.0f;
-  uint32_t b;
-  memcpy(&b, &l, sizeof b);
-  const uint32_t ascending = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-  return (uint64_t(~ascending) << 32) | uint32_t(id);
-}
-
-__host__ __device__ inline TokenLogit key_candidate(uint64_t key) {
-  const uint32_t ascending = ~uint32_t(key >> 32);
-  const uint32_t b = (ascending & 0x80000000u) ? (ascending & 0x7fffffffu) : ~ascending;
-  float l;
-  memcpy(&l, &b, sizeof l);
-  return {int32_t(uint32_t(key)), l};
-}
+// rank_key and key_candidate (sampling/top_k.h): 64-bit keys whose ascending order is the sampler's order.
 
 // sampling/top_k.cpp's penalized_logit, operation for operation; the _rn intrinsics keep nvcc from fusing
 // the multiplies and adds into FMAs that the host does not use. The ids are distinct: no two threads write the
