@@ -119,6 +119,10 @@ Efficiency efficiency_for(const DeviceConfig& d) {
   // CUDA_H200_END
   e.decode_bandwidth = h200.decode_bandwidth, e.compute = h200.compute, e.layer_overhead_us = h200.layer_overhead_us;
   e.kernels = h200.kernels, e.note = h200.note;
+  // MoE decode is bound by its launches, which the H200 does not speed up while its dense factors make the
+  // GEMVs faster: the per-MoE-layer term, fitted on the tg128 of qwen3-30b-a3b, deepseek-v3-mini and
+  // deepseek-v2-lite on that H200 for the smallest largest error (+7 %, +1 %, -9 %; docs/PLAN.md, "H200").
+  e.moe_layer_overhead_us = 32.3;
   return e;
 }
 

@@ -438,8 +438,8 @@ TEST(Plan, CudaCalibrationReproducesItsMeasurements) {
   mini.qk_nope_head_dim = 128;
   mini.qk_rope_head_dim = 64;
   mini.v_head_dim = 128;
-  // The H200 has its own dense factors (efficiency_for) and the H100's MoE and MLA terms; all its figures here
-  // were predicted, not fitted (its fit was on llama-7b).
+  // The H200 has its own dense factors (efficiency_for, fitted on llama-7b) and MoE decode term (fitted on the
+  // three MoE shapes' tg128 there); llama3-8b and every H200 prefill here were predicted, not fitted.
   struct Case {
     const char* hw;
     ModelShape model;
@@ -458,6 +458,7 @@ TEST(Plan, CudaCalibrationReproducesItsMeasurements) {
       {"h200", *find_model("llama-3-8b"), 512, 18373, 469.5, 0.07},
       {"h200", mini, 2048, 8467, 786.3, 0.03},
       {"h200", *find_model("deepseek-v2-lite"), 2048, 3152, 356.7, 0.03},
+      {"h200", *find_model("qwen3-30b-a3b"), 2048, 4109, 331.2, 0.04},
   };
   for (const auto& c : cases) {
     PlanInputs in = synth_q4_0(c.model);
@@ -467,7 +468,7 @@ TEST(Plan, CudaCalibrationReproducesItsMeasurements) {
     in.machine = parse_machine(c.hw, hardware_catalog());
     const Plan p = make_plan(in);
     EXPECT_NEAR(p.prefill_tps, c.pp, c.pp * c.tolerance) << c.hw << " " << c.model.name << " pp" << c.batch;
-    if (c.tg > 0) EXPECT_NEAR(p.decode_tps, c.tg, c.tg * 0.09) << c.hw << " " << c.model.name;
+    if (c.tg > 0) EXPECT_NEAR(p.decode_tps, c.tg, c.tg * 0.10) << c.hw << " " << c.model.name;  // the ±10 % bound
   }
 }
 
