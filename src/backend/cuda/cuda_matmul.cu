@@ -66,6 +66,35 @@ __device__ __forceinline__ void finish_rows(const float (&acc)[kRows], int64_t r
   }
 }
 
+// A quantized GEMV block's start: the pointers to its kRows rows (the last row stands in past the end) and,
+// before waiting for the activations (see pdl_wait), this thread's quant bytes of those rows into L2.
+template <int kRows, int kWarps>
+__device__ __forceinline__ void gemv_q8_rows(const WView& w, int64_t row0, int64_t rows, int n_chunks, bool prefetch,
+                                             const uint8_t* (&q)[kRows], const uint8_t* (&m)[kRows],
+                                             const uint8_t* (&d)[kRows]) {
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const int64_t row = row0 + r < rows ? row0 + r : rows - 1;
+    q[r] = w.q + row * w.q_row, m[r] = w.m + row * w.m_row, d[r] = w.d + row * w.d_row;
+  }
+  const int64_t chunk_bytes = w.q_row / n_chunks;
+  if (prefetch)
+    for (int i = threadIdx.x; i < n_chunks; i += kWarps * kWarp)
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) prefetch_l2(q[r] + i * chunk_bytes);
+}
+
+// The 1 / RMS of token t's pending parallel RMSNorm (RmsIn): every warp sums the row's parts itself (no
+// barrier), and the first blocks scale the norm's f32 output in place (nothing else reads it while the GEMV
+// runs). 1 when the input is plain.
+__device__ __forceinline__ float gemv_rms_scale(const RmsIn& rms, int64_t t) {
+  if (!rms.parts) return 1.0f;
+  const float scale = rms_scale_from_parts(rms.parts + t * (rms.dim / 32), rms.dim / 32, rms.dim, rms.eps);
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < rms.dim; i += int64_t(gridDim.x) * blockDim.x)
+    rms.xn[t * rms.dim + i] *= scale;
+  return scale;
+}
+
 // Quantized GEMV: a block of kWarps warps owns kRows rows; its threads stride over the row's chunks (see
 // MvQ4_0 & co. in kernels.cuh), each loading a chunk's int8 activations once for all kRows rows, so every
 // thread has kRows independent 16-byte weight loads in flight; the warps' sums meet in shared memory.
@@ -80,27 +109,10 @@ __global__ void __launch_bounds__(kWarps * kWarp)
   xq += int64_t(t) * n_chunks * T::kChunkValues, xs += int64_t(t) * n_chunks * (T::kChunkValues / 32);
   float acc[kRows] = {};
   const uint8_t *q[kRows], *m[kRows], *d[kRows];
-#pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    const int64_t row = row0 + r < rows ? row0 + r : rows - 1;
-    q[r] = w.q + row * w.q_row, m[r] = w.m + row * w.m_row, d[r] = w.d + row * w.d_row;
-  }
-  // Weights into L2 before waiting for the activations (see pdl_wait): this thread's quant bytes of its rows.
-  const int64_t chunk_bytes = w.q_row / n_chunks;
-  if (prefetch)
-    for (int i = threadIdx.x; i < n_chunks; i += kWarps * kWarp)
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) prefetch_l2(q[r] + i * chunk_bytes);
+  gemv_q8_rows<kRows, kWarps>(w, row0, rows, n_chunks, prefetch, q, m, d);
   pdl_wait();
   pdl_trigger();
-  // A pending parallel RMSNorm (RmsIn): every warp sums the row's parts itself (no barrier), and the first
-  // blocks scale the norm's f32 output in place (nothing else reads it while this GEMV runs).
-  float scale = 1.0f;
-  if (g.rms.parts) {
-    scale = rms_scale_from_parts(g.rms.parts + t * (g.rms.dim / 32), g.rms.dim / 32, g.rms.dim, g.rms.eps);
-    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < g.rms.dim; i += int64_t(gridDim.x) * blockDim.x)
-      g.rms.xn[t * g.rms.dim + i] *= scale;
-  }
+  const float scale = gemv_rms_scale(g.rms, t);
 #pragma unroll 2
   for (int i = threadIdx.x; i < n_chunks; i += kWarps * kWarp) {
     typename T::X xv;
@@ -128,27 +140,12 @@ __global__ void __launch_bounds__(kWarps * kWarp)
   const int64_t xq_token = int64_t(n_chunks) * T::kChunkValues, xs_token = int64_t(n_chunks) * (T::kChunkValues / 32);
   float acc[kGemvTokens][kRows] = {};
   const uint8_t *q[kRows], *m[kRows], *d[kRows];
-#pragma unroll
-  for (int r = 0; r < kRows; ++r) {
-    const int64_t row = row0 + r < rows ? row0 + r : rows - 1;
-    q[r] = w.q + row * w.q_row, m[r] = w.m + row * w.m_row, d[r] = w.d + row * w.d_row;
-  }
-  const int64_t chunk_bytes = w.q_row / n_chunks;
-  if (prefetch)
-    for (int i = threadIdx.x; i < n_chunks; i += kWarps * kWarp)
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) prefetch_l2(q[r] + i * chunk_bytes);
+  gemv_q8_rows<kRows, kWarps>(w, row0, rows, n_chunks, prefetch, q, m, d);
   pdl_wait();
   pdl_trigger();
   float scale[kGemvTokens];
 #pragma unroll
-  for (int t = 0; t < kGemvTokens; ++t) scale[t] = 1.0f;
-  if (g.rms.parts)
-    for (int t = 0; t < n_tokens; ++t) {
-      scale[t] = rms_scale_from_parts(g.rms.parts + t * (g.rms.dim / 32), g.rms.dim / 32, g.rms.dim, g.rms.eps);
-      for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < g.rms.dim; i += int64_t(gridDim.x) * blockDim.x)
-        g.rms.xn[t * g.rms.dim + i] *= scale[t];
-    }
+  for (int t = 0; t < kGemvTokens; ++t) scale[t] = t < n_tokens ? gemv_rms_scale(g.rms, t) : 1.0f;
   for (int i = threadIdx.x; i < n_chunks; i += kWarps * kWarp) {
 #pragma unroll
     for (int t = 0; t < kGemvTokens; ++t) {

@@ -235,21 +235,26 @@ struct MvQ45_K {
 // thread loads 32 quant bytes a row at once and decodes a k-quant's scales once for both groups, which
 // halves the instructions a weight byte costs (the 32-value chunks left the GEMV issue-bound: ~0.6 warp
 // instructions issued per scheduler cycle at 53-73 % of DRAM bandwidth, Nsight Compute). Needs cols % 64 == 0.
+// The int8 activations of a 64-value chunk i (activation blocks 2i and 2i + 1): v[0..1] the first block's
+// 16-value halves, v[2..3] the second's, with each block's scale and d·Σq.
+struct X64 {
+  int4 v[4];
+  float d0, d1, s0, s1;
+};
+__device__ __forceinline__ void load_x64(const int8_t* xq, const float4* xs, int i, X64& x) {
+  const int4* p = reinterpret_cast<const int4*>(xq) + 4 * i;
+  x.v[0] = p[0], x.v[1] = p[1], x.v[2] = p[2], x.v[3] = p[3];
+  const float4 a = xs[2 * i], b = xs[2 * i + 1];
+  x.d0 = a.x, x.s0 = a.y + a.z, x.d1 = b.x, x.s1 = b.y + b.z;
+}
+
 struct MvQ4_0x2 {
   static constexpr int kChunkValues = 64;
-  struct X {
-    int4 lo0, hi0, lo1, hi1;
-    float d0, s0, d1, s1;
-  };
-  __device__ static void load_x(const int8_t* xq, const float4* xs, int i, X& x) {
-    const int4* p = reinterpret_cast<const int4*>(xq) + 4 * i;
-    x.lo0 = p[0], x.hi0 = p[1], x.lo1 = p[2], x.hi1 = p[3];
-    const float4 a = xs[2 * i], b = xs[2 * i + 1];
-    x.d0 = a.x, x.s0 = a.y + a.z, x.d1 = b.x, x.s1 = b.y + b.z;
-  }
+  using X = X64;
+  __device__ static void load_x(const int8_t* xq, const float4* xs, int i, X& x) { load_x64(xq, xs, i, x); }
   __device__ static float dot(const uint8_t* q, const uint8_t*, const uint8_t* d, int i, const X& x) {
-    const int s0 = q4_block_dot(reinterpret_cast<const uint4*>(q)[2 * i], x.lo0, x.hi0);
-    const int s1 = q4_block_dot(reinterpret_cast<const uint4*>(q)[2 * i + 1], x.lo1, x.hi1);
+    const int s0 = q4_block_dot(reinterpret_cast<const uint4*>(q)[2 * i], x.v[0], x.v[1]);
+    const int s1 = q4_block_dot(reinterpret_cast<const uint4*>(q)[2 * i + 1], x.v[2], x.v[3]);
     // Both block scales in one 4-byte load: a row's scales start 4-byte aligned when cols % 64 == 0.
     const float2 dd = __half22float2(reinterpret_cast<const __half2*>(d)[i]);
     return dd.x * (x.d0 * float(s0) - 8.0f * x.s0) + dd.y * (x.d1 * float(s1) - 8.0f * x.s1);
@@ -262,16 +267,8 @@ struct MvQ4_0x2 {
 template <bool kQ5>
 struct MvQ45_Kx2 {
   static constexpr int kChunkValues = 64;
-  struct X {
-    int4 a0, a1, b0, b1;
-    float d0, d1, s0, s1;
-  };
-  __device__ static void load_x(const int8_t* xq, const float4* xs, int i, X& x) {
-    const int4* p = reinterpret_cast<const int4*>(xq) + 4 * i;  // groups 2i, 2i + 1 counted over the row
-    x.a0 = p[0], x.a1 = p[1], x.b0 = p[2], x.b1 = p[3];
-    const float4 s0 = xs[2 * i], s1 = xs[2 * i + 1];
-    x.d0 = s0.x, x.d1 = s1.x, x.s0 = s0.y + s0.z, x.s1 = s1.y + s1.z;
-  }
+  using X = X64;  // groups 2i, 2i + 1 counted over the row
+  __device__ static void load_x(const int8_t* xq, const float4* xs, int i, X& x) { load_x64(xq, xs, i, x); }
   __device__ static float dot(const uint8_t* q, const uint8_t* m, const uint8_t*, int i, const X& x) {
     const int sb = i / 4, c = i % 4;
     const uint8_t* blk = q + sb * (kQ5 ? 160 : 128);
@@ -285,10 +282,10 @@ struct MvQ45_Kx2 {
       const uint4 h0 = *reinterpret_cast<const uint4*>(blk), h1 = *reinterpret_cast<const uint4*>(blk + 16);
       q5_add_high_bits(lo, hi, {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w}, c);
     }
-    int s0 = dot4(lo[0], lo[1], lo[2], lo[3], x.a0, 0);
-    s0 = dot4(lo[4], lo[5], lo[6], lo[7], x.a1, s0);
-    int s1 = dot4(hi[0], hi[1], hi[2], hi[3], x.b0, 0);
-    s1 = dot4(hi[4], hi[5], hi[6], hi[7], x.b1, s1);
+    int s0 = dot4(lo[0], lo[1], lo[2], lo[3], x.v[0], 0);
+    s0 = dot4(lo[4], lo[5], lo[6], lo[7], x.v[1], s0);
+    int s1 = dot4(hi[0], hi[1], hi[2], hi[3], x.v[2], 0);
+    s1 = dot4(hi[4], hi[5], hi[6], hi[7], x.v[3], s1);
     return k4_pair_sum(*reinterpret_cast<const uint4*>(m + 16 * sb), c, s0, s1, x.d0, x.d1, x.s0, x.s1);
   }
 };
