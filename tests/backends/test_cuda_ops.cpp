@@ -280,6 +280,33 @@ TEST(CudaOps, ParallelDecodeNormFeedsTheGemv) {
   }
 }
 
+// The weight arena (weight_arena.cpp) maps physical memory into one virtual range as tensors arrive; without
+// the driver's virtual memory (UMA_CUDA_VMM=0 forces it) every tensor is a cudaMalloc of its own. Many
+// tensors of odd sizes, uploaded one after another across several 2 MiB granules, must read back the same
+// either way.
+TEST(CudaOps, WeightsReadTheSameWithAndWithoutVirtualMemory) {
+  REQUIRE_GPU();
+  std::vector<TestWeight> weights;
+  for (int i = 0; i < 24; ++i)
+    weights.emplace_back(i % 2 ? GgmlType::Q4_0 : GgmlType::Q8_0, 300 + 97 * i, 4096, 50 + uint32_t(i));
+  const auto x = random_floats(4096, 7);
+  std::vector<float> got[2];
+  for (int vmm : {1, 0}) {
+    test::EnvGuard env("UMA_CUDA_VMM", std::to_string(vmm));
+    auto cuda = gpu();
+    Dev d{*cuda};
+    float* dx = d.put(x);
+    for (auto& w : weights) {
+      float* y = d.make(size_t(w.w.rows()));
+      cuda->matmul(w.w, dx, 1, y);
+      const auto out = d.get(y, size_t(w.w.rows()));
+      got[vmm].insert(got[vmm].end(), out.begin(), out.end());
+    }
+  }
+  ASSERT_EQ(got[1].size(), got[0].size());
+  EXPECT_EQ(got[1], got[0]);  // the same kernels on the same bytes: bit for bit
+}
+
 TEST(CudaOps, RopeEveryVariant) {
   REQUIRE_GPU();
   auto cuda = gpu();

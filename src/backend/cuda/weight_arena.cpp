@@ -3,6 +3,8 @@
 #include "backend/cuda/weight_arena.h"
 
 #include <cuda.h>
+#include <cstdlib>
+#include <string_view>
 #include <cuda_runtime_api.h>
 
 #include "uma/error.h"
@@ -64,7 +66,8 @@ size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 void WeightArena::init() {
   initialized_ = true;
   const Vmm& v = vmm();
-  if (!v.ok()) return;
+  const char* env = std::getenv("UMA_CUDA_VMM");  // =0: cudaMalloc per tensor (the fallback, for tests)
+  if (!v.ok() || (env && std::string_view(env) == "0")) return;
   const CUmemAllocationProp prop = device_prop(device_);
   size_t gran = 0, free_b = 0, total_b = 0;
   if (v.granularity(&gran, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) != CUDA_SUCCESS || gran == 0) return;
