@@ -131,7 +131,8 @@ TEST_P(CudaMatmul, GetRowsDequantizesLikeTheCpu) {
 // double. Only f32 rounding of the per-block products remains (and Q4_0's Σ n x - 8 Σ x): 1e-4. This catches
 // indexing errors the 2 % budget above would hide. Q4_0, Q4_K and Q5_K have two GEMVs (32- and 64-value
 // chunks, UMA_CUDA_GEMV_PAIR); both are checked, on rows narrow and wide enough for the wide block shape,
-// for one token and for steps of 3 and 4 (a block for all of them: gemv_q8_tokens_kernel).
+// for one token and for steps of 3, 4 and 7 tokens (a block for all of them: gemv_q8_tokens_kernel; the 7 as a
+// step of 7 sequences, as the server decodes them).
 TEST_P(CudaMatmul, Int8GemvIsExactOnQuantizedActivations) {
   REQUIRE_GPU();
   const GgmlType type = GetParam();
@@ -143,7 +144,7 @@ TEST_P(CudaMatmul, Int8GemvIsExactOnQuantizedActivations) {
     for (auto [rows, cols] : {std::pair<int64_t, int64_t>{5, bs}, {67, bs * 7}, {2200, 4096}, {2200, bs * 43}}) {
       TestWeight tw(type, rows, cols, 11);
       cuda->prepare_weight(tw.w);
-      for (int64_t n_tok : {1, 3, 4}) {
+      for (int64_t n_tok : {1, 3, 4, 7}) {
         const auto x = random_floats(size_t(n_tok * cols), 12 + uint32_t(n_tok), 2.0f);
         std::vector<float> xq(x.size());
         for (int64_t b = 0; b < n_tok * cols / 32; ++b) {
@@ -163,7 +164,19 @@ TEST_P(CudaMatmul, Int8GemvIsExactOnQuantizedActivations) {
         }
         Dev d{*cuda};
         float* y = d.make(want.size());
-        cuda->matmul(tw.w, d.put(x), n_tok, y);
+        float* dx = d.put(x);
+        // 5-8 tokens take the GEMV only as a step whose tokens come from distinct sequences (decode_sized).
+        std::unique_ptr<KvCache> kv;
+        std::vector<int32_t> pos(static_cast<size_t>(n_tok), 0), seq(static_cast<size_t>(n_tok), 0);
+        if (n_tok > 4) {
+          KvCacheOptions o;
+          o.n_layer = 1, o.n_seq = int(n_tok), o.k_width = 32, o.v_width = 32, o.n_cells = 16 * n_tok;
+          kv = std::make_unique<KvCache>(*cuda, o);
+          for (int32_t sq = 0; sq < int32_t(n_tok); ++sq) seq[size_t(sq)] = sq, kv->reserve(sq, 1);
+          cuda->begin_step(BatchLayout{pos.data(), seq.data(), n_tok}, *kv);
+        }
+        cuda->matmul(tw.w, dx, n_tok, y);
+        if (kv) cuda->end_step();
         EXPECT_LE(rel(d.get(y, want.size()), want), 1e-4) << type_name(type) << " " << rows << "x" << cols
                                                            << " tokens " << n_tok << " UMA_CUDA_GEMV_PAIR=" << pair;
       }

@@ -359,7 +359,7 @@ void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const 
     fail("the CUDA attention kernel supports head dims up to {}, got {}/{}", kMaxHeadDim, s.head_dim_k,
          s.head_dim_v);
   const DeviceLayout L = layout_for(kv, batch);
-  if (batch.n_tokens > kMaxGemvTokens && gemm_attention_) {
+  if (!decode_sized(batch.n_tokens) && gemm_attention_) {
     flush();  // cuBLAS and scratch growth stay out of recorded steps
     bool done = skipped("attention_gemm");  // UMA_CUDA_SKIP: no fallback either
     execute("attention_gemm", 0, [&] { done = attention_gemm(kv, layer, q, batch, s, out, L); });
@@ -380,7 +380,7 @@ void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const 
   if (blocks < 264 && max_ctx > 512) n_split = int(std::min<int64_t>(64, (max_ctx + 255) / 256));
   // The int8 blocks of the output for the output projection of a decode step.
   Q8Buffer q8{nullptr, nullptr};
-  if (fuse_ && batch.n_tokens <= kMaxGemvTokens && s.head_dim_v % 32 == 0)
+  if (fuse_ && decode_sized(batch.n_tokens) && s.head_dim_v % 32 == 0)
     q8 = q8_buffer(out, batch.n_tokens * s.n_head * s.head_dim_v);
   AttnArgs a{kv.k(layer), kv.v(layer), q, out, nullptr, nullptr, q8.xq, q8.xs, kv.options().k_width,
              kv.options().v_width, s.n_head, s.n_head / s.n_head_kv, s.head_dim_k, s.head_dim_v, n_split, s.scale};

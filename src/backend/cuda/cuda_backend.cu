@@ -178,7 +178,7 @@ DeviceLayout CudaBackend::layout_for(const KvCache& kv, const BatchLayout& batch
 }
 
 // A forward step: the layout goes up once into a buffer whose address stays put (sized for the whole
-// cache, so a growing context never moves it); decode steps (<= 4 tokens) are recorded for end_step.
+// cache, so a growing context never moves it); decode steps (decode_sized) are recorded for end_step.
 void CudaBackend::begin_step(const BatchLayout& batch, const KvCache& kv) {
   flush();
   repack_src_.release(stream_);  // weights are loaded by the first step
@@ -197,10 +197,14 @@ void CudaBackend::begin_step(const BatchLayout& batch, const KvCache& kv) {
   step_pos_host_ = batch.pos;
   step_tokens_ = n;
   in_step_ = true;
+  std::vector<int32_t> seqs(batch.seq, batch.seq + n);
+  std::sort(seqs.begin(), seqs.end());
+  const bool one_each = std::adjacent_find(seqs.begin(), seqs.end()) == seqs.end();
+  step_decode_max_ = one_each ? kMaxDecodeSeqs : kMaxGemvTokens;
   n_staged_ = 0;
   sig_.clear();
   ops_.clear();
-  deferred_ = graphs_ && n <= kMaxGemvTokens;
+  deferred_ = graphs_ && decode_sized(n);
 }
 
 void CudaBackend::end_step() {

@@ -288,7 +288,12 @@ class CudaBackend final : public Backend {
   // ---- end MoE and MLA ------------------------------------------------------------------------------
 
  private:
-  static constexpr int64_t kMaxGemvTokens = 4;
+  // Steps that take the decode path (int8 GEMVs, recorded graphs, the decode attention kernel): up to 4 tokens,
+  // or up to 8 when each comes from a sequence of its own (the server decoding 5-8 sequences together; a
+  // prompt of 5-8 tokens keeps the prefill path's numerics). Outside a step: 4.
+  static constexpr int64_t kMaxGemvTokens = 4, kMaxDecodeSeqs = 8;
+  int64_t step_decode_max_ = kMaxGemvTokens;
+  bool decode_sized(int64_t n) const { return n <= (in_step_ ? step_decode_max_ : kMaxGemvTokens); }
 
   const DeviceWeight& device_weight(const Weight& w);
   // Up to kMaxGemvSegs matrices of one type and width that share an input: one GEMV launch.

@@ -292,7 +292,7 @@ void CudaBackend::norm_op(float* x, const float* y, const Weight& w, int64_t n_r
   if (w.type != GgmlType::F32) fail("norm weight '{}' must be F32, got {}", w.name, type_name(w.type));
   const float* g = reinterpret_cast<const float*>(device_weight(w).data);
   Q8Buffer q{nullptr, nullptr};
-  if (fuse_ && parallel_norm_ && n_rows <= kMaxGemvTokens && dim % 32 == 0 && !serial_norms_.count(g)) {
+  if (fuse_ && parallel_norm_ && decode_sized(n_rows) && dim % 32 == 0 && !serial_norms_.count(g)) {
     // The parallel form (rms_norm_parts_kernel): pending until an int8 GEMV reads `out` (gemv) or
     // anything else runs (settle_norm).
     q = q8_buffer(out, n_rows * dim);
@@ -306,7 +306,7 @@ void CudaBackend::norm_op(float* x, const float* y, const Weight& w, int64_t n_r
     norm_pending_ = PendingNorm{parts, out, int32_t(n_rows), int32_t(dim), eps, g};
     return;
   }
-  if (fuse_ && n_rows <= kMaxGemvTokens && dim % 32 == 0) q = q8_buffer(out, n_rows * dim);
+  if (fuse_ && decode_sized(n_rows) && dim % 32 == 0) q = q8_buffer(out, n_rows * dim);
   submit(y ? "add_rms_norm" : "rms_norm", 0, [this](float* x, const float* y, const float* g, int64_t n_rows,
                                                     int64_t dim, float eps, float* out, Q8Buffer q) {
     const int threads = dim >= 1024 ? 1024 : std::max(32, int((dim + 31) / 32 * 32));
@@ -357,7 +357,7 @@ void CudaBackend::swiglu(const float* gate, const float* up, int64_t n, float* o
   q8_src_ = nullptr;
   // The int8 blocks of the output, for the down projection of a decode step (a few tokens' worth).
   Q8Buffer q{nullptr, nullptr};
-  if (fuse_ && n % 32 == 0 && n <= kMaxGemvTokens * 32768) q = q8_buffer(out, n);
+  if (fuse_ && n % 32 == 0 && n <= kMaxDecodeSeqs * 32768) q = q8_buffer(out, n);
   submit("swiglu", 0, [this](const float* gate, const float* up, int64_t n, float* out, Q8Buffer q) {
     launch(pdl_, grid_for(n, 256), 256, stream_, swiglu_kernel, gate, up, n, out, q.xq, q.xs);
     UMA_LAUNCHED("swiglu");

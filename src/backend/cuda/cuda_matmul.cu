@@ -1,5 +1,7 @@
 // Matrix products: the decode GEMVs (int8 activations for the repacked quantized types, f32 for plain types)
 // and the prefill GEMM through cuBLAS.
+#include <tuple>
+
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cublas_api.h"
 
@@ -123,13 +125,13 @@ __global__ void __launch_bounds__(kWarps * kWarp)
   finish_rows<kRows, kWarps>(acc, row0, rows, g.y[s] + t * rows, g.bias[s], scale);
 }
 
-// The same for a step of 2 to kMaxGemvTokens tokens (the server's sequences, a short prompt): a block takes
-// its rows for every token (grid.y = 1), so each weight byte comes from DRAM once a step instead of once a
-// token; a chunk's weights are read again for each token from L1. Same arithmetic, token by token. Kept apart
-// from gemv_q8_kernel on purpose: one kernel templated on the token count ran single-token decode 3-9 % slower
-// (llama-7b Q4_0 tg128 439 -> 401, Q4_K_M 364 -> 352 t/s, tools/device/ab_decode.sh, one H100).
-constexpr int kGemvTokens = 4;
-template <typename T, int kRows, int kWarps>
+// The same for a step of 2 to kTok tokens (the server's sequences, a short prompt): a block takes its rows for
+// every token (grid.y = 1), so each weight byte comes from DRAM once a step instead of once a token; a chunk's
+// weights are read again for each token from L1. Same arithmetic, token by token. kTok 4 or 8 (8 accumulators
+// a row cost a 4-token step 8 % in registers). Kept apart from gemv_q8_kernel on purpose: one kernel templated
+// on the token count ran single-token decode 3-9 % slower (llama-7b Q4_0 tg128 439 -> 401, Q4_K_M 364 -> 352
+// t/s, tools/device/ab_decode.sh, one H100).
+template <typename T, int kRows, int kWarps, int kTok>
 __global__ void __launch_bounds__(kWarps * kWarp)
     gemv_q8_tokens_kernel(const __grid_constant__ GemvSegs g, int n_chunks, const int8_t* __restrict__ xq,
                           const float4* __restrict__ xs, bool prefetch, int n_tokens) {
@@ -138,17 +140,17 @@ __global__ void __launch_bounds__(kWarps * kWarp)
   const WView& w = g.w[s];
   const int64_t rows = g.rows[s];
   const int64_t xq_token = int64_t(n_chunks) * T::kChunkValues, xs_token = int64_t(n_chunks) * (T::kChunkValues / 32);
-  float acc[kGemvTokens][kRows] = {};
+  float acc[kTok][kRows] = {};
   const uint8_t *q[kRows], *m[kRows], *d[kRows];
   gemv_q8_rows<kRows, kWarps>(w, row0, rows, n_chunks, prefetch, q, m, d);
   pdl_wait();
   pdl_trigger();
-  float scale[kGemvTokens];
+  float scale[kTok];
 #pragma unroll
-  for (int t = 0; t < kGemvTokens; ++t) scale[t] = t < n_tokens ? gemv_rms_scale(g.rms, t) : 1.0f;
+  for (int t = 0; t < kTok; ++t) scale[t] = t < n_tokens ? gemv_rms_scale(g.rms, t) : 1.0f;
   for (int i = threadIdx.x; i < n_chunks; i += kWarps * kWarp) {
 #pragma unroll
-    for (int t = 0; t < kGemvTokens; ++t) {
+    for (int t = 0; t < kTok; ++t) {
       if (t >= n_tokens) break;
       typename T::X xv;
       T::load_x(xq + t * xq_token, xs + t * xs_token, i, xv);
@@ -157,9 +159,9 @@ __global__ void __launch_bounds__(kWarps * kWarp)
     }
   }
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  __shared__ float part_sum[kGemvTokens][kWarps][kRows];
+  __shared__ float part_sum[kTok][kWarps][kRows];
 #pragma unroll
-  for (int t = 0; t < kGemvTokens; ++t)
+  for (int t = 0; t < kTok; ++t)
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
       const float v = warp_sum(acc[t][r]);
@@ -335,7 +337,7 @@ void CudaBackend::matmul(const Weight& w, const float* x, int64_t n_tokens, floa
 }
 
 void CudaBackend::matmul_many(const float* x, int64_t n_tokens, const MatmulTarget* targets, size_t n_targets) {
-  if (n_tokens > kMaxGemvTokens) {
+  if (!decode_sized(n_tokens)) {
     q8_src_ = nullptr;
     flush();  // cuBLAS and scratch growth stay out of recorded steps
     execute(profile_ ? profile_name(n_targets > 1 ? "gemm×" : "gemm", device_weight(*targets[0].w)) : "gemm", 0,
@@ -464,25 +466,23 @@ void CudaBackend::launch_gemv(const GemvTargets& g, const float* x, const int8_t
       default: return launch(k4x4);
     }
   };
-  // 2-4 tokens: one block for all of them (gemv_q8_tokens_kernel); UMA_CUDA_GEMV_TOKENS=0: a block a token.
-  static_assert(kGemvTokens >= kMaxGemvTokens, "gemv_q8_tokens_kernel holds every token of a GEMV step");
+  // 2-8 tokens: one block for all of them (gemv_q8_tokens_kernel, 4 or 8 wide); UMA_CUDA_GEMV_TOKENS=0: a block
+  // a token.
+  static_assert(kMaxDecodeSeqs <= 8, "gemv_q8_tokens_kernel holds at most 8 tokens");
   const bool tokens = gemv_tokens_ && n_tokens > 1 && xq;
   const dim3 grid_tokens{grid.x, 1};
-  auto q8 = [&](auto kernel, auto tokens_kernel, int chunk_values) {
-    if (tokens)
-      launch(pdl_, grid_tokens, block, stream_, tokens_kernel, segs, int(d0.cols / chunk_values), xq, xs, prefetch_,
-             int(n_tokens));
-    else
-      launch(pdl_, grid, block, stream_, kernel, segs, int(d0.cols / chunk_values), xq, xs, prefetch_);
+  auto q8 = [&](const auto& k, int chunk_values) {
+    const int n_chunks = int(d0.cols / chunk_values);
+    if (!tokens) return launch(pdl_, grid, block, stream_, std::get<0>(k), segs, n_chunks, xq, xs, prefetch_);
+    if (n_tokens <= 4)
+      return launch(pdl_, grid_tokens, block, stream_, std::get<1>(k), segs, n_chunks, xq, xs, prefetch_, int(n_tokens));
+    launch(pdl_, grid_tokens, block, stream_, std::get<2>(k), segs, n_chunks, xq, xs, prefetch_, int(n_tokens));
   };
   auto plain = [&](auto kernel) { launch(pdl_, grid, block, stream_, kernel, segs, d0.cols, x); };
+#define UMA_Q8_SHAPE(T, R, W) std::tuple{gemv_q8_kernel<T, R, W>, gemv_q8_tokens_kernel<T, R, W, 4>, gemv_q8_tokens_kernel<T, R, W, 8>}
 #define UMA_Q8(T)                                                                                          \
-  return pick(std::pair{gemv_q8_kernel<T, 1, 4>, gemv_q8_tokens_kernel<T, 1, 4>},                          \
-              std::pair{gemv_q8_kernel<T, 4, 4>, gemv_q8_tokens_kernel<T, 4, 4>},                          \
-              std::pair{gemv_q8_kernel<T, 8, 4>, gemv_q8_tokens_kernel<T, 8, 4>},                          \
-              std::pair{gemv_q8_kernel<T, 4, 2>, gemv_q8_tokens_kernel<T, 4, 2>},                          \
-              std::pair{gemv_q8_kernel<T, 8, 2>, gemv_q8_tokens_kernel<T, 8, 2>},                          \
-              [&](auto k) { q8(k.first, k.second, T::kChunkValues); })
+  return pick(UMA_Q8_SHAPE(T, 1, 4), UMA_Q8_SHAPE(T, 4, 4), UMA_Q8_SHAPE(T, 8, 4), UMA_Q8_SHAPE(T, 4, 2),    \
+              UMA_Q8_SHAPE(T, 8, 2), [&](const auto& k) { q8(k, T::kChunkValues); })
 #define UMA_PLAIN(T) return pick(gemv_split_kernel<T, 1, 4>, gemv_split_kernel<T, 4, 4>, \
                                  gemv_split_kernel<T, 8, 4>, gemv_split_kernel<T, 4, 2>, gemv_split_kernel<T, 8, 2>, plain)
   switch (d0.type) {
@@ -497,6 +497,7 @@ void CudaBackend::launch_gemv(const GemvTargets& g, const float* x, const int8_t
     default: fail("no GEMV kernel for {}", type_name(d0.type));
   }
 #undef UMA_Q8
+#undef UMA_Q8_SHAPE
 #undef UMA_PLAIN
 }
 

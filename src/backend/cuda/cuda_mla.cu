@@ -203,7 +203,7 @@ void CudaBackend::attention_mla(const KvCache& kv, int layer, const float* q, co
   }, q, rows, nope, nope + rot, qn);
 
   // Heads as experts: decode one pair a block, prefill 8 tokens of one head a block.
-  const int tok = n <= kMaxGemvTokens ? 1 : 8;
+  const int tok = decode_sized(n) ? 1 : 8;
   const ExpertTiles tiles{nullptr, nullptr, nullptr, nullptr, kHeads, int32_t(H), int32_t(n)};
   const int64_t max_tiles = H * ((n + tok - 1) / tok);
   expert_gemv(dk, nullptr, lat, qn, rows, 1, tiles, max_tiles, tok, q_lat);  // q_lat [n, H, lat]

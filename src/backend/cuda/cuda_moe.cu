@@ -5,7 +5,7 @@
 //   1. router logits [n, n_expert]: the ordinary matmul;
 //   2. moe_route_kernel: per token, softmax or sigmoid, selection bias, group limit, top-k, weights
 //      -> ids [n, k], weights [n, k] in device memory;
-//   3. decode (n <= 4): one block per (token, slot) pair reads its expert id from ids (kDirect);
+//   3. decode (decode_sized: up to 4 tokens, 8 of distinct sequences): one block per (token, slot) pair reads its expert id from ids (kDirect);
 //      prefill: moe_group_kernel sorts the pairs by expert on the device and cuts each expert's pairs into
 //      tiles of 8 (kGrouped), so a block streams its expert's rows once for up to 8 tokens;
 //   4. expert_gemv (gate and up fused: h = silu(gate x) * up x), expert_gemv (down) -> y [n, k, n_embd];
@@ -369,7 +369,7 @@ void CudaBackend::moe_ffn(const MoeWeights& w, const MoeParams& p, const float* 
   const DeviceWeight& du = device_weight(*w.up);
   const DeviceWeight& dd = device_weight(*w.down);
   const int64_t pairs = n * K;
-  const bool decode = n <= kMaxGemvTokens;
+  const bool decode = decode_sized(n);
   const int tok = decode ? 1 : kPrefillTok;
   const int64_t max_tiles = decode ? pairs : std::min(pairs, pairs / tok + std::min(NE, pairs));
   const bool fused = dg.type == du.type;
