@@ -197,9 +197,10 @@ void CudaBackend::begin_step(const BatchLayout& batch, const KvCache& kv) {
   step_pos_host_ = batch.pos;
   step_tokens_ = n;
   in_step_ = true;
-  std::vector<int32_t> seqs(batch.seq, batch.seq + n);
-  std::sort(seqs.begin(), seqs.end());
-  const bool one_each = std::adjacent_find(seqs.begin(), seqs.end()) == seqs.end();
+  // 5-8 tokens decode only when each comes from a sequence of its own (decode_sized); checked only then.
+  bool one_each = n > kMaxGemvTokens && n <= kMaxDecodeSeqs;
+  for (int64_t i = 0; one_each && i < n; ++i)
+    for (int64_t j = 0; j < i; ++j) one_each = one_each && batch.seq[i] != batch.seq[j];
   step_decode_max_ = one_each ? kMaxDecodeSeqs : kMaxGemvTokens;
   n_staged_ = 0;
   sig_.clear();
