@@ -96,6 +96,60 @@ TEST(CudaFused, MatmulManyMatchesSeparateLaunchesAndTheCpu) {
   }
 }
 
+// The single-token GEMV through bulk copies into shared memory (gemv_bulk_kernel, sm_90) against the
+// register-load kernels (UMA_CUDA_GEMV_BULK=0): the defaults (int8 types), every type with small stages in
+// a ring that wraps many times, and stages of one or two rows split over 24 warps. Merged q/k/v-like groups
+// with a bias, down-projection widths, partial last stages (row counts that are no multiple of a stage).
+TEST(CudaFused, BulkCopyGemvMatchesTheRegisterKernel) {
+  REQUIRE_GPU();
+  auto reference = gpu_with("UMA_CUDA_GEMV_BULK", "0");
+  struct Case {
+    GgmlType type;
+    int64_t rows_q, rows_kv, cols;
+  };
+  const Case cases[] = {
+      {GgmlType::Q4_0, 4096, 1024, 4096}, {GgmlType::Q4_0, 1000, 8, 11008}, {GgmlType::Q8_0, 4096, 1024, 4096},
+      {GgmlType::Q4_K, 2048, 512, 4096},  {GgmlType::Q4_K, 700, 100, 11008}, {GgmlType::Q5_K, 1500, 300, 2048},
+      {GgmlType::Q6_K, 3000, 77, 4096},   {GgmlType::F16, 2000, 500, 4096},  {GgmlType::BF16, 1000, 250, 1024},
+      {GgmlType::F32, 1000, 250, 1024},
+  };
+  uint32_t seed = 300;
+  for (const Case& c : cases) {
+    TestWeight wq(c.type, c.rows_q, c.cols, ++seed), wk(c.type, c.rows_kv, c.cols, ++seed),
+        wv(c.type, c.rows_kv, c.cols, ++seed), bq(GgmlType::F32, 1, c.rows_q, ++seed);
+    const auto x = random_floats(size_t(c.cols), ++seed);
+    const Weight* ws[3] = {&wq.w, &wk.w, &wv.w};
+    auto run = [&](Backend& b) {
+      Buf d{b};
+      float* dx = d.put(x);
+      float* ys[3];
+      MatmulTarget t[3];
+      for (int i = 0; i < 3; ++i) {
+        ys[i] = d.make(size_t(ws[i]->rows()));
+        t[i] = {ws[i], ys[i], i == 0 ? &bq.w : nullptr};
+      }
+      b.matmul_many(dx, 1, t, 3);
+      std::vector<float> out;
+      for (int i = 0; i < 3; ++i) {
+        const auto y = d.get(ys[i], size_t(ws[i]->rows()));
+        out.insert(out.end(), y.begin(), y.end());
+      }
+      return out;
+    };
+    const auto want = run(*reference);
+    for (const char* config : {"", "32,3,1,8", "4,2,1,24", "96,2,1,16"}) {
+      std::unique_ptr<Backend> bulk;
+      {
+        test::EnvGuard env("UMA_CUDA_GEMV_BULK", *config ? std::optional<std::string>(config) : std::nullopt);
+        bulk = gpu();
+      }
+      // The same products per row; only how a row's sum is split between threads differs.
+      EXPECT_LE(test::rel_l2(run(*bulk), want), 1e-6)
+          << type_name(c.type) << " " << c.rows_q << "x" << c.cols << " UMA_CUDA_GEMV_BULK=" << config;
+    }
+  }
+}
+
 // One decode layer's small ops, fused and unfused, each followed by the GEMV that consumes its output (which
 // then reads the int8 blocks the fused op wrote instead of quantizing again).
 TEST(CudaFused, DecodeChainMatchesUnfusedAndTheCpu) {

@@ -12,7 +12,8 @@
 #   plan: `uma plan --hw h100-sxm --json` of those models (the CUDA fit: tools/device/fit_cuda.py; PLAN_HW=h200 on an H200)
 #   skip: tg128 of llama-7b (SKIP_TYPES, default q4_0) with decode ops left out (UMA_CUDA_SKIP): each op's cost
 #   mem: uma run's planned GPU memory against nvidia-smi's peak for the process (MEM_MODELS, MEM_CTX)
-#   ab: tg128 of llama-7b (AB_TYPES, default q4_0) with the switch AB_ENV at 0 and 1, alternating, three rounds
+#   ab: tg128 of llama-7b (AB_TYPES, default q4_0) with the switch AB_ENV at 0 and 1 (AB_VALUES), alternating,
+#   three rounds (AB_ROUNDS)
 #   pprofile: GPU time per op of a pp512 prefill (Q4_0, F16); ncu: kernel durations of Q4_0 decode steps
 #   inside the CUDA graph (Nsight Compute, to $OUT/ncu.csv)
 #   depth: tg32 of llama-7b Q4_0 after a DEPTH-token context (default 32768); cpu: the same models on the
@@ -119,11 +120,11 @@ if want ncu; then
 fi
 
 if want ab; then
-  echo "== A/B of a switch: tg128 with ${AB_ENV:?AB_ENV=NAME of an on/off environment switch}=0 and =1, alternating"
+  echo "== A/B of a switch: tg128 with ${AB_ENV:?AB_ENV=NAME of an environment switch} = ${AB_VALUES:-0 1}, alternating"
   for t in ${AB_TYPES:-q4_0}; do
     m=$(synth "$t") || continue
-    for round in 1 2 3; do
-      for v in 0 1; do
+    for round in $(seq "${AB_ROUNDS:-3}"); do
+      for v in ${AB_VALUES:-0 1}; do
         r=$(env "$AB_ENV=$v" "$BUILD/uma" bench -m "$m" --device cuda -p 0 -n 128 -r 2 --no-membw 2>&1 \
           | grep -E "tg128" | awk -F'|' '{print $8}')
         echo "$t $AB_ENV=$v round $round: tg128 $r"

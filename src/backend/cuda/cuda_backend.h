@@ -163,6 +163,17 @@ class CudaBackend final : public Backend {
     attn_tf32_ = env_on("UMA_CUDA_ATTN_TF32", true);         // =0: its products in f32, not TF32 (see there)
     gemv_pair_ = env_on("UMA_CUDA_GEMV_PAIR", true);  // =0: Q4_0/Q4_K/Q5_K GEMVs on 32-value chunks
     gemv_tokens_ = env_on("UMA_CUDA_GEMV_TOKENS", true);  // =0: int8 GEMVs of 2-4 tokens take a block a token
+    // UMA_CUDA_GEMV_BULK: single-token GEMVs through bulk copies (bulk_config); =0 off, =KB,slots,blocks,warps
+    // those settings for every type (for measurements).
+    bulk_allowed_ = env_on("UMA_CUDA_GEMV_BULK", true) && prop.major >= 9;
+    if (const char* b = std::getenv("UMA_CUDA_GEMV_BULK"); b && std::strchr(b, ',')) {
+      BulkConfig& c = bulk_explicit_;
+      if (std::sscanf(b, "%d,%d,%d,%d", &c.kb, &c.slots, &c.blocks, &c.warps) != 4 || c.kb < 1 || c.slots < 1 ||
+          c.blocks < 1 || c.warps < 1) {
+        std::fprintf(stderr, "UMA_CUDA_GEMV_BULK=%s is not KB,slots,blocks,warps; using the defaults\n", b);
+        c = {};
+      }
+    }
     if (const char* g = std::getenv("UMA_CUDA_GEMV")) {
       std::sscanf(g, "%dx%d", &gemv_rows_, &gemv_warps_);
       const int shape = gemv_rows_ * 16 + gemv_warps_;  // the shapes launch_gemv instantiates
@@ -308,6 +319,15 @@ class CudaBackend final : public Backend {
   void gemv(const GemvTargets& g, const float* x, int64_t n_tokens);
   void launch_gemv(const GemvTargets& g, const float* x, const int8_t* xq, const float4* xs, int64_t n_tokens,
                    const RmsIn& rms);
+  // The single-token GEMV through bulk copies into shared memory (gemv_bulk_kernel): stages of about kb KB, a
+  // ring of `slots`, `blocks` blocks an SM of `warps` consumer warps (8, 16 or 24); kb 0: not used.
+  struct BulkConfig {
+    int kb = 0, slots = 2, blocks = 1, warps = 16;
+  };
+  BulkConfig bulk_config(GgmlType type) const;
+  template <typename Segs>
+  bool launch_gemv_bulk(const BulkConfig& c, const Segs& segs, const GemvTargets& g, const float* x, const int8_t* xq,
+                        const float4* xs, bool pair);
   // The decode RMSNorm in its parallel form (rms_norm_parts_kernel) leaves x ⊙ w in `out`, its int8 blocks
   // and per-block sums of squares in `parts`; the int8 GEMV that reads `out` next applies 1 / RMS. Anything
   // else that runs first settles it (settle_norm: scales out and the int8 scales), and that norm weight gets
@@ -479,6 +499,8 @@ class CudaBackend final : public Backend {
   bool f32_weights_ = false;  // a matrix of the model is stored in f32: prefill attention stays f32
   int sm_count_ = 132;
   std::string skip_;  // UMA_CUDA_SKIP, as ",op,op,"
+  bool bulk_allowed_ = true;  // sm_90 and not UMA_CUDA_GEMV_BULK=0
+  BulkConfig bulk_explicit_;    // UMA_CUDA_GEMV_BULK=KB,slots,blocks,warps
   int gemv_rows_ = 4, gemv_warps_ = 0;  // block shape of the GEMVs of large matrices (UMA_CUDA_GEMV); 0 warps: by chunk width
   bool in_step_ = false, deferred_ = false, step_pending_ = false;
   const KvCache* step_kv_ = nullptr;

@@ -92,12 +92,14 @@ __device__ __forceinline__ float4 kv_get4(const __half* p) {
 
 // Launches `kernel` on `stream`, with programmatic dependent launch when `pdl` (see pdl_wait): the kernel may
 // start while the previous one finishes, so it must pdl_wait() before reading what earlier kernels wrote.
+// launch_smem: with `smem` bytes of dynamic shared memory.
 template <typename... KernelArgs, typename... Args>
-inline void launch(bool pdl, dim3 grid, dim3 block, cudaStream_t stream, void (*kernel)(KernelArgs...),
-                   Args&&... args) {
+inline void launch_smem(bool pdl, dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                        void (*kernel)(KernelArgs...), Args&&... args) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr{};
   attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -105,6 +107,11 @@ inline void launch(bool pdl, dim3 grid, dim3 block, cudaStream_t stream, void (*
   cfg.attrs = &attr;
   cfg.numAttrs = pdl ? 1 : 0;
   check(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...), "cudaLaunchKernelEx");
+}
+template <typename... KernelArgs, typename... Args>
+inline void launch(bool pdl, dim3 grid, dim3 block, cudaStream_t stream, void (*kernel)(KernelArgs...),
+                   Args&&... args) {
+  launch_smem(pdl, grid, block, 0, stream, kernel, std::forward<Args>(args)...);
 }
 
 inline int grid_for(int64_t n, int threads) { return int(std::min<int64_t>((n + threads - 1) / threads, 65535)); }
