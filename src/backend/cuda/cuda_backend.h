@@ -61,6 +61,8 @@ struct RmsIn {
   float eps;
 };
 
+bool bulk_gemv_compiled();  // cuda_matmul.cu
+
 struct DeviceWeight {
   GgmlType type;
   uint8_t* data;     // the allocation
@@ -165,7 +167,7 @@ class CudaBackend final : public Backend {
     gemv_tokens_ = env_on("UMA_CUDA_GEMV_TOKENS", true);  // =0: int8 GEMVs of 2-4 tokens take a block a token
     // UMA_CUDA_GEMV_BULK: single-token GEMVs through bulk copies (bulk_config); =0 off, =KB,slots,blocks,warps
     // those settings for every type (for measurements).
-    bulk_allowed_ = env_on("UMA_CUDA_GEMV_BULK", true) && prop.major >= 9;
+    bulk_allowed_ = env_on("UMA_CUDA_GEMV_BULK", true) && prop.major >= 9 && bulk_gemv_compiled();
     if (const char* b = std::getenv("UMA_CUDA_GEMV_BULK"); b && std::strchr(b, ',')) {
       BulkConfig& c = bulk_explicit_;
       if (std::sscanf(b, "%d,%d,%d,%d", &c.kb, &c.slots, &c.blocks, &c.warps) != 4 || c.kb < 1 || c.slots < 1 ||

@@ -492,6 +492,13 @@ __global__ void add_bias_kernel(float* y, const float* b, int64_t rows, int64_t 
 
 }  // namespace
 
+// Whether this binary holds the bulk GEMV's sm_90 code: a build for an older architecture runs on a Hopper GPU
+// too, with the kernel's body compiled out.
+bool bulk_gemv_compiled() {
+  cudaFuncAttributes a{};
+  return cudaFuncGetAttributes(&a, gemv_bulk_kernel<MvQ8_0, 16>) == cudaSuccess && a.binaryVersion >= 90;
+}
+
 void CudaBackend::matmul(const Weight& w, const float* x, int64_t n_tokens, float* y, const Weight* bias) {
   const MatmulTarget target{&w, y, bias};
   matmul_many(x, n_tokens, &target, 1);
