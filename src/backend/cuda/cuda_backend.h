@@ -171,8 +171,8 @@ class CudaBackend final : public Backend {
     if (const char* b = std::getenv("UMA_CUDA_GEMV_BULK"); b && std::strchr(b, ',')) {
       BulkConfig& c = bulk_explicit_;
       if (std::sscanf(b, "%d,%d,%d,%d", &c.kb, &c.slots, &c.blocks, &c.warps) != 4 || c.kb < 1 || c.slots < 1 ||
-          c.blocks < 1 || c.warps < 1) {
-        std::fprintf(stderr, "UMA_CUDA_GEMV_BULK=%s is not KB,slots,blocks,warps; using the defaults\n", b);
+          c.slots > 8 || c.blocks < 1 || c.warps < 1) {
+        std::fprintf(stderr, "UMA_CUDA_GEMV_BULK=%s is not KB,slots (1-8),blocks,warps; using the defaults\n", b);
         c = {};
       }
     }

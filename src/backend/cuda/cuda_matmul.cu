@@ -699,7 +699,7 @@ bool CudaBackend::launch_gemv_bulk(const BulkConfig& c, const Segs& segs, const 
                                    const int8_t* xq, const float4* xs, bool pair) {
   const DeviceWeight& d0 = *g.d[0];
   const WView& v0 = d0.view;
-  if (!c.kb || c.slots > 8 || !(xq || x) || v0.q_row % 16 || v0.m_row % 16 || v0.d_row % 16) return false;
+  if (!c.kb || !(xq || x) || v0.q_row % 16 || v0.m_row % 16 || v0.d_row % 16) return false;
   for (int s = 0; s < g.n; ++s)
     for (const uint8_t* p : {g.d[s]->view.q, g.d[s]->view.m, g.d[s]->view.d})
       if (reinterpret_cast<uintptr_t>(p) % 16) return false;
