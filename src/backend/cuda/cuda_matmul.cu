@@ -36,13 +36,18 @@ struct GemvSegs {
   RmsIn rms;  // rms.parts: the activations are x ⊙ w of a pending parallel RMSNorm
 };
 
-// The segment of this block and its first row.
-template <int kRows>
-__device__ __forceinline__ int gemv_segment(const GemvSegs& g, int64_t& row0) {
+// The segment that unit `index` (a block, or a bulk stage) of g.first belongs to.
+__device__ __forceinline__ int segment_of(const GemvSegs& g, int index) {
   int s = 0;
 #pragma unroll
   for (int i = 1; i < kMaxGemvSegs; ++i)
-    if (i < g.n && int(blockIdx.x) >= g.first[i]) s = i;
+    if (i < g.n && index >= g.first[i]) s = i;
+  return s;
+}
+// The segment of this block and its first row.
+template <int kRows>
+__device__ __forceinline__ int gemv_segment(const GemvSegs& g, int64_t& row0) {
+  const int s = segment_of(g, int(blockIdx.x));
   row0 = int64_t(int(blockIdx.x) - g.first[s]) * kRows;
   return s;
 }
@@ -201,10 +206,7 @@ __global__ void __launch_bounds__((kConsumers + 1) * kWarp)
   const int64_t q_row = g.w[0].q_row, m_row = g.w[0].m_row, d_row = g.w[0].d_row;
   // Stage st: its segment, first row and row count.
   auto stage = [&](int st, int& s, int64_t& row0, int& n_rows) {
-    s = 0;
-#pragma unroll
-    for (int i = 1; i < kMaxGemvSegs; ++i)
-      if (i < g.n && st >= g.first[i]) s = i;
+    s = segment_of(g, st);
     row0 = int64_t(st - g.first[s]) * sh.stage_rows;
     n_rows = int(min(int64_t(sh.stage_rows), g.rows[s] - row0));
   };
