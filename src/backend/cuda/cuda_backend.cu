@@ -293,6 +293,12 @@ size_t cuda_free_bytes(int device) {
   return free_b;
 }
 
+int cuda_compute_capability(int device) {
+  cudaDeviceProp prop{};
+  if (device < 0 || device >= cuda_device_count() || cudaGetDeviceProperties(&prop, device) != cudaSuccess) return 0;
+  return prop.major * 10 + prop.minor;
+}
+
 std::unique_ptr<Backend> make_cuda_backend(int device) {
   const int n = cuda_device_count();
   if (device < 0 || device >= n) fail("CUDA device {} does not exist ({} found)", device, n);

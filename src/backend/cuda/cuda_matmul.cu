@@ -4,6 +4,7 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cublas_api.h"
+#include "backend/cuda/gemv_common.cuh"
 
 namespace uma::cuda {
 namespace {
@@ -21,29 +22,8 @@ __global__ void quantize_q8_kernel(const float* __restrict__ x, int64_t n_blocks
   quantize_warp_block(x[blk * 32 + lane], lane, xq + blk * 32, xs + blk);
 }
 
-// ---- Decode GEMV: y = W x for up to kMaxGemvSegs matrices of the same type and input in one launch -------
-// (q/k/v, gate/up: one launch instead of three, and the small GQA k/v matrices ride along with q instead of
-// paying a launch and a ramp-up of their own). Blocks [first[s], first[s + 1]) compute segment s; grid.y is
-// the token.
-constexpr int kMaxGemvSegs = 3;
-struct GemvSegs {
-  WView w[kMaxGemvSegs];  // plain types: w.q = rows of q_row bytes
-  float* y[kMaxGemvSegs];
-  const float* bias[kMaxGemvSegs];
-  int64_t rows[kMaxGemvSegs];
-  int first[kMaxGemvSegs + 1];
-  int n;
-  RmsIn rms;  // rms.parts: the activations are x ⊙ w of a pending parallel RMSNorm
-};
-
-// The segment that unit `index` (a block, or a bulk stage) of g.first belongs to.
-__device__ __forceinline__ int segment_of(const GemvSegs& g, int index) {
-  int s = 0;
-#pragma unroll
-  for (int i = 1; i < kMaxGemvSegs; ++i)
-    if (i < g.n && index >= g.first[i]) s = i;
-  return s;
-}
+// ---- Decode GEMV: y = W x for up to kMaxGemvSegs matrices of the same type and input in one launch
+// (GemvSegs, gemv_common.cuh); grid.y is the token.
 // The segment of this block and its first row.
 template <int kRows>
 __device__ __forceinline__ int gemv_segment(const GemvSegs& g, int64_t& row0) {
@@ -91,17 +71,6 @@ __device__ __forceinline__ void gemv_q8_rows(const WView& w, int64_t row0, int64
       for (int r = 0; r < kRows; ++r) prefetch_l2(q[r] + i * chunk_bytes);
 }
 
-// The 1 / RMS of token t's pending parallel RMSNorm (RmsIn): every warp sums the row's parts itself (no
-// barrier), and the first blocks scale the norm's f32 output in place (nothing else reads it while the GEMV
-// runs). 1 when the input is plain.
-__device__ __forceinline__ float gemv_rms_scale(const RmsIn& rms, int64_t t) {
-  if (!rms.parts) return 1.0f;
-  const float scale = rms_scale_from_parts(rms.parts + t * (rms.dim / 32), rms.dim / 32, rms.dim, rms.eps);
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < rms.dim; i += int64_t(gridDim.x) * blockDim.x)
-    rms.xn[t * rms.dim + i] *= scale;
-  return scale;
-}
-
 // Quantized GEMV: a block of kWarps warps owns kRows rows; its threads stride over the row's chunks (see
 // MvQ4_0 & co. in kernels.cuh), each loading a chunk's int8 activations once for all kRows rows, so every
 // thread has kRows independent 16-byte weight loads in flight; the warps' sums meet in shared memory.
@@ -128,164 +97,6 @@ __global__ void __launch_bounds__(kWarps * kWarp)
     for (int r = 0; r < kRows; ++r) acc[r] += T::dot(q[r], m[r], d[r], i, xv);
   }
   finish_rows<kRows, kWarps>(acc, row0, rows, g.y[s] + t * rows, g.bias[s], scale);
-}
-
-// ---- Decode GEMV through bulk copies (sm_90; CudaBackend::bulk_config says where) -----------------------------
-// The blocks above hold a weight load in registers until it arrives, so the bytes in flight are bounded by
-// registers and occupancy, and a block can only load once it is resident. Here one thread of each block (one
-// block an SM) copies stages of whole rows (the rows' quant bytes, and their scales: each contiguous across
-// consecutive rows in the repacked layout) into a ring of shared-memory slots with cp.async.bulk (the TMA
-// engine), each completing an mbarrier; 8 to 24 consumer warps compute from shared memory with the dot
-// pieces of kernels.cuh (4 rows at a time, activations loaded once for them) and give the slot back. The
-// producer issues its first stages before the PDL wait: no earlier kernel writes weights, so a GEMV that
-// starts early has up to 2 x 96 KB of its matrix on the way while the kernels before it finish (with 96 KB
-// stages a 4096 x 4096 Q4_0 matrix is fewer stages than there are SMs).
-struct BulkShape {
-  int stage_rows, n_slots, slot_bytes, parts_floats;  // rows a stage; ring slots (<= 8); bytes a slot; part buffer
-  int n_stages;                                       // stages over all segments (g.first is in stages)
-};
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // mbarrier transactions and bulk copies: Hopper on
-__device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
-__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
-  uint32_t done;
-  do {
-    asm volatile(
-        "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-        : "=r"(done)
-        : "r"(smem_addr(bar)), "r"(parity)
-        : "memory");
-  } while (!done);
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
-}
-// bytes (a multiple of 16, both addresses 16-byte aligned) from global memory into shared memory; completes
-// `bar`'s transaction count.
-__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   smem_addr(dst)),
-               "l"(src), "r"(bytes), "r"(smem_addr(bar))
-               : "memory");
-}
-#endif
-
-// Plain types in the bulk GEMV: chunk i is 16 bytes of a row, and the activations are f32 (passed as xq).
-template <GgmlType kType>
-struct MvPlain {
-  using P = GemvPlain<kType>;
-  static constexpr int kChunkValues = P::N;
-  struct X {
-    float v[P::N];
-  };
-  __device__ static void load_x(const int8_t* xq, const float4*, int i, X& x) {
-    P::load_x(reinterpret_cast<const float*>(xq) + i * P::N, 0, x.v);
-  }
-  __device__ static float dot(const uint8_t* q, const uint8_t*, const uint8_t*, int i, const X& x) {
-    return P::dot(q + 16 * i, 0, x.v);
-  }
-};
-
-template <typename T, int kConsumers>
-__global__ void __launch_bounds__((kConsumers + 1) * kWarp)
-    gemv_bulk_kernel(const __grid_constant__ GemvSegs g, int n_chunks, const int8_t* __restrict__ xq,
-                     const float4* __restrict__ xs, BulkShape sh) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // (launched only there: bulk_allowed_)
-  constexpr int kItemRows = 4;  // rows a warp takes at once (activations loaded once for them)
-  extern __shared__ __align__(128) uint8_t smem[];
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem);
-  uint64_t* empty = full + sh.n_slots;
-  float* parts = reinterpret_cast<float*>(smem + 128);
-  uint8_t* slots = smem + 128 + 2 * sh.parts_floats * sizeof(float);
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  const int64_t q_row = g.w[0].q_row, m_row = g.w[0].m_row, d_row = g.w[0].d_row;
-  // Stage st: its segment, first row and row count.
-  auto stage = [&](int st, int& s, int64_t& row0, int& n_rows) {
-    s = segment_of(g, st);
-    row0 = int64_t(st - g.first[s]) * sh.stage_rows;
-    n_rows = int(min(int64_t(sh.stage_rows), g.rows[s] - row0));
-  };
-  auto produce = [&](int k) {  // this block's k-th stage into slot k % n_slots
-    const int st = int(blockIdx.x) + k * int(gridDim.x);
-    int s, n_rows;
-    int64_t row0;
-    stage(st, s, row0, n_rows);
-    uint8_t* dst = slots + (k % sh.n_slots) * sh.slot_bytes;
-    uint64_t* bar = full + k % sh.n_slots;
-    mbar_expect_tx(bar, uint32_t(n_rows * (q_row + m_row + d_row)));
-    bulk_copy(dst, g.w[s].q + row0 * q_row, uint32_t(n_rows * q_row), bar);
-    if (m_row) bulk_copy(dst + n_rows * q_row, g.w[s].m + row0 * m_row, uint32_t(n_rows * m_row), bar);
-    if (d_row) bulk_copy(dst + n_rows * (q_row + m_row), g.w[s].d + row0 * d_row, uint32_t(n_rows * d_row), bar);
-  };
-  const int mine = (sh.n_stages - int(blockIdx.x) + int(gridDim.x) - 1) / int(gridDim.x);  // stages of this block
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < sh.n_slots; ++i) mbar_init(full + i, 1), mbar_init(empty + i, 1);
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  }
-  __syncthreads();
-  const bool producer = warp == kConsumers && lane == 0;
-  if (producer)
-    for (int k = 0; k < min(mine, sh.n_slots); ++k) produce(k);
-  pdl_wait();
-  pdl_trigger();
-  const float scale = gemv_rms_scale(g.rms, 0);
-  if (producer) {
-    for (int k = sh.n_slots; k < mine; ++k) {
-      mbar_wait(empty + k % sh.n_slots, uint32_t((k / sh.n_slots - 1) & 1));
-      produce(k);
-    }
-    return;
-  }
-  if (warp == kConsumers) return;
-  for (int k = 0; k < mine; ++k) {
-    const int st = int(blockIdx.x) + k * int(gridDim.x);
-    int s, n_rows;
-    int64_t row0;
-    stage(st, s, row0, n_rows);
-    mbar_wait(full + k % sh.n_slots, uint32_t((k / sh.n_slots) & 1));
-    const uint8_t* qs = slots + (k % sh.n_slots) * sh.slot_bytes;
-    const uint8_t* ms = qs + n_rows * q_row;
-    const uint8_t* ds = ms + n_rows * m_row;
-    // Work items: groups of kItemRows rows, each split over `split` warps when there are fewer groups than warps.
-    const int groups = (n_rows + kItemRows - 1) / kItemRows;
-    const int split = groups < kConsumers ? kConsumers / groups : 1;
-    float* part = parts + (k & 1) * sh.parts_floats;
-    for (int item = warp; item < groups * split; item += kConsumers) {
-      const int r0 = (item / split) * kItemRows, p = item % split;
-      const uint8_t *q[kItemRows], *m[kItemRows], *d[kItemRows];
-#pragma unroll
-      for (int r = 0; r < kItemRows; ++r) {
-        const int row = min(r0 + r, n_rows - 1);
-        q[r] = qs + row * q_row, m[r] = ms + row * m_row, d[r] = ds + row * d_row;
-      }
-      float acc[kItemRows] = {};
-      for (int i = p * kWarp + lane; i < n_chunks; i += split * kWarp) {
-        typename T::X xv;
-        T::load_x(xq, xs, i, xv);
-#pragma unroll
-        for (int r = 0; r < kItemRows; ++r) acc[r] += T::dot(q[r], m[r], d[r], i, xv);
-      }
-#pragma unroll
-      for (int r = 0; r < kItemRows; ++r) {
-        const float v = warp_sum(acc[r]);
-        if (lane == 0) part[(r0 + r) * split + p] = v;
-      }
-    }
-    asm volatile("bar.sync 1, %0;" ::"r"(kConsumers * kWarp) : "memory");  // the consumers only
-    if (threadIdx.x == 0) mbar_arrive(empty + k % sh.n_slots);
-    if (int(threadIdx.x) < n_rows) {
-      float v = 0;
-      for (int j = 0; j < split; ++j) v += part[threadIdx.x * split + j];
-      const int64_t row = row0 + threadIdx.x;
-      g.y[s][row] = v * scale + (g.bias[s] ? g.bias[s][row] : 0.0f);
-    }
-  }
-#endif
 }
 
 // The same for a step of 2 to kTok tokens (the server's sequences, a short prompt): a block takes its rows for
@@ -494,13 +305,6 @@ __global__ void add_bias_kernel(float* y, const float* b, int64_t rows, int64_t 
 
 }  // namespace
 
-// Whether this binary holds the bulk GEMV's sm_90 code: a build for an older architecture runs on a Hopper GPU
-// too, with the kernel's body compiled out.
-bool bulk_gemv_compiled() {
-  cudaFuncAttributes a{};
-  return cudaFuncGetAttributes(&a, gemv_bulk_kernel<MvQ8_0, 16>) == cudaSuccess && a.binaryVersion >= 90;
-}
-
 void CudaBackend::matmul(const Weight& w, const float* x, int64_t n_tokens, float* y, const Weight* bias) {
   const MatmulTarget target{&w, y, bias};
   matmul_many(x, n_tokens, &target, 1);
@@ -566,20 +370,14 @@ void CudaBackend::gemv(const GemvTargets& g, const float* x, int64_t n_tokens) {
   const char* name = profile_ ? profile_name(g.n > 1 ? "gemv×" : "gemv", d0, rows) : "gemv";
   const bool plain_ok = (d0.type == GgmlType::F32 ? d0.cols % 4 : d0.cols % 8) == 0;
   if (soa_split(d0.type).q_len) {
-    // The int8 GEMV reading a pending parallel norm's output applies its 1 / RMS (RmsIn).
     RmsIn rms{};
-    if (norm_pending_.parts && x == norm_pending_.out && n_tokens == norm_pending_.n_rows && d0.cols == norm_pending_.dim) {
-      rms = RmsIn{norm_pending_.parts, norm_pending_.out, norm_pending_.dim, norm_pending_.eps};
-      norm_pending_ = {};
-    }
     const int8_t* xq;
     const float4* xs;
-    quantize_activations(x, n_tokens, d0.cols, xq, xs);
+    int8_input(x, n_tokens, d0.cols, rms, xq, xs);
     submit(name, bytes * n_tokens, [this](GemvTargets g, const int8_t* xq, const float4* xs, int64_t n_tokens,
                                           RmsIn rms) {
       launch_gemv(g, nullptr, xq, xs, n_tokens, rms);
     }, g, xq, xs, n_tokens, rms);
-    if (rms.parts) q8_src_ = nullptr;  // the int8 blocks lack the scale the f32 output now has
   } else if ((d0.type == GgmlType::F32 || d0.type == GgmlType::F16 || d0.type == GgmlType::BF16) && plain_ok) {
     submit(name, bytes * n_tokens, [this](GemvTargets g, const float* x, int64_t n_tokens) {
       launch_gemv(g, x, nullptr, nullptr, n_tokens, RmsIn{});
@@ -595,6 +393,18 @@ void CudaBackend::gemv(const GemvTargets& g, const float* x, int64_t n_tokens) {
                }
              }, g.d[s], x, g.y[s], g.b[s], n_tokens);
   }
+}
+
+void CudaBackend::int8_input(const float* x, int64_t n_tokens, int64_t cols, RmsIn& rms, const int8_t*& xq,
+                             const float4*& xs) {
+  // The int8 GEMV reading a pending parallel norm's output applies its 1 / RMS (RmsIn).
+  rms = {};
+  if (norm_pending_.parts && x == norm_pending_.out && n_tokens == norm_pending_.n_rows && cols == norm_pending_.dim) {
+    rms = RmsIn{norm_pending_.parts, norm_pending_.out, norm_pending_.dim, norm_pending_.eps};
+    norm_pending_ = {};
+  }
+  quantize_activations(x, n_tokens, cols, xq, xs);
+  if (rms.parts) q8_src_ = nullptr;  // once the GEMV runs, the int8 blocks lack the scale the f32 output has
 }
 
 // The launch: int8 activations (xq, xs) for the repacked quantized types, f32 (x) for plain types. A block
@@ -671,87 +481,6 @@ void CudaBackend::launch_gemv(const GemvTargets& g, const float* x, const int8_t
 #undef UMA_Q8
 #undef UMA_Q8_SHAPE
 #undef UMA_PLAIN
-}
-
-// Bulk-copy GEMV settings for a type: UMA_CUDA_GEMV_BULK=KB,slots,blocks,warps for every type, =0 for none;
-// by default 96 KB stages in a ring of 2, one block an SM, for the int8 types (24 consumer warps for Q4_0, 16
-// for the k-quants and Q8_0, whose dot products hold more registers). llama-7b tg128 on one H100, against
-// the register-load kernels (tools/device/build_and_test.sh ab, AB_VALUES, two alternating rounds): Q8_0
-// 266 -> 305-310 t/s, Q4_K_M 364-368 -> 379-384, Q4_0 432-442 -> 469-470; F16 180 -> 172 (so plain types keep
-// gemv_split_kernel: their GEMVs already stream at 96 % of copy and the f32 dot is heavier than a dp4a).
-// Smaller stages lost everywhere (32 KB x 4: Q4_0 373, Q4_K_M 296): with 96 KB stages a 4096-row Q4_0 or
-// Q4_K matrix is fewer stages than there are SMs, so the whole matrix is on its way before the PDL wait.
-CudaBackend::BulkConfig CudaBackend::bulk_config(GgmlType type) const {
-  if (!bulk_allowed_) return {};
-  if (bulk_explicit_.kb) return bulk_explicit_;
-  switch (type) {
-    case GgmlType::Q4_0: return {96, 2, 1, 24};
-    case GgmlType::Q8_0:
-    case GgmlType::Q4_K:
-    case GgmlType::Q5_K:
-    case GgmlType::Q6_K: return {96, 2, 1, 16};
-    default: return {};
-  }
-}
-
-// Launches the GEMV of segs through gemv_bulk_kernel when c allows it for these matrices (every region's rows
-// whole 16-byte units on 16-byte boundaries); false: nothing launched.
-template <typename Segs>
-bool CudaBackend::launch_gemv_bulk(const BulkConfig& c, const Segs& segs, const GemvTargets& g, const float* x,
-                                   const int8_t* xq, const float4* xs, bool pair) {
-  const DeviceWeight& d0 = *g.d[0];
-  const WView& v0 = d0.view;
-  if (!c.kb || !(xq || x) || v0.q_row % 16 || v0.m_row % 16 || v0.d_row % 16) return false;
-  for (int s = 0; s < g.n; ++s)
-    for (const uint8_t* p : {g.d[s]->view.q, g.d[s]->view.m, g.d[s]->view.d})
-      if (reinterpret_cast<uintptr_t>(p) % 16) return false;
-  auto with = [&](auto consumers) {
-    constexpr int kConsumers = decltype(consumers)::value;
-    const int64_t row_total = v0.q_row + v0.m_row + v0.d_row;
-    BulkShape sh{};
-    sh.stage_rows = int(std::clamp<int64_t>(int64_t(c.kb) * 1024 / row_total, 1, kConsumers * kWarp));
-    if (sh.stage_rows >= 8) sh.stage_rows -= sh.stage_rows % 4;  // whole 4-row work items
-    sh.n_slots = c.slots;
-    sh.slot_bytes = int((sh.stage_rows * row_total + 127) / 128 * 128);
-    sh.parts_floats = std::max((sh.stage_rows + 3) / 4, kConsumers) * 4 + 4;
-    Segs bs = segs;  // g.first counted in stages
-    for (int s = 0; s < g.n; ++s)
-      bs.first[s + 1] = bs.first[s] + int((g.d[s]->rows + sh.stage_rows - 1) / sh.stage_rows);
-    sh.n_stages = bs.first[g.n];
-    // A matrix of fewer stages than half the blocks leaves most SMs idle, and the register kernel (a row a
-    // block for small matrices) is faster there: deepseek-v3-mini Q4_0, whose attention matrices are 10-25
-    // stages, ran tg128 at 564-582 t/s with them in bulk, 603-620 with a stage for every SM, 674 without bulk
-    // copies (one H100); llama-7b's smallest matrix is 103 stages.
-    if (2 * int64_t(sh.n_stages) < int64_t(c.blocks) * sm_count_) return false;
-    const size_t smem = 128 + 2 * sh.parts_floats * sizeof(float) + size_t(sh.n_slots) * sh.slot_bytes;
-    const dim3 grid{unsigned(std::min(sh.n_stages, c.blocks * sm_count_))}, block{(kConsumers + 1) * kWarp};
-    const int8_t* xa = xq ? xq : reinterpret_cast<const int8_t*>(x);  // plain types: f32 activations
-    auto go = [&](auto kernel, int chunk_values) {
-      UMA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-      launch_smem(pdl_, grid, block, smem, stream_, kernel, bs, int(d0.cols / chunk_values), xa, xs, sh);
-      return true;
-    };
-    switch (d0.type) {
-      case GgmlType::Q4_0:
-        if (pair) return go(gemv_bulk_kernel<MvQ4_0x2, kConsumers>, 64);
-        return go(gemv_bulk_kernel<MvQ4_0, kConsumers>, 32);
-      case GgmlType::Q8_0: return go(gemv_bulk_kernel<MvQ8_0, kConsumers>, 32);
-      case GgmlType::Q4_K:
-        if (pair) return go(gemv_bulk_kernel<MvQ45_Kx2<false>, kConsumers>, 64);
-        return go(gemv_bulk_kernel<MvQ45_K<false>, kConsumers>, 32);
-      case GgmlType::Q5_K:
-        if (pair) return go(gemv_bulk_kernel<MvQ45_Kx2<true>, kConsumers>, 64);
-        return go(gemv_bulk_kernel<MvQ45_K<true>, kConsumers>, 32);
-      case GgmlType::Q6_K: return go(gemv_bulk_kernel<MvQ6_K, kConsumers>, 32);
-      case GgmlType::F16: return go(gemv_bulk_kernel<MvPlain<GgmlType::F16>, kConsumers>, 8);
-      case GgmlType::BF16: return go(gemv_bulk_kernel<MvPlain<GgmlType::BF16>, kConsumers>, 8);
-      case GgmlType::F32: return go(gemv_bulk_kernel<MvPlain<GgmlType::F32>, kConsumers>, 4);
-      default: return false;
-    }
-  };
-  if (c.warps >= 24) return with(std::integral_constant<int, 24>{});
-  if (c.warps >= 16) return with(std::integral_constant<int, 16>{});
-  return with(std::integral_constant<int, 8>{});
 }
 
 // Weight rows → f16 into w16 (the prefill GEMM's operand), on `stream`.

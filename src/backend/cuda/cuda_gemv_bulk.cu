@@ -1,0 +1,486 @@
+// Single-token decode GEMVs through bulk copies into shared memory (sm_90, the TMA engine), and the dense
+// SwiGLU feed-forward as one kernel built from them (gate/up, SwiGLU, down: CudaBackend::swiglu_ffn).
+//
+// The register-load GEMVs of cuda_matmul.cu hold a weight load in registers until it arrives, so the bytes in
+// flight are bounded by registers and occupancy, and a block can only load once it is resident. Here one
+// thread of each block (one block an SM) copies stages of whole rows (the rows' quant bytes, and their
+// scales: each contiguous across consecutive rows in the repacked layout) into a ring of shared-memory slots
+// with cp.async.bulk, each completing an mbarrier; 8 to 24 consumer warps compute from shared memory with the
+// dot pieces of kernels.cuh (4 rows at a time, activations loaded once for them) and give the slot back. The
+// producer issues its first stages before the PDL wait: no earlier kernel writes weights, so a GEMV that
+// starts early has up to 2 x 96 KB of its matrix on the way while the kernels before it finish (with 96 KB
+// stages a 4096 x 4096 Q4_0 matrix is fewer stages than there are SMs).
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/gemv_common.cuh"
+
+namespace uma::cuda {
+namespace {
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // mbarrier transactions and bulk copies: Hopper on
+__device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done;
+  do {
+    asm volatile(
+        "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+        : "=r"(done)
+        : "r"(smem_addr(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_addr(bar)) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+// bytes (a multiple of 16, both addresses 16-byte aligned) from global memory into shared memory; completes
+// `bar`'s transaction count.
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   smem_addr(dst)),
+               "l"(src), "r"(bytes), "r"(smem_addr(bar))
+               : "memory");
+}
+// Named barrier 1: the consumer warps only (the producer warp never waits on them).
+template <int kConsumers>
+__device__ __forceinline__ void consumers_sync() {
+  asm volatile("bar.sync 1, %0;" ::"r"(kConsumers * kWarp) : "memory");
+}
+__device__ __forceinline__ uint32_t load_acquire(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ uint64_t global_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+  return t;
+}
+// Every block of the grid meets here (one thread of each calls it, after its block's writes). sync[0] counts
+// arrivals and sync[1] is the generation; the last to arrive resets the count and moves the generation on,
+// so the pair is ready for the next use. Needs every block resident at once: the launch takes one block an
+// SM and no more blocks than SMs, and blocks call pdl_trigger only after pdl_wait, so no later kernel can
+// take an SM first. A wait of more than 2 s (no GPU step takes that long) traps instead of hanging.
+__device__ void grid_sync(uint32_t* sync, uint32_t n_blocks) {
+  const uint32_t gen = load_acquire(sync + 1);  // read before arriving: it cannot move on without us
+  __threadfence();                              // this block's writes (ordered by the bar.sync before) go first
+  if (atomicAdd(sync, 1u) == n_blocks - 1) {
+    atomicExch(sync, 0u);
+    __threadfence();
+    atomicAdd(sync + 1, 1u);
+  } else {
+    const uint64_t t0 = global_ns();
+    while (load_acquire(sync + 1) == gen) {
+      __nanosleep(32);
+      if (global_ns() - t0 > 2000000000ull) __trap();
+    }
+  }
+  __threadfence();
+}
+
+// The ring in shared memory: full[i] completes when slot i's bytes have landed, empty[i] when the consumers
+// are done with it; parts holds two stages' partial row sums (a row split over several warps).
+struct Ring {
+  uint64_t *full, *empty;
+  float* parts;
+  uint8_t* slots;
+};
+
+// Stage st of g: its segment, first row and row count.
+__device__ __forceinline__ void bulk_stage(const GemvSegs& g, const BulkShape& sh, int st, int& s, int64_t& row0,
+                                           int& n_rows) {
+  s = segment_of(g, st);
+  row0 = int64_t(st - g.first[s]) * sh.stage_rows;
+  n_rows = int(min(int64_t(sh.stage_rows), g.rows[s] - row0));
+}
+
+// The producer: stage st of g into ring position k (slot k % n_slots).
+__device__ __forceinline__ void bulk_produce(const GemvSegs& g, const BulkShape& sh, const Ring& ring, int st, int k) {
+  int s, n_rows;
+  int64_t row0;
+  bulk_stage(g, sh, st, s, row0, n_rows);
+  const int64_t q_row = g.w[0].q_row, m_row = g.w[0].m_row, d_row = g.w[0].d_row;
+  uint8_t* dst = ring.slots + (k % sh.n_slots) * sh.slot_bytes;
+  uint64_t* bar = ring.full + k % sh.n_slots;
+  mbar_expect_tx(bar, uint32_t(n_rows * (q_row + m_row + d_row)));
+  bulk_copy(dst, g.w[s].q + row0 * q_row, uint32_t(n_rows * q_row), bar);
+  if (m_row) bulk_copy(dst + n_rows * q_row, g.w[s].m + row0 * m_row, uint32_t(n_rows * m_row), bar);
+  if (d_row) bulk_copy(dst + n_rows * (q_row + m_row), g.w[s].d + row0 * d_row, uint32_t(n_rows * d_row), bar);
+}
+
+// The consumers: stage st of g from ring position k. Waits for its bytes, computes its rows in items of 4
+// rows (each split over `split` warps when there are fewer items than warps, the parts summed in a fixed
+// order), gives the slot back and writes the rows (times scale, plus the bias).
+template <typename T, int kConsumers>
+__device__ __forceinline__ void bulk_consume(const GemvSegs& g, const BulkShape& sh, const Ring& ring, int st, int k,
+                                             int n_chunks, const int8_t* xq, const float4* xs, float scale) {
+  constexpr int kItemRows = 4;  // rows a warp takes at once (activations loaded once for them)
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t q_row = g.w[0].q_row, m_row = g.w[0].m_row, d_row = g.w[0].d_row;
+  int s, n_rows;
+  int64_t row0;
+  bulk_stage(g, sh, st, s, row0, n_rows);
+  mbar_wait(ring.full + k % sh.n_slots, uint32_t((k / sh.n_slots) & 1));
+  const uint8_t* qs = ring.slots + (k % sh.n_slots) * sh.slot_bytes;
+  const uint8_t* ms = qs + n_rows * q_row;
+  const uint8_t* ds = ms + n_rows * m_row;
+  const int groups = (n_rows + kItemRows - 1) / kItemRows;
+  const int split = groups < kConsumers ? kConsumers / groups : 1;
+  float* part = ring.parts + (k & 1) * sh.parts_floats;
+  for (int item = warp; item < groups * split; item += kConsumers) {
+    const int r0 = (item / split) * kItemRows, p = item % split;
+    const uint8_t *q[kItemRows], *m[kItemRows], *d[kItemRows];
+#pragma unroll
+    for (int r = 0; r < kItemRows; ++r) {
+      const int row = min(r0 + r, n_rows - 1);
+      q[r] = qs + row * q_row, m[r] = ms + row * m_row, d[r] = ds + row * d_row;
+    }
+    float acc[kItemRows] = {};
+    for (int i = p * kWarp + lane; i < n_chunks; i += split * kWarp) {
+      typename T::X xv;
+      T::load_x(xq, xs, i, xv);
+#pragma unroll
+      for (int r = 0; r < kItemRows; ++r) acc[r] += T::dot(q[r], m[r], d[r], i, xv);
+    }
+#pragma unroll
+    for (int r = 0; r < kItemRows; ++r) {
+      const float v = warp_sum(acc[r]);
+      if (lane == 0) part[(r0 + r) * split + p] = v;
+    }
+  }
+  consumers_sync<kConsumers>();
+  if (threadIdx.x == 0) mbar_arrive(ring.empty + k % sh.n_slots);
+  if (int(threadIdx.x) < n_rows) {
+    float v = 0;
+    for (int j = 0; j < split; ++j) v += part[threadIdx.x * split + j];
+    const int64_t row = row0 + threadIdx.x;
+    g.y[s][row] = v * scale + (g.bias[s] ? g.bias[s][row] : 0.0f);
+  }
+}
+
+// The ring's shared memory from `smem`: the barriers, then 2 x parts_floats, then `extra` bytes (16-byte
+// aligned), then the slots (128-byte aligned); the host sizes it the same way (ring_smem_bytes).
+__device__ __forceinline__ Ring carve_ring(uint8_t* smem, const BulkShape& sh, int extra, uint8_t** extra_at) {
+  Ring r;
+  r.full = reinterpret_cast<uint64_t*>(smem);
+  r.empty = r.full + sh.n_slots;
+  r.parts = reinterpret_cast<float*>(smem + 128);
+  uint8_t* after_parts = smem + 128 + 2 * sh.parts_floats * sizeof(float);
+  *extra_at = after_parts;
+  r.slots = smem + (size_t(after_parts - smem) + extra + 127) / 128 * 128;
+  return r;
+}
+#endif
+
+__host__ __device__ inline size_t ring_smem_bytes(const BulkShape& sh, int extra) {
+  return (128 + 2 * size_t(sh.parts_floats) * sizeof(float) + extra + 127) / 128 * 128 +
+         size_t(sh.n_slots) * sh.slot_bytes;
+}
+
+// Plain types in the bulk GEMV: chunk i is 16 bytes of a row, and the activations are f32 (passed as xq).
+template <GgmlType kType>
+struct MvPlain {
+  using P = GemvPlain<kType>;
+  static constexpr int kChunkValues = P::N;
+  struct X {
+    float v[P::N];
+  };
+  __device__ static void load_x(const int8_t* xq, const float4*, int i, X& x) {
+    P::load_x(reinterpret_cast<const float*>(xq) + i * P::N, 0, x.v);
+  }
+  __device__ static float dot(const uint8_t* q, const uint8_t*, const uint8_t*, int i, const X& x) {
+    return P::dot(q + 16 * i, 0, x.v);
+  }
+};
+
+// The ring's barriers, set up by thread 0 before anyone uses them.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void init_ring(const Ring& ring, int n_slots) {
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < n_slots; ++i) mbar_init(ring.full + i, 1), mbar_init(ring.empty + i, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+}
+#endif
+
+// One GEMV group (GemvSegs, g.first in stages): block b takes stages b, b + grid, ...
+template <typename T, int kConsumers>
+__global__ void __launch_bounds__((kConsumers + 1) * kWarp)
+    gemv_bulk_kernel(const __grid_constant__ GemvSegs g, int n_chunks, const int8_t* __restrict__ xq,
+                     const float4* __restrict__ xs, BulkShape sh) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // (launched only there: bulk_allowed_)
+  extern __shared__ __align__(128) uint8_t smem[];
+  uint8_t* unused;
+  const Ring ring = carve_ring(smem, sh, 0, &unused);
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, grid = int(gridDim.x), b = int(blockIdx.x);
+  const int mine = (sh.n_stages - b + grid - 1) / grid;  // stages of this block
+  init_ring(ring, sh.n_slots);
+  const bool producer = warp == kConsumers && lane == 0;
+  if (producer)
+    for (int k = 0; k < min(mine, sh.n_slots); ++k) bulk_produce(g, sh, ring, b + k * grid, k);
+  pdl_wait();
+  pdl_trigger();
+  const float scale = gemv_rms_scale(g.rms, 0);
+  if (producer) {
+    for (int k = sh.n_slots; k < mine; ++k) {
+      mbar_wait(ring.empty + k % sh.n_slots, uint32_t((k / sh.n_slots - 1) & 1));
+      bulk_produce(g, sh, ring, b + k * grid, k);
+    }
+    return;
+  }
+  if (warp == kConsumers) return;
+  for (int k = 0; k < mine; ++k) bulk_consume<T, kConsumers>(g, sh, ring, b + k * grid, k, n_chunks, xq, xs, scale);
+#endif
+}
+
+// The dense SwiGLU feed-forward of one token in one kernel: phase A is the gate/up group `ga` (the input x as
+// int8 blocks, maybe a pending norm's), phase B the down projection `gb`, whose input h = silu(gate) ⊙ up
+// needs all of phase A's rows. Between them the blocks meet (grid_sync) and each one computes all of h's
+// int8 blocks into its own shared memory (n_ff values from L2: ~1 µs, while its ring is already filling).
+// The producer walks this block's stages of both phases without a break: phase B's weights depend on
+// nothing, so DRAM keeps streaming through the meeting and the tail of phase A, where separate launches
+// left it idle (the next GEMV's block could only start copying once this one's had exited).
+template <typename TA, typename TB, int kConsumers>
+__global__ void __launch_bounds__((kConsumers + 1) * kWarp)
+    ffn_chain_kernel(const __grid_constant__ GemvSegs ga, const __grid_constant__ GemvSegs gb, int n_chunks_a,
+                     int n_chunks_b, const int8_t* __restrict__ xq, const float4* __restrict__ xs, BulkShape sa,
+                     BulkShape sb, uint32_t* sync) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ __align__(128) uint8_t smem[];
+  const int n_ff = int(ga.rows[0]);  // h's length: the gate rows (= down's columns)
+  uint8_t* h_at;
+  const Ring ring = carve_ring(smem, sa, n_ff + n_ff / 32 * int(sizeof(float4)), &h_at);
+  int8_t* hq = reinterpret_cast<int8_t*>(h_at);
+  float4* hs = reinterpret_cast<float4*>(h_at + n_ff);
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, grid = int(gridDim.x), b = int(blockIdx.x);
+  const int mine_a = (sa.n_stages - b + grid - 1) / grid, mine_b = (sb.n_stages - b + grid - 1) / grid;
+  const int total = mine_a + mine_b;
+  init_ring(ring, sa.n_slots);
+  const bool producer = warp == kConsumers && lane == 0;
+  auto produce = [&](int k) {
+    if (k < mine_a) bulk_produce(ga, sa, ring, b + k * grid, k);
+    else bulk_produce(gb, sb, ring, b + (k - mine_a) * grid, k);
+  };
+  if (producer)
+    for (int k = 0; k < min(total, sa.n_slots); ++k) produce(k);
+  pdl_wait();
+  pdl_trigger();
+  const float scale = gemv_rms_scale(ga.rms, 0);  // every thread: it scales the norm's output in place
+  if (producer) {
+    for (int k = sa.n_slots; k < total; ++k) {
+      mbar_wait(ring.empty + k % sa.n_slots, uint32_t((k / sa.n_slots - 1) & 1));
+      produce(k);
+    }
+    return;
+  }
+  if (warp == kConsumers) return;
+  for (int k = 0; k < mine_a; ++k) bulk_consume<TA, kConsumers>(ga, sa, ring, b + k * grid, k, n_chunks_a, xq, xs, scale);
+  consumers_sync<kConsumers>();  // this block's gate/up rows are written
+  if (threadIdx.x == 0) grid_sync(sync, uint32_t(grid));
+  consumers_sync<kConsumers>();
+  // h = silu(gate) * up as swiglu_kernel computes it, a warp per 32-value block (from L2: other blocks wrote it).
+  const float *gate = ga.y[0], *up = ga.y[1];
+  for (int blk = warp; blk < n_ff / 32; blk += kConsumers) {
+    const int i = blk * 32 + lane;
+    const float gv = __ldcg(gate + i);
+    quantize_warp_block(gv / (1.0f + expf(-gv)) * __ldcg(up + i), lane, hq + blk * 32, hs + blk);
+  }
+  consumers_sync<kConsumers>();
+  for (int k = mine_a; k < total; ++k)
+    bulk_consume<TB, kConsumers>(gb, sb, ring, b + (k - mine_a) * grid, k, n_chunks_b, hq, hs, 1.0f);
+#endif
+}
+
+// The kernels of ffn_chain_kernel that are built: (gate/up type, down type) of the usual quantizations, in the
+// chunk widths the separate launches would take (so the chain computes the same bits).
+using ChainKernel = void (*)(const GemvSegs, const GemvSegs, int, int, const int8_t*, const float4*, BulkShape,
+                             BulkShape, uint32_t*);
+struct ChainPick {
+  ChainKernel kernel = nullptr;
+  int chunk_a = 0, chunk_b = 0, consumers = 0;
+};
+template <typename TA, typename TB, int kConsumers>
+ChainPick chain_pick() {
+  return {ffn_chain_kernel<TA, TB, kConsumers>, TA::kChunkValues, TB::kChunkValues, kConsumers};
+}
+ChainPick pick_chain(GgmlType a, bool pair_a, GgmlType b, bool pair_b) {
+  using Q4K = MvQ45_Kx2<false>;
+  using Q5K = MvQ45_Kx2<true>;
+  if (a == GgmlType::Q4_0 && b == GgmlType::Q4_0) {
+    if (pair_a) return pair_b ? chain_pick<MvQ4_0x2, MvQ4_0x2, 24>() : chain_pick<MvQ4_0x2, MvQ4_0, 24>();
+    return pair_b ? chain_pick<MvQ4_0, MvQ4_0x2, 24>() : chain_pick<MvQ4_0, MvQ4_0, 24>();
+  }
+  if (a == GgmlType::Q8_0 && b == GgmlType::Q8_0) return chain_pick<MvQ8_0, MvQ8_0, 16>();
+  if (a == GgmlType::Q6_K && b == GgmlType::Q6_K) return chain_pick<MvQ6_K, MvQ6_K, 16>();
+  if (!pair_a || (b != GgmlType::Q6_K && !pair_b)) return {};  // k-quants on 32-value chunks: not built
+  if (a == GgmlType::Q4_K && b == GgmlType::Q4_K) return chain_pick<Q4K, Q4K, 16>();
+  if (a == GgmlType::Q4_K && b == GgmlType::Q6_K) return chain_pick<Q4K, MvQ6_K, 16>();
+  if (a == GgmlType::Q5_K && b == GgmlType::Q5_K) return chain_pick<Q5K, Q5K, 16>();
+  if (a == GgmlType::Q5_K && b == GgmlType::Q6_K) return chain_pick<Q5K, MvQ6_K, 16>();
+  return {};
+}
+
+}  // namespace
+
+// Whether this binary holds the bulk GEMV's sm_90 code: a build for an older architecture runs on a Hopper GPU
+// too, with the kernel's body compiled out.
+bool bulk_gemv_compiled() {
+  cudaFuncAttributes a{};
+  return cudaFuncGetAttributes(&a, gemv_bulk_kernel<MvQ8_0, 16>) == cudaSuccess && a.binaryVersion >= 90;
+}
+
+// Bulk-copy GEMV settings for a type: UMA_CUDA_GEMV_BULK=KB,slots,blocks,warps for every type, =0 for none;
+// by default 96 KB stages in a ring of 2, one block an SM, for the int8 types (24 consumer warps for Q4_0, 16
+// for the k-quants and Q8_0, whose dot products hold more registers). llama-7b tg128 on one H100, against
+// the register-load kernels (tools/device/build_and_test.sh ab, AB_VALUES, two alternating rounds): Q8_0
+// 266 -> 305-310 t/s, Q4_K_M 364-368 -> 379-384, Q4_0 432-442 -> 469-470; F16 180 -> 172 (so plain types keep
+// gemv_split_kernel: their GEMVs already stream at 96 % of copy and the f32 dot is heavier than a dp4a).
+// Smaller stages lost everywhere (32 KB x 4: Q4_0 373, Q4_K_M 296): with 96 KB stages a 4096-row Q4_0 or
+// Q4_K matrix is fewer stages than there are SMs, so the whole matrix is on its way before the PDL wait.
+CudaBackend::BulkConfig CudaBackend::bulk_config(GgmlType type) const {
+  if (!bulk_allowed_) return {};
+  if (bulk_explicit_.kb) return bulk_explicit_;
+  switch (type) {
+    case GgmlType::Q4_0: return {96, 2, 1, 24};
+    case GgmlType::Q8_0:
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K:
+    case GgmlType::Q6_K: return {96, 2, 1, 16};
+    default: return {};
+  }
+}
+
+// The stages of group g under config c with kConsumers consumer warps: false when the bulk kernel cannot take
+// g (rows that are not whole 16-byte units on 16-byte boundaries) or should not (too few stages, below).
+// segs.first comes back counted in stages.
+bool CudaBackend::bulk_shape(const BulkConfig& c, int consumers, const GemvTargets& g, GemvSegs& segs,
+                             BulkShape& sh) const {
+  const WView& v0 = g.d[0]->view;
+  if (!c.kb || v0.q_row % 16 || v0.m_row % 16 || v0.d_row % 16) return false;
+  for (int s = 0; s < g.n; ++s)
+    for (const uint8_t* p : {g.d[s]->view.q, g.d[s]->view.m, g.d[s]->view.d})
+      if (reinterpret_cast<uintptr_t>(p) % 16) return false;
+  const int64_t row_total = v0.q_row + v0.m_row + v0.d_row;
+  sh = {};
+  sh.stage_rows = int(std::clamp<int64_t>(int64_t(c.kb) * 1024 / row_total, 1, consumers * kWarp));
+  if (sh.stage_rows >= 8) sh.stage_rows -= sh.stage_rows % 4;  // whole 4-row work items
+  sh.n_slots = c.slots;
+  sh.slot_bytes = int((sh.stage_rows * row_total + 127) / 128 * 128);
+  sh.parts_floats = std::max((sh.stage_rows + 3) / 4, consumers) * 4 + 4;
+  for (int s = 0; s < g.n; ++s)
+    segs.first[s + 1] = segs.first[s] + int((g.d[s]->rows + sh.stage_rows - 1) / sh.stage_rows);
+  sh.n_stages = segs.first[g.n];
+  // A matrix of fewer stages than half the blocks leaves most SMs idle, and the register kernel (a row a
+  // block for small matrices) is faster there: deepseek-v3-mini Q4_0, whose attention matrices are 10-25
+  // stages, ran tg128 at 564-582 t/s with them in bulk, 603-620 with a stage for every SM, 674 without bulk
+  // copies (one H100); llama-7b's smallest matrix is 103 stages.
+  return 2 * int64_t(sh.n_stages) >= int64_t(c.blocks) * sm_count_;
+}
+
+// Launches the GEMV of segs through gemv_bulk_kernel when c allows it for these matrices; false: nothing
+// launched.
+bool CudaBackend::launch_gemv_bulk(const BulkConfig& c, const GemvSegs& segs, const GemvTargets& g, const float* x,
+                                   const int8_t* xq, const float4* xs, bool pair) {
+  const DeviceWeight& d0 = *g.d[0];
+  if (!c.kb || !(xq || x)) return false;
+  auto with = [&](auto consumers) {
+    constexpr int kConsumers = decltype(consumers)::value;
+    GemvSegs bs = segs;
+    BulkShape sh;
+    if (!bulk_shape(c, kConsumers, g, bs, sh)) return false;
+    const size_t smem = ring_smem_bytes(sh, 0);
+    const dim3 grid{unsigned(std::min(sh.n_stages, c.blocks * sm_count_))}, block{(kConsumers + 1) * kWarp};
+    const int8_t* xa = xq ? xq : reinterpret_cast<const int8_t*>(x);  // plain types: f32 activations
+    auto go = [&](auto kernel, int chunk_values) {
+      UMA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+      launch_smem(pdl_, grid, block, smem, stream_, kernel, bs, int(d0.cols / chunk_values), xa, xs, sh);
+      return true;
+    };
+    switch (d0.type) {
+      case GgmlType::Q4_0:
+        if (pair) return go(gemv_bulk_kernel<MvQ4_0x2, kConsumers>, 64);
+        return go(gemv_bulk_kernel<MvQ4_0, kConsumers>, 32);
+      case GgmlType::Q8_0: return go(gemv_bulk_kernel<MvQ8_0, kConsumers>, 32);
+      case GgmlType::Q4_K:
+        if (pair) return go(gemv_bulk_kernel<MvQ45_Kx2<false>, kConsumers>, 64);
+        return go(gemv_bulk_kernel<MvQ45_K<false>, kConsumers>, 32);
+      case GgmlType::Q5_K:
+        if (pair) return go(gemv_bulk_kernel<MvQ45_Kx2<true>, kConsumers>, 64);
+        return go(gemv_bulk_kernel<MvQ45_K<true>, kConsumers>, 32);
+      case GgmlType::Q6_K: return go(gemv_bulk_kernel<MvQ6_K, kConsumers>, 32);
+      case GgmlType::F16: return go(gemv_bulk_kernel<MvPlain<GgmlType::F16>, kConsumers>, 8);
+      case GgmlType::BF16: return go(gemv_bulk_kernel<MvPlain<GgmlType::BF16>, kConsumers>, 8);
+      case GgmlType::F32: return go(gemv_bulk_kernel<MvPlain<GgmlType::F32>, kConsumers>, 4);
+      default: return false;
+    }
+  };
+  if (c.warps >= 24) return with(std::integral_constant<int, 24>{});
+  if (c.warps >= 16) return with(std::integral_constant<int, 16>{});
+  return with(std::integral_constant<int, 8>{});
+}
+
+// The dense SwiGLU feed-forward of a single decode token as one ffn_chain_kernel where every part allows it
+// (the int8 types of pick_chain, both groups in bulk stages, h's int8 blocks and the ring in shared memory);
+// else the three ops of the default. UMA_CUDA_FFN_CHAIN=0: always the default.
+void CudaBackend::swiglu_ffn(const Weight& gate, const Weight& up, const Weight& down, const float* x, int64_t n_tokens,
+                             float* gate_buf, float* up_buf, float* out) {
+  auto unfused = [&] { Backend::swiglu_ffn(gate, up, down, x, n_tokens, gate_buf, up_buf, out); };
+  if (!ffn_chain_ || n_tokens != 1) return unfused();
+  const DeviceWeight &dg = device_weight(gate), &du = device_weight(up), &dd = device_weight(down);
+  const int64_t n_ff = dg.rows;
+  if (du.type != dg.type || du.cols != dg.cols || du.rows != n_ff || dd.cols != n_ff || n_ff % 64 ||
+      !soa_split(dg.type).q_len || !soa_split(dd.type).q_len)
+    return unfused();
+  // The chunk widths launch_gemv would pick for the two groups on their own.
+  auto pair_for = [&](const DeviceWeight& d, int64_t rows) {
+    const bool k_quant = d.type == GgmlType::Q4_K || d.type == GgmlType::Q5_K;
+    return gemv_pair_ && d.cols % 64 == 0 && (k_quant || (d.type == GgmlType::Q4_0 && rows <= 8192));
+  };
+  const ChainPick pick = pick_chain(dg.type, pair_for(dg, 2 * n_ff), dd.type, pair_for(dd, dd.rows));
+  const BulkConfig ca = bulk_config(dg.type), cb = bulk_config(dd.type);
+  if (!pick.kernel || ca.warps != pick.consumers || cb.warps != pick.consumers || ca.slots != cb.slots ||
+      ca.blocks != 1 || cb.blocks != 1)
+    return unfused();
+  GemvTargets ta{}, tb{};
+  ta.d[0] = &dg, ta.d[1] = &du, ta.y[0] = gate_buf, ta.y[1] = up_buf, ta.n = 2;
+  tb.d[0] = &dd, tb.y[0] = out, tb.n = 1;
+  GemvSegs sa{}, sb{};
+  BulkShape sha, shb;
+  if (!bulk_shape(ca, pick.consumers, ta, sa, sha) || !bulk_shape(cb, pick.consumers, tb, sb, shb)) return unfused();
+  // One ring for both phases: slots as large as the larger stage, parts for the longer stage.
+  sha.slot_bytes = shb.slot_bytes = std::max(sha.slot_bytes, shb.slot_bytes);
+  sha.parts_floats = shb.parts_floats = std::max(sha.parts_floats, shb.parts_floats);
+  const int h_bytes = int(n_ff + n_ff / 32 * int64_t(sizeof(float4)));
+  const size_t smem = ring_smem_bytes(sha, h_bytes);
+  if (smem > size_t(smem_optin_)) return unfused();
+  for (int s = 0; s < 2; ++s) sa.w[s] = ta.d[s]->view, sa.y[s] = ta.y[s], sa.rows[s] = ta.d[s]->rows;
+  sa.n = 2;
+  sb.w[0] = dd.view, sb.y[0] = out, sb.rows[0] = dd.rows, sb.n = 1;
+  int occupancy = 0;
+  UMA_CHECK(cudaFuncSetAttribute(pick.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  UMA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, pick.kernel, (pick.consumers + 1) * kWarp, smem));
+  if (occupancy < 1) return unfused();  // grid_sync needs every block resident
+
+  RmsIn rms{};
+  const int8_t* xq;
+  const float4* xs;
+  int8_input(x, 1, dg.cols, rms, xq, xs);
+  sa.rms = rms;
+  const double bytes = double(dg.row_bytes) * dg.rows + double(du.row_bytes) * du.rows + double(dd.row_bytes) * dd.rows;
+  submit(profile_ ? profile_name("ffn_chain", dg, 3 * n_ff) : "ffn_chain", bytes,
+         [this](ChainPick pick, GemvSegs sa, GemvSegs sb, const int8_t* xq, const float4* xs, BulkShape sha,
+                BulkShape shb, int64_t cols_a, int64_t cols_b, size_t smem) {
+           launch_smem(pdl_, dim3(unsigned(sm_count_)), dim3((pick.consumers + 1) * kWarp), smem, stream_, pick.kernel,
+                       sa, sb, int(cols_a / pick.chunk_a), int(cols_b / pick.chunk_b), xq, xs, sha, shb, chain_sync_);
+           UMA_LAUNCHED("ffn_chain");
+         },
+         pick, sa, sb, xq, xs, sha, shb, dg.cols, dd.cols, smem);
+  q8_src_ = nullptr;
+}
+
+}  // namespace uma::cuda
