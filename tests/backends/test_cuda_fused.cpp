@@ -159,8 +159,9 @@ TEST(CudaFused, BulkCopyGemvMatchesTheRegisterKernel) {
 TEST(CudaFused, SwigluFfnChainMatchesTheThreeOps) {
   REQUIRE_GPU();
   const bool hopper = test::gpu_compute_capability() >= 90;
-  // Widths whose matrices are enough bulk stages for every SM of an H100/H200 (the chain's condition).
-  const int64_t n_embd = 2048, n_ff = 5632;
+  // Widths whose matrices are enough bulk stages for every SM of an H100/H200 and whose rows are whole 16-byte
+  // units in every region (Q6_K's scales: 2 bytes a 256-value super-block), the bulk kernels' conditions.
+  const int64_t n_embd = 2048, n_ff = 6144;
   struct Case {
     GgmlType gate_up, down;
   };
