@@ -167,16 +167,6 @@ class Backend {
     add(x, y, n_rows * dim);
     rms_norm(x, w, n_rows, dim, eps, out);
   }
-  // A dense SwiGLU feed-forward: out = down · (silu(gate · x) ⊙ (up · x)) over n_tokens rows of x. gate_buf
-  // and up_buf are scratch of n_tokens × gate.rows() floats each; what they hold afterwards is unspecified (a
-  // fused backend may never write the product to memory).
-  virtual void swiglu_ffn(const Weight& gate, const Weight& up, const Weight& down, const float* x, int64_t n_tokens,
-                          float* gate_buf, float* up_buf, float* out) {
-    const MatmulTarget targets[] = {{&gate, gate_buf}, {&up, up_buf}};
-    matmul_many(x, n_tokens, targets, 2);
-    swiglu(gate_buf, up_buf, n_tokens * gate.rows(), gate_buf);
-    matmul(down, gate_buf, n_tokens, out);
-  }
   // The tail of the attention projections: RoPE on q [n_tokens, n_head, head_dim] and k [n_tokens,
   // n_head_kv, head_dim], then k and v into the cache.
   virtual void rope_store_kv(KvCache& kv, int layer, float* q, float* k, const float* v, int n_head, int n_head_kv,
@@ -235,7 +225,6 @@ std::unique_ptr<Backend> make_cpu_backend(int n_threads);
 std::unique_ptr<Backend> make_cuda_backend(int device);
 int cuda_device_count();             // 0 when there is no driver or no GPU
 size_t cuda_free_bytes(int device);  // free device memory now
-int cuda_compute_capability(int device);  // major * 10 + minor (90: Hopper); 0 when it does not exist
 #endif
 
 }  // namespace uma

@@ -131,12 +131,18 @@ void DecoderModel::ffn(int il, const float* xn, int64_t n, float* out) {
     const MoeWeights w{&l.gate_inp, &l.exp_probs_b, &l.gate_exps, &l.up_exps, &l.down_exps};
     b.moe_ffn(w, moe_params(), xn, n, out);
     if (l.gate_shexp) {  // shared experts: a dense SwiGLU every token goes through
-      b.swiglu_ffn(l.gate_shexp, l.up_shexp, l.down_shexp, xn, n, s_.gate, s_.up, s_.shared);
+      b.matmul(l.gate_shexp, xn, n, s_.gate);
+      b.matmul(l.up_shexp, xn, n, s_.up);
+      b.swiglu(s_.gate, s_.up, n * l.gate_shexp.rows(), s_.gate);
+      b.matmul(l.down_shexp, s_.gate, n, s_.shared);
       b.add(out, s_.shared, n * config_.n_embd);
     }
     return;
   }
-  b.swiglu_ffn(l.ffn_gate, l.ffn_up, l.ffn_down, xn, n, s_.gate, s_.up, out);
+  const MatmulTarget gate_up[] = {{&l.ffn_gate, s_.gate}, {&l.ffn_up, s_.up}};
+  b.matmul_many(xn, n, gate_up, 2);
+  b.swiglu(s_.gate, s_.up, n * config_.n_ff, s_.gate);
+  b.matmul(l.ffn_down, s_.gate, n, out);
 }
 
 void DecoderModel::attention_block(int il, const BatchLayout& layout, int64_t n, KvCache& kv, float* out) {

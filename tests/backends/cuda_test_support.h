@@ -17,11 +17,9 @@ namespace uma::test {
 #ifdef UMA_HAVE_CUDA
 inline bool have_gpu() { return cuda_device_count() > 0; }
 inline std::unique_ptr<Backend> gpu() { return make_cuda_backend(0); }
-inline int gpu_compute_capability() { return cuda_compute_capability(0); }  // 90: Hopper
 #else
 inline bool have_gpu() { return false; }
 inline std::unique_ptr<Backend> gpu() { return nullptr; }
-inline int gpu_compute_capability() { return 0; }
 #endif
 
 // n values from N(0, scale²), seeded.

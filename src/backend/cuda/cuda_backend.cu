@@ -103,7 +103,10 @@ const DeviceWeight& CudaBackend::device_weight(const Weight& w) {
     // Upload the GGUF bytes into scratch, then repack into the regions of WView (kernels.cuh).
     const int64_t bs = traits(w.type).block_size, nb = d.cols / bs;
     d.row_bytes = row_bytes(w.type, d.cols);
-    const int64_t q_row = nb * sp.q_len, m_row = nb * sp.m_len, d_row = nb * sp.d_len;
+    // Each region's rows start on 16-byte boundaries (q and m rows are whole 16-byte units already): the bulk
+    // GEMV copies a stage of rows as one region, which needs that. Only the 2-byte scales can fall short, e.g.
+    // a Q6_K row of 11008 values has 43 super-blocks, 86 bytes of d, padded to 96 (0.1 % of the row).
+    const int64_t q_row = nb * sp.q_len, m_row = nb * sp.m_len, d_row = (nb * sp.d_len + 15) / 16 * 16;
     const size_t q_bytes = size_t(q_row) * d.rows, m_bytes = size_t(m_row) * d.rows;
     const size_t total = q_bytes + m_bytes + size_t(d_row) * d.rows;
     d.data = weights_mem_.take(total + 16);
@@ -291,12 +294,6 @@ size_t cuda_free_bytes(int device) {
   size_t free_b = 0, total_b = 0;
   if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) return 0;
   return free_b;
-}
-
-int cuda_compute_capability(int device) {
-  cudaDeviceProp prop{};
-  if (device < 0 || device >= cuda_device_count() || cudaGetDeviceProperties(&prop, device) != cudaSuccess) return 0;
-  return prop.major * 10 + prop.minor;
 }
 
 std::unique_ptr<Backend> make_cuda_backend(int device) {

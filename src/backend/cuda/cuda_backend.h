@@ -209,13 +209,6 @@ class CudaBackend final : public Backend {
     // inside a decode step, e.g. UMA_CUDA_SKIP=gemv leaves only the small kernels).
     if (const char* s = std::getenv("UMA_CUDA_SKIP")) skip_ = std::string(",") + s + ",";
     sm_count_ = prop.multiProcessorCount;
-    smem_optin_ = int(prop.sharedMemPerBlockOptin);
-    ffn_chain_ = env_on("UMA_CUDA_FFN_CHAIN", true) && bulk_allowed_;  // =0: swiglu_ffn as three ops
-    if (ffn_chain_) {
-      UMA_CHECK(cudaMalloc(&chain_sync_, 2 * sizeof(uint32_t)));
-      UMA_CHECK(cudaMemset(chain_sync_, 0, 2 * sizeof(uint32_t)));
-      UMA_CHECK(cudaDeviceSynchronize());
-    }
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(stream_);
@@ -224,7 +217,6 @@ class CudaBackend final : public Backend {
     for (auto& g : graph_cache_) cudaGraphExecDestroy(g.exec);
     for (auto& [p, n] : buffers_) cudaFree(p);
     for (auto& [key, tab] : rope_tabs_) cudaFree(tab);
-    if (chain_sync_) cudaFree(chain_sync_);
     if (staging_[0]) cudaFreeHost(staging_[0]);
     if (staging_[1]) cudaFreeHost(staging_[1]);
     cudaEventDestroy(step_done_);
@@ -295,8 +287,6 @@ class CudaBackend final : public Backend {
             const RopeParams& p) override;
   void add_rms_norm(float* x, const float* y, const Weight& w, int64_t n_rows, int64_t dim, float eps,
                     float* out) override;
-  void swiglu_ffn(const Weight& gate, const Weight& up, const Weight& down, const float* x, int64_t n_tokens,
-                  float* gate_buf, float* up_buf, float* out) override;
   void rope_store_kv(KvCache& kv, int layer, float* q, float* k, const float* v, int n_head, int n_head_kv,
                      int head_dim, const BatchLayout& batch, const RopeParams& p) override;
   void store_kv(KvCache& kv, int layer, const float* k, const float* v, const BatchLayout& batch) override;
@@ -363,10 +353,7 @@ class CudaBackend final : public Backend {
   // The int8 blocks of a GEMV's input x (quantize_activations), and rms set when x is the output of the
   // pending parallel norm, which the GEMV then applies (and which is no longer pending).
   void int8_input(const float* x, int64_t n_tokens, int64_t cols, RmsIn& rms, const int8_t*& xq, const float4*& xs);
-  // swiglu_ffn as one kernel (ffn_chain_kernel): its grid barrier's {count, generation}, zeroed once.
-  bool ffn_chain_ = true;
-  int smem_optin_ = 0;  // shared memory a block may opt in to
-  uint32_t* chain_sync_ = nullptr;
+
   // The decode RMSNorm in its parallel form (rms_norm_parts_kernel) leaves x ⊙ w in `out`, its int8 blocks
   // and per-block sums of squares in `parts`; the int8 GEMV that reads `out` next applies 1 / RMS. Anything
   // else that runs first settles it (settle_norm: scales out and the int8 scales), and that norm weight gets

@@ -1,5 +1,4 @@
-// Single-token decode GEMVs through bulk copies into shared memory (sm_90, the TMA engine), and the dense
-// SwiGLU feed-forward as one kernel built from them (gate/up, SwiGLU, down: CudaBackend::swiglu_ffn).
+// Single-token decode GEMVs through bulk copies into shared memory (sm_90, the TMA engine).
 //
 // The register-load GEMVs of cuda_matmul.cu hold a weight load in registers until it arrives, so the bytes in
 // flight are bounded by registers and occupancy, and a block can only load once it is resident. Here one
@@ -50,38 +49,6 @@ template <int kConsumers>
 __device__ __forceinline__ void consumers_sync() {
   asm volatile("bar.sync 1, %0;" ::"r"(kConsumers * kWarp) : "memory");
 }
-__device__ __forceinline__ uint32_t load_acquire(const uint32_t* p) {
-  uint32_t v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ uint64_t global_ns() {
-  uint64_t t;
-  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
-  return t;
-}
-// Every block of the grid meets here (one thread of each calls it, after its block's writes). sync[0] counts
-// arrivals and sync[1] is the generation; the last to arrive resets the count and moves the generation on,
-// so the pair is ready for the next use. Needs every block resident at once: the launch takes one block an
-// SM and no more blocks than SMs, and blocks call pdl_trigger only after pdl_wait, so no later kernel can
-// take an SM first. A wait of more than 2 s (no GPU step takes that long) traps instead of hanging.
-__device__ void grid_sync(uint32_t* sync, uint32_t n_blocks) {
-  const uint32_t gen = load_acquire(sync + 1);  // read before arriving: it cannot move on without us
-  __threadfence();                              // this block's writes (ordered by the bar.sync before) go first
-  if (atomicAdd(sync, 1u) == n_blocks - 1) {
-    atomicExch(sync, 0u);
-    __threadfence();
-    atomicAdd(sync + 1, 1u);
-  } else {
-    const uint64_t t0 = global_ns();
-    while (load_acquire(sync + 1) == gen) {
-      __nanosleep(32);
-      if (global_ns() - t0 > 2000000000ull) __trap();
-    }
-  }
-  __threadfence();
-}
-
 // The ring in shared memory: full[i] completes when slot i's bytes have landed, empty[i] when the consumers
 // are done with it; parts holds two stages' partial row sums (a row split over several warps).
 struct Ring {
@@ -162,23 +129,20 @@ __device__ __forceinline__ void bulk_consume(const GemvSegs& g, const BulkShape&
   }
 }
 
-// The ring's shared memory from `smem`: the barriers, then 2 x parts_floats, then `extra` bytes (16-byte
-// aligned), then the slots (128-byte aligned); the host sizes it the same way (ring_smem_bytes).
-__device__ __forceinline__ Ring carve_ring(uint8_t* smem, const BulkShape& sh, int extra, uint8_t** extra_at) {
+// The ring's shared memory from `smem`: the barriers, then 2 x parts_floats, then the slots (128-byte
+// aligned); the host sizes it the same way (ring_smem_bytes).
+__device__ __forceinline__ Ring carve_ring(uint8_t* smem, const BulkShape& sh) {
   Ring r;
   r.full = reinterpret_cast<uint64_t*>(smem);
   r.empty = r.full + sh.n_slots;
   r.parts = reinterpret_cast<float*>(smem + 128);
-  uint8_t* after_parts = smem + 128 + 2 * sh.parts_floats * sizeof(float);
-  *extra_at = after_parts;
-  r.slots = smem + (size_t(after_parts - smem) + extra + 127) / 128 * 128;
+  r.slots = smem + (128 + 2 * sh.parts_floats * sizeof(float) + 127) / 128 * 128;
   return r;
 }
 #endif
 
-__host__ __device__ inline size_t ring_smem_bytes(const BulkShape& sh, int extra) {
-  return (128 + 2 * size_t(sh.parts_floats) * sizeof(float) + extra + 127) / 128 * 128 +
-         size_t(sh.n_slots) * sh.slot_bytes;
+inline size_t ring_smem_bytes(const BulkShape& sh) {
+  return (128 + 2 * size_t(sh.parts_floats) * sizeof(float) + 127) / 128 * 128 + size_t(sh.n_slots) * sh.slot_bytes;
 }
 
 // Plain types in the bulk GEMV: chunk i is 16 bytes of a row, and the activations are f32 (passed as xq).
@@ -215,8 +179,7 @@ __global__ void __launch_bounds__((kConsumers + 1) * kWarp)
                      const float4* __restrict__ xs, BulkShape sh) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // (launched only there: bulk_allowed_)
   extern __shared__ __align__(128) uint8_t smem[];
-  uint8_t* unused;
-  const Ring ring = carve_ring(smem, sh, 0, &unused);
+  const Ring ring = carve_ring(smem, sh);
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, grid = int(gridDim.x), b = int(blockIdx.x);
   const int mine = (sh.n_stages - b + grid - 1) / grid;  // stages of this block
   init_ring(ring, sh.n_slots);
@@ -236,106 +199,6 @@ __global__ void __launch_bounds__((kConsumers + 1) * kWarp)
   if (warp == kConsumers) return;
   for (int k = 0; k < mine; ++k) bulk_consume<T, kConsumers>(g, sh, ring, b + k * grid, k, n_chunks, xq, xs, scale);
 #endif
-}
-
-// The dense SwiGLU feed-forward of one token in one kernel: phase A is the gate/up group `ga` (the input x as
-// int8 blocks, maybe a pending norm's), phase B the down projection `gb`, whose input h = silu(gate) ⊙ up
-// needs all of phase A's rows. Between them the blocks meet (grid_sync) and each one computes all of h's
-// int8 blocks into its own shared memory (n_ff values from L2: ~1 µs, while its ring is already filling).
-// The producer walks this block's stages of both phases without a break: phase B's weights depend on
-// nothing, so DRAM keeps streaming through the meeting and the tail of phase A, where separate launches
-// left it idle (the next GEMV's block could only start copying once this one's had exited).
-template <typename TA, typename TB, int kConsumers>
-__global__ void __launch_bounds__((kConsumers + 1) * kWarp)
-    ffn_chain_kernel(const __grid_constant__ GemvSegs ga, const __grid_constant__ GemvSegs gb, int n_chunks_a,
-                     int n_chunks_b, const int8_t* __restrict__ xq, const float4* __restrict__ xs, BulkShape sa,
-                     BulkShape sb, uint32_t* sync) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  extern __shared__ __align__(128) uint8_t smem[];
-  const int n_ff = int(ga.rows[0]);  // h's length: the gate rows (= down's columns)
-  uint8_t* h_at;
-  const Ring ring = carve_ring(smem, sa, n_ff + n_ff / 32 * int(sizeof(float4)), &h_at);
-  int8_t* hq = reinterpret_cast<int8_t*>(h_at);
-  float4* hs = reinterpret_cast<float4*>(h_at + n_ff);
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, grid = int(gridDim.x), b = int(blockIdx.x);
-  const int mine_a = (sa.n_stages - b + grid - 1) / grid, mine_b = (sb.n_stages - b + grid - 1) / grid;
-  const int total = mine_a + mine_b;
-  init_ring(ring, sa.n_slots);
-  const bool producer = warp == kConsumers && lane == 0;
-  auto produce = [&](int k) {
-    if (k < mine_a) bulk_produce(ga, sa, ring, b + k * grid, k);
-    else bulk_produce(gb, sb, ring, b + (k - mine_a) * grid, k);
-  };
-  if (producer)
-    for (int k = 0; k < min(total, sa.n_slots); ++k) produce(k);
-  pdl_wait();
-  pdl_trigger();
-  const float scale = gemv_rms_scale(ga.rms, 0);  // every thread: it scales the norm's output in place
-  if (producer) {
-    for (int k = sa.n_slots; k < total; ++k) {
-      mbar_wait(ring.empty + k % sa.n_slots, uint32_t((k / sa.n_slots - 1) & 1));
-      produce(k);
-    }
-    return;
-  }
-  if (warp == kConsumers) return;
-  for (int k = 0; k < mine_a; ++k) bulk_consume<TA, kConsumers>(ga, sa, ring, b + k * grid, k, n_chunks_a, xq, xs, scale);
-  consumers_sync<kConsumers>();  // this block's gate/up rows are written
-  if (threadIdx.x == 0) grid_sync(sync, uint32_t(grid));
-  consumers_sync<kConsumers>();
-  // h = silu(gate) * up as swiglu_kernel computes it, a warp per 32-value block, from L2 (other blocks wrote
-  // it). Each warp loads kBatch blocks before it computes any: one L2 round trip per batch, not per block (a
-  // block at a time cost 15-20 % of the whole decode step).
-  constexpr int kBatch = 8;
-  const float *gate = ga.y[0], *up = ga.y[1];
-  const int n_blk = n_ff / 32;
-  for (int base = warp; base < n_blk; base += kBatch * kConsumers) {
-    float gv[kBatch], uv[kBatch];
-#pragma unroll
-    for (int j = 0; j < kBatch; ++j) {
-      const int blk = base + j * kConsumers;
-      gv[j] = blk < n_blk ? __ldcg(gate + blk * 32 + lane) : 0.0f;
-      uv[j] = blk < n_blk ? __ldcg(up + blk * 32 + lane) : 0.0f;
-    }
-#pragma unroll
-    for (int j = 0; j < kBatch; ++j) {
-      const int blk = base + j * kConsumers;
-      if (blk < n_blk) quantize_warp_block(gv[j] / (1.0f + expf(-gv[j])) * uv[j], lane, hq + blk * 32, hs + blk);
-    }
-  }
-  consumers_sync<kConsumers>();
-  for (int k = mine_a; k < total; ++k)
-    bulk_consume<TB, kConsumers>(gb, sb, ring, b + (k - mine_a) * grid, k, n_chunks_b, hq, hs, 1.0f);
-#endif
-}
-
-// The kernels of ffn_chain_kernel that are built: (gate/up type, down type) of the usual quantizations, in the
-// chunk widths the separate launches would take (so the chain computes the same bits).
-using ChainKernel = void (*)(const GemvSegs, const GemvSegs, int, int, const int8_t*, const float4*, BulkShape,
-                             BulkShape, uint32_t*);
-struct ChainPick {
-  ChainKernel kernel = nullptr;
-  int chunk_a = 0, chunk_b = 0, consumers = 0;
-};
-template <typename TA, typename TB, int kConsumers>
-ChainPick chain_pick() {
-  return {ffn_chain_kernel<TA, TB, kConsumers>, TA::kChunkValues, TB::kChunkValues, kConsumers};
-}
-ChainPick pick_chain(GgmlType a, bool pair_a, GgmlType b, bool pair_b) {
-  using Q4K = MvQ45_Kx2<false>;
-  using Q5K = MvQ45_Kx2<true>;
-  if (a == GgmlType::Q4_0 && b == GgmlType::Q4_0) {
-    if (pair_a) return pair_b ? chain_pick<MvQ4_0x2, MvQ4_0x2, 24>() : chain_pick<MvQ4_0x2, MvQ4_0, 24>();
-    return pair_b ? chain_pick<MvQ4_0, MvQ4_0x2, 24>() : chain_pick<MvQ4_0, MvQ4_0, 24>();
-  }
-  if (a == GgmlType::Q8_0 && b == GgmlType::Q8_0) return chain_pick<MvQ8_0, MvQ8_0, 16>();
-  if (a == GgmlType::Q6_K && b == GgmlType::Q6_K) return chain_pick<MvQ6_K, MvQ6_K, 16>();
-  if (!pair_a || (b != GgmlType::Q6_K && !pair_b)) return {};  // k-quants on 32-value chunks: not built
-  if (a == GgmlType::Q4_K && b == GgmlType::Q4_K) return chain_pick<Q4K, Q4K, 16>();
-  if (a == GgmlType::Q4_K && b == GgmlType::Q6_K) return chain_pick<Q4K, MvQ6_K, 16>();
-  if (a == GgmlType::Q5_K && b == GgmlType::Q5_K) return chain_pick<Q5K, Q5K, 16>();
-  if (a == GgmlType::Q5_K && b == GgmlType::Q6_K) return chain_pick<Q5K, MvQ6_K, 16>();
-  return {};
 }
 
 }  // namespace
@@ -406,7 +269,7 @@ bool CudaBackend::launch_gemv_bulk(const BulkConfig& c, const GemvSegs& segs, co
     GemvSegs bs = segs;
     BulkShape sh;
     if (!bulk_shape(c, kConsumers, g, bs, sh)) return false;
-    const size_t smem = ring_smem_bytes(sh, 0);
+    const size_t smem = ring_smem_bytes(sh);
     const dim3 grid{unsigned(std::min(sh.n_stages, c.blocks * sm_count_))}, block{(kConsumers + 1) * kWarp};
     const int8_t* xa = xq ? xq : reinterpret_cast<const int8_t*>(x);  // plain types: f32 activations
     auto go = [&](auto kernel, int chunk_values) {
@@ -435,65 +298,6 @@ bool CudaBackend::launch_gemv_bulk(const BulkConfig& c, const GemvSegs& segs, co
   if (c.warps >= 24) return with(std::integral_constant<int, 24>{});
   if (c.warps >= 16) return with(std::integral_constant<int, 16>{});
   return with(std::integral_constant<int, 8>{});
-}
-
-// The dense SwiGLU feed-forward of a single decode token as one ffn_chain_kernel where every part allows it
-// (the int8 types of pick_chain, both groups in bulk stages, h's int8 blocks and the ring in shared memory);
-// else the three ops of the default. UMA_CUDA_FFN_CHAIN=0: always the default.
-void CudaBackend::swiglu_ffn(const Weight& gate, const Weight& up, const Weight& down, const float* x, int64_t n_tokens,
-                             float* gate_buf, float* up_buf, float* out) {
-  auto unfused = [&] { Backend::swiglu_ffn(gate, up, down, x, n_tokens, gate_buf, up_buf, out); };
-  if (!ffn_chain_ || n_tokens != 1) return unfused();
-  const DeviceWeight &dg = device_weight(gate), &du = device_weight(up), &dd = device_weight(down);
-  const int64_t n_ff = dg.rows;
-  if (du.type != dg.type || du.cols != dg.cols || du.rows != n_ff || dd.cols != n_ff || n_ff % 64 ||
-      !soa_split(dg.type).q_len || !soa_split(dd.type).q_len)
-    return unfused();
-  // The chunk widths launch_gemv would pick for the two groups on their own.
-  auto pair_for = [&](const DeviceWeight& d, int64_t rows) {
-    const bool k_quant = d.type == GgmlType::Q4_K || d.type == GgmlType::Q5_K;
-    return gemv_pair_ && d.cols % 64 == 0 && (k_quant || (d.type == GgmlType::Q4_0 && rows <= 8192));
-  };
-  const ChainPick pick = pick_chain(dg.type, pair_for(dg, 2 * n_ff), dd.type, pair_for(dd, dd.rows));
-  const BulkConfig ca = bulk_config(dg.type), cb = bulk_config(dd.type);
-  if (!pick.kernel || ca.warps != pick.consumers || cb.warps != pick.consumers || ca.slots != cb.slots ||
-      ca.blocks != 1 || cb.blocks != 1)
-    return unfused();
-  GemvTargets ta{}, tb{};
-  ta.d[0] = &dg, ta.d[1] = &du, ta.y[0] = gate_buf, ta.y[1] = up_buf, ta.n = 2;
-  tb.d[0] = &dd, tb.y[0] = out, tb.n = 1;
-  GemvSegs sa{}, sb{};
-  BulkShape sha, shb;
-  if (!bulk_shape(ca, pick.consumers, ta, sa, sha) || !bulk_shape(cb, pick.consumers, tb, sb, shb)) return unfused();
-  // One ring for both phases: slots as large as the larger stage, parts for the longer stage.
-  sha.slot_bytes = shb.slot_bytes = std::max(sha.slot_bytes, shb.slot_bytes);
-  sha.parts_floats = shb.parts_floats = std::max(sha.parts_floats, shb.parts_floats);
-  const int h_bytes = int(n_ff + n_ff / 32 * int64_t(sizeof(float4)));
-  const size_t smem = ring_smem_bytes(sha, h_bytes);
-  if (smem > size_t(smem_optin_)) return unfused();
-  for (int s = 0; s < 2; ++s) sa.w[s] = ta.d[s]->view, sa.y[s] = ta.y[s], sa.rows[s] = ta.d[s]->rows;
-  sa.n = 2;
-  sb.w[0] = dd.view, sb.y[0] = out, sb.rows[0] = dd.rows, sb.n = 1;
-  int occupancy = 0;
-  UMA_CHECK(cudaFuncSetAttribute(pick.kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  UMA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, pick.kernel, (pick.consumers + 1) * kWarp, smem));
-  if (occupancy < 1) return unfused();  // grid_sync needs every block resident
-
-  RmsIn rms{};
-  const int8_t* xq;
-  const float4* xs;
-  int8_input(x, 1, dg.cols, rms, xq, xs);
-  sa.rms = rms;
-  const double bytes = double(dg.row_bytes) * dg.rows + double(du.row_bytes) * du.rows + double(dd.row_bytes) * dd.rows;
-  submit(profile_ ? profile_name("ffn_chain", dg, 3 * n_ff) : "ffn_chain", bytes,
-         [this](ChainPick pick, GemvSegs sa, GemvSegs sb, const int8_t* xq, const float4* xs, BulkShape sha,
-                BulkShape shb, int64_t cols_a, int64_t cols_b, size_t smem) {
-           launch_smem(pdl_, dim3(unsigned(sm_count_)), dim3((pick.consumers + 1) * kWarp), smem, stream_, pick.kernel,
-                       sa, sb, int(cols_a / pick.chunk_a), int(cols_b / pick.chunk_b), xq, xs, sha, shb, chain_sync_);
-           UMA_LAUNCHED("ffn_chain");
-         },
-         pick, sa, sb, xq, xs, sha, shb, dg.cols, dd.cols, smem);
-  q8_src_ = nullptr;
 }
 
 }  // namespace uma::cuda
