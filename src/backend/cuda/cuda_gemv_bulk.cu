@@ -44,105 +44,11 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t b
                "l"(src), "r"(bytes), "r"(smem_addr(bar))
                : "memory");
 }
-// Named barrier 1: the consumer warps only (the producer warp never waits on them).
-template <int kConsumers>
-__device__ __forceinline__ void consumers_sync() {
-  asm volatile("bar.sync 1, %0;" ::"r"(kConsumers * kWarp) : "memory");
-}
-// The ring in shared memory: full[i] completes when slot i's bytes have landed, empty[i] when the consumers
-// are done with it; parts holds two stages' partial row sums (a row split over several warps).
-struct Ring {
-  uint64_t *full, *empty;
-  float* parts;
-  uint8_t* slots;
-};
-
-// Stage st of g: its segment, first row and row count.
-__device__ __forceinline__ void bulk_stage(const GemvSegs& g, const BulkShape& sh, int st, int& s, int64_t& row0,
-                                           int& n_rows) {
-  s = segment_of(g, st);
-  row0 = int64_t(st - g.first[s]) * sh.stage_rows;
-  n_rows = int(min(int64_t(sh.stage_rows), g.rows[s] - row0));
-}
-
-// The producer: stage st of g into ring position k (slot k % n_slots).
-__device__ __forceinline__ void bulk_produce(const GemvSegs& g, const BulkShape& sh, const Ring& ring, int st, int k) {
-  int s, n_rows;
-  int64_t row0;
-  bulk_stage(g, sh, st, s, row0, n_rows);
-  const int64_t q_row = g.w[0].q_row, m_row = g.w[0].m_row, d_row = g.w[0].d_row;
-  uint8_t* dst = ring.slots + (k % sh.n_slots) * sh.slot_bytes;
-  uint64_t* bar = ring.full + k % sh.n_slots;
-  mbar_expect_tx(bar, uint32_t(n_rows * (q_row + m_row + d_row)));
-  bulk_copy(dst, g.w[s].q + row0 * q_row, uint32_t(n_rows * q_row), bar);
-  if (m_row) bulk_copy(dst + n_rows * q_row, g.w[s].m + row0 * m_row, uint32_t(n_rows * m_row), bar);
-  if (d_row) bulk_copy(dst + n_rows * (q_row + m_row), g.w[s].d + row0 * d_row, uint32_t(n_rows * d_row), bar);
-}
-
-// The consumers: stage st of g from ring position k. Waits for its bytes, computes its rows in items of 4
-// rows (each split over `split` warps when there are fewer items than warps, the parts summed in a fixed
-// order), gives the slot back and writes the rows (times scale, plus the bias).
-template <typename T, int kConsumers>
-__device__ __forceinline__ void bulk_consume(const GemvSegs& g, const BulkShape& sh, const Ring& ring, int st, int k,
-                                             int n_chunks, const int8_t* xq, const float4* xs, float scale) {
-  constexpr int kItemRows = 4;  // rows a warp takes at once (activations loaded once for them)
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
-  const int64_t q_row = g.w[0].q_row, m_row = g.w[0].m_row, d_row = g.w[0].d_row;
-  int s, n_rows;
-  int64_t row0;
-  bulk_stage(g, sh, st, s, row0, n_rows);
-  mbar_wait(ring.full + k % sh.n_slots, uint32_t((k / sh.n_slots) & 1));
-  const uint8_t* qs = ring.slots + (k % sh.n_slots) * sh.slot_bytes;
-  const uint8_t* ms = qs + n_rows * q_row;
-  const uint8_t* ds = ms + n_rows * m_row;
-  const int groups = (n_rows + kItemRows - 1) / kItemRows;
-  const int split = groups < kConsumers ? kConsumers / groups : 1;
-  float* part = ring.parts + (k & 1) * sh.parts_floats;
-  for (int item = warp; item < groups * split; item += kConsumers) {
-    const int r0 = (item / split) * kItemRows, p = item % split;
-    const uint8_t *q[kItemRows], *m[kItemRows], *d[kItemRows];
-#pragma unroll
-    for (int r = 0; r < kItemRows; ++r) {
-      const int row = min(r0 + r, n_rows - 1);
-      q[r] = qs + row * q_row, m[r] = ms + row * m_row, d[r] = ds + row * d_row;
-    }
-    float acc[kItemRows] = {};
-    for (int i = p * kWarp + lane; i < n_chunks; i += split * kWarp) {
-      typename T::X xv;
-      T::load_x(xq, xs, i, xv);
-#pragma unroll
-      for (int r = 0; r < kItemRows; ++r) acc[r] += T::dot(q[r], m[r], d[r], i, xv);
-    }
-#pragma unroll
-    for (int r = 0; r < kItemRows; ++r) {
-      const float v = warp_sum(acc[r]);
-      if (lane == 0) part[(r0 + r) * split + p] = v;
-    }
-  }
-  consumers_sync<kConsumers>();
-  if (threadIdx.x == 0) mbar_arrive(ring.empty + k % sh.n_slots);
-  if (int(threadIdx.x) < n_rows) {
-    float v = 0;
-    for (int j = 0; j < split; ++j) v += part[threadIdx.x * split + j];
-    const int64_t row = row0 + threadIdx.x;
-    g.y[s][row] = v * scale + (g.bias[s] ? g.bias[s][row] : 0.0f);
-  }
-}
-
-// The ring's shared memory from `smem`: the barriers, then 2 x parts_floats, then the slots (128-byte
-// aligned); the host sizes it the same way (ring_smem_bytes).
-__device__ __forceinline__ Ring carve_ring(uint8_t* smem, const BulkShape& sh) {
-  Ring r;
-  r.full = reinterpret_cast<uint64_t*>(smem);
-  r.empty = r.full + sh.n_slots;
-  r.parts = reinterpret_cast<float*>(smem + 128);
-  r.slots = smem + (128 + 2 * sh.parts_floats * sizeof(float) + 127) / 128 * 128;
-  return r;
-}
 #endif
 
+// The kernel's shared memory: the ring's barriers, two stages' part sums, the slots.
 inline size_t ring_smem_bytes(const BulkShape& sh) {
-  return (128 + 2 * size_t(sh.parts_floats) * sizeof(float) + 127) / 128 * 128 + size_t(sh.n_slots) * sh.slot_bytes;
+  return 128 + 2 * size_t(sh.parts_floats) * sizeof(float) + size_t(sh.n_slots) * sh.slot_bytes;
 }
 
 // Plain types in the bulk GEMV: chunk i is 16 bytes of a row, and the activations are f32 (passed as xq).
@@ -161,43 +67,101 @@ struct MvPlain {
   }
 };
 
-// The ring's barriers, set up by thread 0 before anyone uses them.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ void init_ring(const Ring& ring, int n_slots) {
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < n_slots; ++i) mbar_init(ring.full + i, 1), mbar_init(ring.empty + i, 1);
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  }
-  __syncthreads();
-}
-#endif
-
 // One GEMV group (GemvSegs, g.first in stages): block b takes stages b, b + grid, ...
 template <typename T, int kConsumers>
 __global__ void __launch_bounds__((kConsumers + 1) * kWarp)
     gemv_bulk_kernel(const __grid_constant__ GemvSegs g, int n_chunks, const int8_t* __restrict__ xq,
                      const float4* __restrict__ xs, BulkShape sh) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // (launched only there: bulk_allowed_)
+  constexpr int kItemRows = 4;  // rows a warp takes at once (activations loaded once for them)
   extern __shared__ __align__(128) uint8_t smem[];
-  const Ring ring = carve_ring(smem, sh);
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp, grid = int(gridDim.x), b = int(blockIdx.x);
-  const int mine = (sh.n_stages - b + grid - 1) / grid;  // stages of this block
-  init_ring(ring, sh.n_slots);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem);
+  uint64_t* empty = full + sh.n_slots;
+  float* parts = reinterpret_cast<float*>(smem + 128);
+  uint8_t* slots = smem + 128 + 2 * sh.parts_floats * sizeof(float);
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int64_t q_row = g.w[0].q_row, m_row = g.w[0].m_row, d_row = g.w[0].d_row;
+  // Stage st: its segment, first row and row count.
+  auto stage = [&](int st, int& s, int64_t& row0, int& n_rows) {
+    s = segment_of(g, st);
+    row0 = int64_t(st - g.first[s]) * sh.stage_rows;
+    n_rows = int(min(int64_t(sh.stage_rows), g.rows[s] - row0));
+  };
+  auto produce = [&](int k) {  // this block's k-th stage into slot k % n_slots
+    const int st = int(blockIdx.x) + k * int(gridDim.x);
+    int s, n_rows;
+    int64_t row0;
+    stage(st, s, row0, n_rows);
+    uint8_t* dst = slots + (k % sh.n_slots) * sh.slot_bytes;
+    uint64_t* bar = full + k % sh.n_slots;
+    mbar_expect_tx(bar, uint32_t(n_rows * (q_row + m_row + d_row)));
+    bulk_copy(dst, g.w[s].q + row0 * q_row, uint32_t(n_rows * q_row), bar);
+    if (m_row) bulk_copy(dst + n_rows * q_row, g.w[s].m + row0 * m_row, uint32_t(n_rows * m_row), bar);
+    if (d_row) bulk_copy(dst + n_rows * (q_row + m_row), g.w[s].d + row0 * d_row, uint32_t(n_rows * d_row), bar);
+  };
+  const int mine = (sh.n_stages - int(blockIdx.x) + int(gridDim.x) - 1) / int(gridDim.x);  // stages of this block
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < sh.n_slots; ++i) mbar_init(full + i, 1), mbar_init(empty + i, 1);
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
   const bool producer = warp == kConsumers && lane == 0;
   if (producer)
-    for (int k = 0; k < min(mine, sh.n_slots); ++k) bulk_produce(g, sh, ring, b + k * grid, k);
+    for (int k = 0; k < min(mine, sh.n_slots); ++k) produce(k);
   pdl_wait();
   pdl_trigger();
   const float scale = gemv_rms_scale(g.rms, 0);
   if (producer) {
     for (int k = sh.n_slots; k < mine; ++k) {
-      mbar_wait(ring.empty + k % sh.n_slots, uint32_t((k / sh.n_slots - 1) & 1));
-      bulk_produce(g, sh, ring, b + k * grid, k);
+      mbar_wait(empty + k % sh.n_slots, uint32_t((k / sh.n_slots - 1) & 1));
+      produce(k);
     }
     return;
   }
   if (warp == kConsumers) return;
-  for (int k = 0; k < mine; ++k) bulk_consume<T, kConsumers>(g, sh, ring, b + k * grid, k, n_chunks, xq, xs, scale);
+  for (int k = 0; k < mine; ++k) {
+    const int st = int(blockIdx.x) + k * int(gridDim.x);
+    int s, n_rows;
+    int64_t row0;
+    stage(st, s, row0, n_rows);
+    mbar_wait(full + k % sh.n_slots, uint32_t((k / sh.n_slots) & 1));
+    const uint8_t* qs = slots + (k % sh.n_slots) * sh.slot_bytes;
+    const uint8_t* ms = qs + n_rows * q_row;
+    const uint8_t* ds = ms + n_rows * m_row;
+    // Work items: groups of kItemRows rows, each split over `split` warps when there are fewer groups than warps.
+    const int groups = (n_rows + kItemRows - 1) / kItemRows;
+    const int split = groups < kConsumers ? kConsumers / groups : 1;
+    float* part = parts + (k & 1) * sh.parts_floats;
+    for (int item = warp; item < groups * split; item += kConsumers) {
+      const int r0 = (item / split) * kItemRows, p = item % split;
+      const uint8_t *q[kItemRows], *m[kItemRows], *d[kItemRows];
+#pragma unroll
+      for (int r = 0; r < kItemRows; ++r) {
+        const int row = min(r0 + r, n_rows - 1);
+        q[r] = qs + row * q_row, m[r] = ms + row * m_row, d[r] = ds + row * d_row;
+      }
+      float acc[kItemRows] = {};
+      for (int i = p * kWarp + lane; i < n_chunks; i += split * kWarp) {
+        typename T::X xv;
+        T::load_x(xq, xs, i, xv);
+#pragma unroll
+        for (int r = 0; r < kItemRows; ++r) acc[r] += T::dot(q[r], m[r], d[r], i, xv);
+      }
+#pragma unroll
+      for (int r = 0; r < kItemRows; ++r) {
+        const float v = warp_sum(acc[r]);
+        if (lane == 0) part[(r0 + r) * split + p] = v;
+      }
+    }
+    asm volatile("bar.sync 1, %0;" ::"r"(kConsumers * kWarp) : "memory");  // the consumers only
+    if (threadIdx.x == 0) mbar_arrive(empty + k % sh.n_slots);
+    if (int(threadIdx.x) < n_rows) {
+      float v = 0;
+      for (int j = 0; j < split; ++j) v += part[threadIdx.x * split + j];
+      const int64_t row = row0 + threadIdx.x;
+      g.y[s][row] = v * scale + (g.bias[s] ? g.bias[s][row] : 0.0f);
+    }
+  }
 #endif
 }
 
