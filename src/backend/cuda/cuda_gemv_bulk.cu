@@ -195,7 +195,7 @@ CudaBackend::BulkConfig CudaBackend::bulk_config(GgmlType type) const {
   }
 }
 
-// The stages of group g under config c with kConsumers consumer warps: false when the bulk kernel cannot take
+// The stages of group g under config c with `consumers` consumer warps: false when the bulk kernel cannot take
 // g (rows that are not whole 16-byte units on 16-byte boundaries) or should not (too few stages, below).
 // segs.first comes back counted in stages.
 bool CudaBackend::bulk_shape(const BulkConfig& c, int consumers, const GemvTargets& g, GemvSegs& segs,
