@@ -145,7 +145,7 @@ Efficiency default_efficiency(Backend backend) {
       // products, softmax, gathers: 2.28 ms of an F16 pp512 pass) at 0.450 of the fp32 peak. Checked on
       // llama3-8b Q4_0. Runtime overhead: the CUDA context (526.8 MiB) and cuBLAS's handle (68.0 MiB) as
       // cudaMemGetInfo saw them on the H100 with CUDA 13 (UMA_CUDA_MEMLOG=1; docs/PLAN.md, GPU memory).
-      // Sixth session: the bulk-copy GEMV (cuda_matmul.cu) sped up Q8_0 and Q4_K_M decode, so their decode
+      // Sixth session: the bulk-copy GEMV (cuda_gemv_bulk.cu) sped up Q8_0 and Q4_K_M decode, so their decode
       // fractions were refitted (fit_cuda.py, one run: Q8_0 tg128 306.0, Q4_K_M 385.0 t/s); the other factors
       // reproduced that run within 1 % and were kept.
       return {0.769, 0.450, 10.0, static_cast<uint64_t>(595 * kMiB), true, "calibrated on H100 SXM (2026-11-22)",

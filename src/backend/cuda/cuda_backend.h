@@ -76,12 +76,6 @@ struct GemvSegs {
   RmsIn rms;  // rms.parts: the activations are x ⊙ w of a pending parallel RMSNorm
 };
 
-// A bulk GEMV's stages (cuda_gemv_bulk.cu). No padding: it enters graph signatures.
-struct BulkShape {
-  int stage_rows, n_slots, slot_bytes, parts_floats;  // rows a stage; ring slots (<= 8); bytes a slot; part buffer
-  int n_stages;                                       // stages over all segments (GemvSegs::first in stages)
-};
-
 bool bulk_gemv_compiled();  // cuda_gemv_bulk.cu
 
 struct DeviceWeight {
@@ -347,13 +341,8 @@ class CudaBackend final : public Backend {
     int kb = 0, slots = 2, blocks = 1, warps = 16;
   };
   BulkConfig bulk_config(GgmlType type) const;
-  bool bulk_shape(const BulkConfig& c, int consumers, const GemvTargets& g, GemvSegs& segs, BulkShape& sh) const;
   bool launch_gemv_bulk(const BulkConfig& c, const GemvSegs& segs, const GemvTargets& g, const float* x,
                         const int8_t* xq, const float4* xs, bool pair);
-  // The int8 blocks of a GEMV's input x (quantize_activations), and rms set when x is the output of the
-  // pending parallel norm, which the GEMV then applies (and which is no longer pending).
-  void int8_input(const float* x, int64_t n_tokens, int64_t cols, RmsIn& rms, const int8_t*& xq, const float4*& xs);
-
   // The decode RMSNorm in its parallel form (rms_norm_parts_kernel) leaves x ⊙ w in `out`, its int8 blocks
   // and per-block sums of squares in `parts`; the int8 GEMV that reads `out` next applies 1 / RMS. Anything
   // else that runs first settles it (settle_norm: scales out and the int8 scales), and that norm weight gets

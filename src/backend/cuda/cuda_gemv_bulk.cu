@@ -15,6 +15,11 @@
 namespace uma::cuda {
 namespace {
 
+struct BulkShape {
+  int stage_rows, n_slots, slot_bytes, parts_floats;  // rows a stage; ring slots (<= 8); bytes a slot; part buffer
+  int n_stages;                                       // stages over all segments (g.first is in stages)
+};
+
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // mbarrier transactions and bulk copies: Hopper on
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
 __device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
@@ -45,11 +50,6 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t b
                : "memory");
 }
 #endif
-
-// The kernel's shared memory: the ring's barriers, two stages' part sums, the slots.
-inline size_t ring_smem_bytes(const BulkShape& sh) {
-  return 128 + 2 * size_t(sh.parts_floats) * sizeof(float) + size_t(sh.n_slots) * sh.slot_bytes;
-}
 
 // Plain types in the bulk GEMV: chunk i is 16 bytes of a row, and the activations are f32 (passed as xq).
 template <GgmlType kType>
@@ -195,45 +195,35 @@ CudaBackend::BulkConfig CudaBackend::bulk_config(GgmlType type) const {
   }
 }
 
-// The stages of group g under config c with `consumers` consumer warps: false when the bulk kernel cannot take
-// g (rows that are not whole 16-byte units on 16-byte boundaries) or should not (too few stages, below).
-// segs.first comes back counted in stages.
-bool CudaBackend::bulk_shape(const BulkConfig& c, int consumers, const GemvTargets& g, GemvSegs& segs,
-                             BulkShape& sh) const {
-  const WView& v0 = g.d[0]->view;
-  if (!c.kb || v0.q_row % 16 || v0.m_row % 16 || v0.d_row % 16) return false;
-  for (int s = 0; s < g.n; ++s)
-    for (const uint8_t* p : {g.d[s]->view.q, g.d[s]->view.m, g.d[s]->view.d})
-      if (reinterpret_cast<uintptr_t>(p) % 16) return false;
-  const int64_t row_total = v0.q_row + v0.m_row + v0.d_row;
-  sh = {};
-  sh.stage_rows = int(std::clamp<int64_t>(int64_t(c.kb) * 1024 / row_total, 1, consumers * kWarp));
-  if (sh.stage_rows >= 8) sh.stage_rows -= sh.stage_rows % 4;  // whole 4-row work items
-  sh.n_slots = c.slots;
-  sh.slot_bytes = int((sh.stage_rows * row_total + 127) / 128 * 128);
-  sh.parts_floats = std::max((sh.stage_rows + 3) / 4, consumers) * 4 + 4;
-  for (int s = 0; s < g.n; ++s)
-    segs.first[s + 1] = segs.first[s] + int((g.d[s]->rows + sh.stage_rows - 1) / sh.stage_rows);
-  sh.n_stages = segs.first[g.n];
-  // A matrix of fewer stages than half the blocks leaves most SMs idle, and the register kernel (a row a
-  // block for small matrices) is faster there: deepseek-v3-mini Q4_0, whose attention matrices are 10-25
-  // stages, ran tg128 at 564-582 t/s with them in bulk, 603-620 with a stage for every SM, 674 without bulk
-  // copies (one H100); llama-7b's smallest matrix is 103 stages.
-  return 2 * int64_t(sh.n_stages) >= int64_t(c.blocks) * sm_count_;
-}
-
-// Launches the GEMV of segs through gemv_bulk_kernel when c allows it for these matrices; false: nothing
-// launched.
+// Launches the GEMV of segs through gemv_bulk_kernel when c allows it for these matrices (every region's rows
+// whole 16-byte units on 16-byte boundaries); false: nothing launched.
 bool CudaBackend::launch_gemv_bulk(const BulkConfig& c, const GemvSegs& segs, const GemvTargets& g, const float* x,
                                    const int8_t* xq, const float4* xs, bool pair) {
   const DeviceWeight& d0 = *g.d[0];
-  if (!c.kb || !(xq || x)) return false;
+  const WView& v0 = d0.view;
+  if (!c.kb || !(xq || x) || v0.q_row % 16 || v0.m_row % 16 || v0.d_row % 16) return false;
+  for (int s = 0; s < g.n; ++s)
+    for (const uint8_t* p : {g.d[s]->view.q, g.d[s]->view.m, g.d[s]->view.d})
+      if (reinterpret_cast<uintptr_t>(p) % 16) return false;
   auto with = [&](auto consumers) {
     constexpr int kConsumers = decltype(consumers)::value;
-    GemvSegs bs = segs;
-    BulkShape sh;
-    if (!bulk_shape(c, kConsumers, g, bs, sh)) return false;
-    const size_t smem = ring_smem_bytes(sh);
+    const int64_t row_total = v0.q_row + v0.m_row + v0.d_row;
+    BulkShape sh{};
+    sh.stage_rows = int(std::clamp<int64_t>(int64_t(c.kb) * 1024 / row_total, 1, kConsumers * kWarp));
+    if (sh.stage_rows >= 8) sh.stage_rows -= sh.stage_rows % 4;  // whole 4-row work items
+    sh.n_slots = c.slots;
+    sh.slot_bytes = int((sh.stage_rows * row_total + 127) / 128 * 128);
+    sh.parts_floats = std::max((sh.stage_rows + 3) / 4, kConsumers) * 4 + 4;
+    GemvSegs bs = segs;  // g.first counted in stages
+    for (int s = 0; s < g.n; ++s)
+      bs.first[s + 1] = bs.first[s] + int((g.d[s]->rows + sh.stage_rows - 1) / sh.stage_rows);
+    sh.n_stages = bs.first[g.n];
+    // A matrix of fewer stages than half the blocks leaves most SMs idle, and the register kernel (a row a
+    // block for small matrices) is faster there: deepseek-v3-mini Q4_0, whose attention matrices are 10-25
+    // stages, ran tg128 at 564-582 t/s with them in bulk, 603-620 with a stage for every SM, 674 without bulk
+    // copies (one H100); llama-7b's smallest matrix is 103 stages.
+    if (2 * int64_t(sh.n_stages) < int64_t(c.blocks) * sm_count_) return false;
+    const size_t smem = 128 + 2 * sh.parts_floats * sizeof(float) + size_t(sh.n_slots) * sh.slot_bytes;
     const dim3 grid{unsigned(std::min(sh.n_stages, c.blocks * sm_count_))}, block{(kConsumers + 1) * kWarp};
     const int8_t* xa = xq ? xq : reinterpret_cast<const int8_t*>(x);  // plain types: f32 activations
     auto go = [&](auto kernel, int chunk_values) {

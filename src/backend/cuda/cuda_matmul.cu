@@ -370,14 +370,20 @@ void CudaBackend::gemv(const GemvTargets& g, const float* x, int64_t n_tokens) {
   const char* name = profile_ ? profile_name(g.n > 1 ? "gemv×" : "gemv", d0, rows) : "gemv";
   const bool plain_ok = (d0.type == GgmlType::F32 ? d0.cols % 4 : d0.cols % 8) == 0;
   if (soa_split(d0.type).q_len) {
+    // The int8 GEMV reading a pending parallel norm's output applies its 1 / RMS (RmsIn).
     RmsIn rms{};
+    if (norm_pending_.parts && x == norm_pending_.out && n_tokens == norm_pending_.n_rows && d0.cols == norm_pending_.dim) {
+      rms = RmsIn{norm_pending_.parts, norm_pending_.out, norm_pending_.dim, norm_pending_.eps};
+      norm_pending_ = {};
+    }
     const int8_t* xq;
     const float4* xs;
-    int8_input(x, n_tokens, d0.cols, rms, xq, xs);
+    quantize_activations(x, n_tokens, d0.cols, xq, xs);
     submit(name, bytes * n_tokens, [this](GemvTargets g, const int8_t* xq, const float4* xs, int64_t n_tokens,
                                           RmsIn rms) {
       launch_gemv(g, nullptr, xq, xs, n_tokens, rms);
     }, g, xq, xs, n_tokens, rms);
+    if (rms.parts) q8_src_ = nullptr;  // the int8 blocks lack the scale the f32 output now has
   } else if ((d0.type == GgmlType::F32 || d0.type == GgmlType::F16 || d0.type == GgmlType::BF16) && plain_ok) {
     submit(name, bytes * n_tokens, [this](GemvTargets g, const float* x, int64_t n_tokens) {
       launch_gemv(g, x, nullptr, nullptr, n_tokens, RmsIn{});
@@ -393,18 +399,6 @@ void CudaBackend::gemv(const GemvTargets& g, const float* x, int64_t n_tokens) {
                }
              }, g.d[s], x, g.y[s], g.b[s], n_tokens);
   }
-}
-
-void CudaBackend::int8_input(const float* x, int64_t n_tokens, int64_t cols, RmsIn& rms, const int8_t*& xq,
-                             const float4*& xs) {
-  // The int8 GEMV reading a pending parallel norm's output applies its 1 / RMS (RmsIn).
-  rms = {};
-  if (norm_pending_.parts && x == norm_pending_.out && n_tokens == norm_pending_.n_rows && cols == norm_pending_.dim) {
-    rms = RmsIn{norm_pending_.parts, norm_pending_.out, norm_pending_.dim, norm_pending_.eps};
-    norm_pending_ = {};
-  }
-  quantize_activations(x, n_tokens, cols, xq, xs);
-  if (rms.parts) q8_src_ = nullptr;  // once the GEMV runs, the int8 blocks lack the scale the f32 output has
 }
 
 // The launch: int8 activations (xq, xs) for the repacked quantized types, f32 (x) for plain types. A block
