@@ -256,7 +256,8 @@ TEST(CudaOps, RmsNormAddSwigluGather) {
 // The decode norm in its parallel form (CudaBackend::PendingNorm): the int8 GEMV that reads its output
 // applies 1 / RMS and scales the f32 output in place; an F32 GEMV reading it instead settles it first. The
 // GEMV outputs must match the single-block norm's (UMA_CUDA_NORM_PARALLEL=0) up to where the scale is
-// rounded in, and the norm's outputs the CPU's.
+// rounded in, and the norm's outputs the CPU's. 3000 rows take the bulk-copy GEMV on a Hopper GPU, whose
+// producer warp computes the scale (mode 2) unless UMA_CUDA_BULK_LATE_SCALE=0 (mode 1).
 TEST(CudaOps, ParallelDecodeNormFeedsTheGemv) {
   REQUIRE_GPU();
   auto cpu = make_cpu_backend(2);
@@ -269,26 +270,31 @@ TEST(CudaOps, ParallelDecodeNormFeedsTheGemv) {
       w.ne[0] = dim;
       w.host = reinterpret_cast<const uint8_t*>(g.data());
       w.nbytes = g.size() * 4;
-      TestWeight mat(type, 2500, dim, 5);
+      const int64_t n_out = 3000;
+      TestWeight mat(type, n_out, dim, 5);
       std::vector<float> want_x = x, want_n(x.size());
       cpu->add_rms_norm(want_x.data(), y.data(), w, rows, dim, 1e-5f, want_n.data());
-      std::vector<float> outs[2];
-      for (int parallel : {1, 0}) {
-        test::EnvGuard env("UMA_CUDA_NORM_PARALLEL", std::to_string(parallel));
+      std::vector<float> outs[3];
+      for (int mode : {2, 1, 0}) {  // parallel with the producer's scale, parallel, single-block
+        test::EnvGuard env("UMA_CUDA_NORM_PARALLEL", std::to_string(mode > 0));
+        test::EnvGuard env_scale("UMA_CUDA_BULK_LATE_SCALE", std::to_string(mode == 2));
         auto cuda = gpu();
         Dev d{*cuda};
         float* dx = d.put(x);
         float* xn = d.make(x.size());
-        float* out = d.make(size_t(rows * 2500));
+        float* out = d.make(size_t(rows * n_out));
         cuda->add_rms_norm(dx, d.put(y), w, rows, dim, 1e-5f, xn);
         cuda->matmul(mat.w, xn, rows, out);
-        outs[parallel] = d.get(out, size_t(rows * 2500));
+        outs[mode] = d.get(out, size_t(rows * n_out));
         const std::string what = std::string(type_name(type)) + " dim " + std::to_string(dim) + " rows " +
-                                 std::to_string(rows) + " parallel " + std::to_string(parallel);
+                                 std::to_string(rows) + " mode " + std::to_string(mode);
         EXPECT_LE(rel(d.get(dx, x.size()), want_x), 1e-6) << what;
         EXPECT_LE(rel(d.get(xn, x.size()), want_n), 1e-6) << what;
       }
-      EXPECT_LE(rel(outs[1], outs[0]), 1e-5) << type_name(type) << " dim " << dim << " rows " << rows;
+      const std::string what = std::string(type_name(type)) + " dim " + std::to_string(dim) + " rows " +
+                               std::to_string(rows);
+      EXPECT_LE(rel(outs[1], outs[0]), 1e-5) << what;
+      EXPECT_EQ(outs[2], outs[1]) << what;  // the same scale, computed by other threads: bit for bit
     }
   }
 }

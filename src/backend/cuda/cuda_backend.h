@@ -191,6 +191,7 @@ class CudaBackend final : public Backend {
         c = {};
       }
     }
+    producer_scale_ = env_on("UMA_CUDA_BULK_LATE_SCALE", true);
     if (const char* g = std::getenv("UMA_CUDA_GEMV")) {
       std::sscanf(g, "%dx%d", &gemv_rows_, &gemv_warps_);
       const int shape = gemv_rows_ * 16 + gemv_warps_;  // the shapes launch_gemv instantiates
@@ -516,6 +517,7 @@ class CudaBackend final : public Backend {
   std::string skip_;  // UMA_CUDA_SKIP, as ",op,op,"
   bool bulk_allowed_ = true;  // sm_90 and not UMA_CUDA_GEMV_BULK=0
   BulkConfig bulk_explicit_;    // UMA_CUDA_GEMV_BULK=KB,slots,blocks,warps
+  bool producer_scale_ = true;  // UMA_CUDA_BULK_LATE_SCALE=0: every bulk GEMV thread computes 1 / RMS first
   int gemv_rows_ = 4, gemv_warps_ = 0;  // block shape of the GEMVs of large matrices (UMA_CUDA_GEMV); 0 warps: by chunk width
   bool in_step_ = false, deferred_ = false, step_pending_ = false;
   const KvCache* step_kv_ = nullptr;
