@@ -116,7 +116,7 @@ __global__ void __launch_bounds__((kConsumers + 1) * kWarp)
   // consumers need it only for their first outputs, so the producer warp (its lane 0 has issued the first
   // stages) computes it while they work on the first stage, scales the norm's output in place, and hands the
   // scale over through shared memory and named barrier 2 (llama-7b tg128, one H100, two alternating rounds:
-  // Q4_0 429-430 -> 436 t/s, Q4_K_M 353-356 -> 362-367, Q8_0 unchanged).
+  // Q4_0 455-459 -> 462-467 t/s, Q8_0 304-305 -> 311-312, Q4_K_M 385 -> 388-391).
   const bool late = sh.producer_scale && g.rms.parts;
   float scale = late ? 1.0f : gemv_rms_scale(g.rms, 0);
   if (late && warp == kConsumers) {
