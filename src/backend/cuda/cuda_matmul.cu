@@ -23,7 +23,7 @@ __global__ void quantize_q8_kernel(const float* __restrict__ x, int64_t n_blocks
 }
 
 // ---- Decode GEMV: y = W x for up to kMaxGemvSegs matrices of the same type and input in one launch
-// (GemvSegs, gemv_common.cuh); grid.y is the token.
+// (GemvSegs: cuda_backend.h; segment_of: gemv_common.cuh); grid.y is the token.
 // The segment of this block and its first row.
 template <int kRows>
 __device__ __forceinline__ int gemv_segment(const GemvSegs& g, int64_t& row0) {
