@@ -5,7 +5,9 @@
 // thread of each block (one block an SM) copies stages of whole rows (the rows' quant bytes, and their
 // scales: each contiguous across consecutive rows in the repacked layout) into a ring of shared-memory slots
 // with cp.async.bulk, each completing an mbarrier; 8 to 24 consumer warps compute from shared memory with the
-// dot pieces of kernels.cuh (4 rows at a time, activations loaded once for them) and give the slot back. The
+// dot pieces of kernels.cuh and give the slot back. A consumer warp takes whole rows of a stage (up to 4,
+// activations loaded once for them) and returns the slot on its own; a stage of fewer rows than warps (a
+// down projection's long rows) splits 4-row items over several warps, which sum their parts after a barrier. The
 // producer issues its first stages before the PDL wait: no earlier kernel writes weights, so a GEMV that
 // starts early has up to 2 x 96 KB of its matrix on the way while the kernels before it finish (with 96 KB
 // stages a 4096 x 4096 Q4_0 matrix is fewer stages than there are SMs).
@@ -19,6 +21,7 @@ struct BulkShape {
   int stage_rows, n_slots, slot_bytes, parts_floats;  // rows a stage; ring slots (<= 8); bytes a slot; part buffer
   int n_stages;                                       // stages over all segments (g.first is in stages)
   int producer_scale;  // a pending norm's 1 / RMS computed by the producer warp (UMA_CUDA_BULK_LATE_SCALE)
+  int whole_rows;      // each consumer warp takes whole rows of a stage (stage_rows >= consumers): no block barrier
 };
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // mbarrier transactions and bulk copies: Hopper on
@@ -68,6 +71,30 @@ struct MvPlain {
   }
 };
 
+// Whole rows first, first + stride, ... (kRows of them) of a stage: each lane strides over the chunks with the
+// activations loaded once for all kRows rows; out[r] is row r's dot product in every lane.
+template <typename T, int kRows>
+__device__ __forceinline__ void bulk_rows(const uint8_t* qs, const uint8_t* ms, const uint8_t* ds, int64_t q_row,
+                                          int64_t m_row, int64_t d_row, int first, int stride, int n_chunks,
+                                          const int8_t* __restrict__ xq, const float4* __restrict__ xs, int lane,
+                                          float (&out)[4]) {
+  const uint8_t *q[kRows], *m[kRows], *d[kRows];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    const int row = first + r * stride;
+    q[r] = qs + row * q_row, m[r] = ms + row * m_row, d[r] = ds + row * d_row;
+  }
+  float acc[kRows] = {};
+  for (int i = lane; i < n_chunks; i += kWarp) {
+    typename T::X xv;
+    T::load_x(xq, xs, i, xv);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) acc[r] += T::dot(q[r], m[r], d[r], i, xv);
+  }
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) out[r] = warp_sum(acc[r]);
+}
+
 // One GEMV group (GemvSegs, g.first in stages): block b takes stages b, b + grid, ...
 template <typename T, int kConsumers>
 __global__ void __launch_bounds__((kConsumers + 1) * kWarp)
@@ -103,7 +130,7 @@ __global__ void __launch_bounds__((kConsumers + 1) * kWarp)
   };
   const int mine = (sh.n_stages - int(blockIdx.x) + int(gridDim.x) - 1) / int(gridDim.x);  // stages of this block
   if (threadIdx.x == 0) {
-    for (int i = 0; i < sh.n_slots; ++i) mbar_init(full + i, 1), mbar_init(empty + i, 1);
+    for (int i = 0; i < sh.n_slots; ++i) mbar_init(full + i, 1), mbar_init(empty + i, sh.whole_rows ? kConsumers : 1);
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
@@ -134,6 +161,44 @@ __global__ void __launch_bounds__((kConsumers + 1) * kWarp)
     return;
   }
   if (warp == kConsumers) return;
+  // Whole rows: warp w takes rows w, w + kConsumers, ... of every stage, and the slot's empty barrier counts
+  // one arrival a warp, so no warp waits for the others. A 40-row Q4_0 stage in 4-row items over 24 warps left
+  // 4 of them idle (and a 40-row Q4_K stage over 16 warps 6) and needed the block barrier before the sums.
+  // llama-7b tg128 on one H100, two alternating rounds, against 4-row items (both on 32-value chunks, see
+  // bulk_pair_): Q4_0 437/443 -> 445/455 t/s, Q4_K_M 375/372 -> 392/390, Q8_0 309/310 -> 310/306.
+  if (sh.whole_rows) {
+    for (int k = 0; k < mine; ++k) {
+      const int st = int(blockIdx.x) + k * int(gridDim.x);
+      int s, n_rows;
+      int64_t row0;
+      stage(st, s, row0, n_rows);
+      const int nr = (n_rows - warp + kConsumers - 1) / kConsumers;  // this warp's rows: warp, warp + kConsumers..
+      mbar_wait(full + k % sh.n_slots, uint32_t((k / sh.n_slots) & 1));
+      const uint8_t* qs = slots + (k % sh.n_slots) * sh.slot_bytes;
+      const uint8_t* ms = qs + n_rows * q_row;
+      const uint8_t* ds = ms + n_rows * m_row;
+      float out[4] = {};
+      switch (nr) {
+        case 1: bulk_rows<T, 1>(qs, ms, ds, q_row, m_row, d_row, warp, kConsumers, n_chunks, xq, xs, lane, out); break;
+        case 2: bulk_rows<T, 2>(qs, ms, ds, q_row, m_row, d_row, warp, kConsumers, n_chunks, xq, xs, lane, out); break;
+        case 3: bulk_rows<T, 3>(qs, ms, ds, q_row, m_row, d_row, warp, kConsumers, n_chunks, xq, xs, lane, out); break;
+        case 4: bulk_rows<T, 4>(qs, ms, ds, q_row, m_row, d_row, warp, kConsumers, n_chunks, xq, xs, lane, out); break;
+        default: break;  // no row of this stage (a short last stage)
+      }
+      __syncwarp();
+      if (lane == 0) mbar_arrive(empty + k % sh.n_slots);
+      if (late && k == 0) {  // the producer warp's scale, before the first outputs
+        asm volatile("bar.sync 2, %0;" ::"r"((kConsumers + 1) * kWarp) : "memory");
+        scale = *scale_s;
+      }
+      if (lane < nr) {  // lane r writes row r of the warp's
+        const int64_t row = row0 + warp + lane * kConsumers;
+        const float v = lane == 0 ? out[0] : lane == 1 ? out[1] : lane == 2 ? out[2] : out[3];
+        g.y[s][row] = v * scale + (g.bias[s] ? g.bias[s][row] : 0.0f);
+      }
+    }
+    return;
+  }
   for (int k = 0; k < mine; ++k) {
     const int st = int(blockIdx.x) + k * int(gridDim.x);
     int s, n_rows;
@@ -232,6 +297,7 @@ bool CudaBackend::launch_gemv_bulk(const BulkConfig& c, const GemvSegs& segs, co
     if (sh.stage_rows >= 8) sh.stage_rows -= sh.stage_rows % 4;  // whole 4-row work items
     sh.n_slots = c.slots;
     sh.producer_scale = producer_scale_;
+    sh.whole_rows = bulk_whole_rows_ && sh.stage_rows >= kConsumers && sh.stage_rows <= 4 * kConsumers;
     sh.slot_bytes = int((sh.stage_rows * row_total + 127) / 128 * 128);
     sh.parts_floats = std::max((sh.stage_rows + 3) / 4, kConsumers) * 4 + 4;
     GemvSegs bs = segs;  // g.first counted in stages
@@ -251,6 +317,11 @@ bool CudaBackend::launch_gemv_bulk(const BulkConfig& c, const GemvSegs& segs, co
       launch_smem(pdl_, grid, block, smem, stream_, kernel, bs, int(d0.cols / chunk_values), xa, xs, sh);
       return true;
     };
+    // 32-value chunks unless UMA_CUDA_BULK_PAIR=1: a lane's 16 quant bytes then sit next to its neighbours',
+    // where the 32 bytes a lane of a 64-value chunk made the shared-memory loads ~5-way bank-conflicted
+    // (Nsight Compute). Whole rows, tg128, one H100, two alternating rounds: Q4_0 456/456 -> 469/468 t/s,
+    // Q4_K_M 376/369 -> 392/390.
+    if (!bulk_pair_) pair = false;
     switch (d0.type) {
       case GgmlType::Q4_0:
         if (pair) return go(gemv_bulk_kernel<MvQ4_0x2, kConsumers>, 64);
