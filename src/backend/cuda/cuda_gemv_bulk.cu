@@ -164,8 +164,9 @@ __global__ void __launch_bounds__((kConsumers + 1) * kWarp)
   // Whole rows: warp w takes rows w, w + kConsumers, ... of every stage, and the slot's empty barrier counts
   // one arrival a warp, so no warp waits for the others. A 40-row Q4_0 stage in 4-row items over 24 warps left
   // 4 of them idle (and a 40-row Q4_K stage over 16 warps 6) and needed the block barrier before the sums.
-  // llama-7b tg128 on one H100, two alternating rounds, against 4-row items (both on 32-value chunks, see
-  // bulk_pair_): Q4_0 437/443 -> 445/455 t/s, Q4_K_M 375/372 -> 392/390, Q8_0 309/310 -> 310/306.
+  // llama-7b tg128 on one H100, two alternating rounds, against 4-row items: Q4_0 (32-value chunks, see
+  // bulk_pair_) 437/443 -> 445/455 t/s, Q4_K_M (pairs) 389/389 -> 400/401 and 383/381 -> 396/401 on two
+  // others, Q8_0 309/310 -> 310/306.
   if (sh.whole_rows) {
     for (int k = 0; k < mine; ++k) {
       const int st = int(blockIdx.x) + k * int(gridDim.x);
@@ -317,11 +318,13 @@ bool CudaBackend::launch_gemv_bulk(const BulkConfig& c, const GemvSegs& segs, co
       launch_smem(pdl_, grid, block, smem, stream_, kernel, bs, int(d0.cols / chunk_values), xa, xs, sh);
       return true;
     };
-    // 32-value chunks unless UMA_CUDA_BULK_PAIR=1: a lane's 16 quant bytes then sit next to its neighbours',
-    // where the 32 bytes a lane of a 64-value chunk made the shared-memory loads ~5-way bank-conflicted
-    // (Nsight Compute). Whole rows, tg128, one H100, two alternating rounds: Q4_0 456/456 -> 469/468 t/s,
-    // Q4_K_M 376/369 -> 392/390.
-    if (!bulk_pair_) pair = false;
+    // Q4_0 on 32-value chunks unless UMA_CUDA_BULK_PAIR=1: a lane's 16 quant bytes then sit next to its
+    // neighbours', where the 32 bytes a lane of a 64-value chunk made the shared-memory loads ~5-way
+    // bank-conflicted (Nsight Compute). Whole rows, tg128, two alternating rounds on each of three H100s:
+    // 456/456 -> 469/468, 464/456 -> 475/478 t/s (and 4-row items with pairs 437/443 -> 445/455). The
+    // k-quants keep their pairs (which decode a super-block's scales once for two groups): Q4_K_M 376/369 ->
+    // 392/390 without them on one H100, but 400/401 -> 377/383 on another.
+    if (d0.type == GgmlType::Q4_0 && !bulk_pair_) pair = false;
     switch (d0.type) {
       case GgmlType::Q4_0:
         if (pair) return go(gemv_bulk_kernel<MvQ4_0x2, kConsumers>, 64);
