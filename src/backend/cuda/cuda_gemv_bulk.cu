@@ -260,8 +260,9 @@ bool bulk_gemv_compiled() {
 }
 
 // Bulk-copy GEMV settings for a type: UMA_CUDA_GEMV_BULK=KB,slots,blocks,warps for every type, =0 for none;
-// by default 96 KB stages in a ring of 2, one block an SM, for the int8 types (24 consumer warps for Q4_0, 16
-// for the k-quants and Q8_0, whose dot products hold more registers). llama-7b tg128 on one H100, against
+// by default 96 KB stages in a ring of 2, one block an SM, 16 consumer warps, for the int8 types. Q4_0 had
+// 24 warps until its consumers took whole rows; since then 16 run it at 482, 468, 486, 469, 462, 486 t/s
+// against 24's 452, 459, 461, 468, 469, 467 (tg128, one H100, alternating). llama-7b tg128 on one H100, against
 // the register-load kernels (tools/device/build_and_test.sh ab, AB_VALUES, two alternating rounds): Q8_0
 // 266 -> 305-310 t/s, Q4_K_M 364-368 -> 379-384, Q4_0 432-442 -> 469-470; F16 180 -> 172 (so plain types keep
 // gemv_split_kernel: their GEMVs already stream at 96 % of copy and the f32 dot is heavier than a dp4a).
@@ -271,7 +272,7 @@ CudaBackend::BulkConfig CudaBackend::bulk_config(GgmlType type) const {
   if (!bulk_allowed_) return {};
   if (bulk_explicit_.kb) return bulk_explicit_;
   switch (type) {
-    case GgmlType::Q4_0: return {96, 2, 1, 24};
+    case GgmlType::Q4_0:
     case GgmlType::Q8_0:
     case GgmlType::Q4_K:
     case GgmlType::Q5_K:
