@@ -98,7 +98,7 @@ TEST(CudaFused, MatmulManyMatchesSeparateLaunchesAndTheCpu) {
 
 // The single-token GEMV through bulk copies into shared memory (gemv_bulk_kernel, sm_90) against the
 // register-load kernels (UMA_CUDA_GEMV_BULK=0): the defaults (int8 types), both ways of sharing a stage's
-// rows between warps and both chunk widths, every type with small stages in a ring that wraps many times,
+// rows between warps and both of Q4_0's chunk widths, every type with small stages in a ring that wraps many times,
 // and stages of one or two rows split over 24 warps. Merged q/k/v-like groups
 // with a bias, down-projection widths (a Q6_K row of 11008 values: its scale row padded to 16-byte units),
 // partial last stages (row counts that are no multiple of a stage).
@@ -141,8 +141,8 @@ TEST(CudaFused, BulkCopyGemvMatchesTheRegisterKernel) {
     // A backend per case: it keeps its device copy of a weight under the host address, which the next case's
     // weights may reuse.
     const auto want = run(*gpu_with("UMA_CUDA_GEMV_BULK", "0"));
-    // Settings (UMA_CUDA_GEMV_BULK, UMA_CUDA_BULK_ROWS, UMA_CUDA_BULK_PAIR): the defaults (whole rows a warp
-    // on 32-value chunks), 4-row items summed after a barrier, 64-value chunks, and other stage shapes.
+    // Settings (UMA_CUDA_GEMV_BULK, UMA_CUDA_BULK_ROWS, UMA_CUDA_BULK_PAIR): the defaults (whole rows a warp;
+    // Q4_0 on 32-value chunks), 4-row items summed after a barrier, Q4_0 on 64-value chunks, other stages.
     const char* configs[][3] = {{"", "1", "0"},         {"", "0", "0"},         {"", "1", "1"},
                                 {"", "0", "1"},         {"32,3,1,8", "1", "0"}, {"4,2,1,24", "1", "0"},
                                 {"96,2,1,16", "1", "0"}, {"96,2,1,16", "0", "1"}};

@@ -165,8 +165,8 @@ __global__ void __launch_bounds__((kConsumers + 1) * kWarp)
   // one arrival a warp, so no warp waits for the others. A 40-row Q4_0 stage in 4-row items over 24 warps left
   // 4 of them idle (and a 40-row Q4_K stage over 16 warps 6) and needed the block barrier before the sums.
   // llama-7b tg128 on one H100, two alternating rounds, against 4-row items: Q4_0 (32-value chunks, see
-  // bulk_pair_) 437/443 -> 445/455 t/s, Q4_K_M (pairs) 389/389 -> 400/401 and 383/381 -> 396/401 on two
-  // others, Q8_0 309/310 -> 310/306.
+  // bulk_pair_) 437/443 -> 445/455 t/s; on two other H100s Q4_K_M (pairs) 389/389 -> 400/401 and
+  // 383/381 -> 396/401, Q8_0 309/310 -> 310/306.
   if (sh.whole_rows) {
     for (int k = 0; k < mine; ++k) {
       const int st = int(blockIdx.x) + k * int(gridDim.x);
