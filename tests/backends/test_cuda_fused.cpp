@@ -98,7 +98,7 @@ TEST(CudaFused, MatmulManyMatchesSeparateLaunchesAndTheCpu) {
 
 // The single-token GEMV through bulk copies into shared memory (gemv_bulk_kernel, sm_90) against the
 // register-load kernels (UMA_CUDA_GEMV_BULK=0): the defaults (int8 types), both ways of sharing a stage's
-// rows between warps and both of Q4_0's chunk widths, every type with small stages in a ring that wraps many times,
+// rows between warps, both of Q4_0's chunk widths, activations held or reloaded, every type with small stages in a ring that wraps many times,
 // and stages of one or two rows split over 24 warps. Merged q/k/v-like groups
 // with a bias, down-projection widths (a Q6_K row of 11008 values: its scale row padded to 16-byte units),
 // partial last stages (row counts that are no multiple of a stage).
@@ -141,23 +141,28 @@ TEST(CudaFused, BulkCopyGemvMatchesTheRegisterKernel) {
     // A backend per case: it keeps its device copy of a weight under the host address, which the next case's
     // weights may reuse.
     const auto want = run(*gpu_with("UMA_CUDA_GEMV_BULK", "0"));
-    // Settings (UMA_CUDA_GEMV_BULK, UMA_CUDA_BULK_ROWS, UMA_CUDA_BULK_PAIR): the defaults (whole rows a warp;
-    // Q4_0 on 32-value chunks), 4-row items summed after a barrier, Q4_0 on 64-value chunks, other stages.
-    const char* configs[][3] = {{"", "1", "0"},         {"", "0", "0"},         {"", "1", "1"},
-                                {"", "0", "1"},         {"32,3,1,8", "1", "0"}, {"4,2,1,24", "1", "0"},
-                                {"96,2,1,16", "1", "0"}, {"96,2,1,16", "0", "1"}};
+    // Settings (UMA_CUDA_GEMV_BULK, UMA_CUDA_BULK_ROWS, UMA_CUDA_BULK_PAIR, UMA_CUDA_BULK_HELD): the defaults
+    // (whole rows a warp; Q4_0 on 32-value chunks; Q4_0/Q8_0 activations held in registers), activations
+    // reloaded every stage, 4-row items summed after a barrier, Q4_0 on 64-value chunks, other stages.
+    const char* configs[][4] = {
+        {"", "1", "0", "1"},         {"", "1", "0", "0"},         {"", "0", "0", "1"},
+        {"", "1", "1", "1"},         {"", "0", "1", "1"},         {"32,3,1,8", "1", "0", "1"},
+        {"4,2,1,24", "1", "0", "1"}, {"96,2,1,16", "1", "0", "1"}, {"96,2,1,16", "0", "1", "1"},
+    };
     for (const auto& config : configs) {
       std::unique_ptr<Backend> bulk;
       {
         test::EnvGuard env("UMA_CUDA_GEMV_BULK", *config[0] ? std::optional<std::string>(config[0]) : std::nullopt);
         test::EnvGuard rows("UMA_CUDA_BULK_ROWS", std::string(config[1]));
         test::EnvGuard pair("UMA_CUDA_BULK_PAIR", std::string(config[2]));
+        test::EnvGuard held("UMA_CUDA_BULK_HELD", std::string(config[3]));
         bulk = gpu();
       }
       // The same products per row; only how a row's sum is split between threads differs.
       EXPECT_LE(test::rel_l2(run(*bulk), want), 1e-6)
           << type_name(c.type) << " " << c.rows_q << "x" << c.cols << " UMA_CUDA_GEMV_BULK=" << config[0]
-          << " UMA_CUDA_BULK_ROWS=" << config[1] << " UMA_CUDA_BULK_PAIR=" << config[2];
+          << " UMA_CUDA_BULK_ROWS=" << config[1] << " UMA_CUDA_BULK_PAIR=" << config[2]
+          << " UMA_CUDA_BULK_HELD=" << config[3];
     }
   }
 }

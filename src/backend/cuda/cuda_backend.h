@@ -194,6 +194,7 @@ class CudaBackend final : public Backend {
     producer_scale_ = env_on("UMA_CUDA_BULK_LATE_SCALE", true);
     bulk_whole_rows_ = env_on("UMA_CUDA_BULK_ROWS", true);  // =0: rows split over warps, summed after a barrier
     bulk_pair_ = env_on("UMA_CUDA_BULK_PAIR", false);      // =1: Q4_0's bulk GEMV on 64-value chunks too
+    bulk_held_ = env_on("UMA_CUDA_BULK_HELD", true);  // =0: bulk consumers reload activations every stage
     if (const char* g = std::getenv("UMA_CUDA_GEMV")) {
       std::sscanf(g, "%dx%d", &gemv_rows_, &gemv_warps_);
       const int shape = gemv_rows_ * 16 + gemv_warps_;  // the shapes launch_gemv instantiates
@@ -521,6 +522,7 @@ class CudaBackend final : public Backend {
   BulkConfig bulk_explicit_;    // UMA_CUDA_GEMV_BULK=KB,slots,blocks,warps
   bool bulk_whole_rows_ = true;  // UMA_CUDA_BULK_ROWS: each bulk consumer warp takes whole rows (see there)
   bool bulk_pair_ = false;       // UMA_CUDA_BULK_PAIR: Q4_0's bulk GEMV on 64-value chunks (see there)
+  bool bulk_held_ = true;        // UMA_CUDA_BULK_HELD: activations held in registers (see gemv_bulk_kernel)
   bool producer_scale_ = true;  // UMA_CUDA_BULK_LATE_SCALE=0: every bulk GEMV thread computes 1 / RMS first
   int gemv_rows_ = 4, gemv_warps_ = 0;  // block shape of the GEMVs of large matrices (UMA_CUDA_GEMV); 0 warps: by chunk width
   bool in_step_ = false, deferred_ = false, step_pending_ = false;

@@ -11,6 +11,8 @@
 // producer issues its first stages before the PDL wait: no earlier kernel writes weights, so a GEMV that
 // starts early has up to 2 x 96 KB of its matrix on the way while the kernels before it finish (with 96 KB
 // stages a 4096 x 4096 Q4_0 matrix is fewer stages than there are SMs).
+#include <type_traits>
+
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/gemv_common.cuh"
 
@@ -21,7 +23,8 @@ struct BulkShape {
   int stage_rows, n_slots, slot_bytes, parts_floats;  // rows a stage; ring slots (<= 8); bytes a slot; part buffer
   int n_stages;                                       // stages over all segments (g.first is in stages)
   int producer_scale;  // a pending norm's 1 / RMS computed by the producer warp (UMA_CUDA_BULK_LATE_SCALE)
-  int whole_rows;      // each consumer warp takes whole rows of a stage (stage_rows >= consumers): no block barrier
+  int whole_rows;      // each consumer warp takes whole rows of a stage (stage_rows >= consumers): no block barrier;
+                       // 2: and keeps its activations in registers where the type allows (UMA_CUDA_BULK_HELD)
 };
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // mbarrier transactions and bulk copies: Hopper on
@@ -72,12 +75,15 @@ struct MvPlain {
 };
 
 // Whole rows first, first + stride, ... (kRows of them) of a stage: each lane strides over the chunks with the
-// activations loaded once for all kRows rows; out[r] is row r's dot product in every lane.
-template <typename T, int kRows>
+// activations loaded once for all kRows rows, or (kHeld) takes them from `held`, chunk lane + 32 c in held[c],
+// loaded once for every stage; out[r] is row r's dot product in every lane.
+template <typename T>
+constexpr int kHeldChunks = 128 / T::kChunkValues;  // a 4096-wide row: 128 values a lane
+template <typename T, int kRows, bool kHeld>
 __device__ __forceinline__ void bulk_rows(const uint8_t* qs, const uint8_t* ms, const uint8_t* ds, int64_t q_row,
                                           int64_t m_row, int64_t d_row, int first, int stride, int n_chunks,
                                           const int8_t* __restrict__ xq, const float4* __restrict__ xs, int lane,
-                                          float (&out)[4]) {
+                                          const typename T::X (&held)[kHeldChunks<T>], float (&out)[4]) {
   const uint8_t *q[kRows], *m[kRows], *d[kRows];
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
@@ -85,11 +91,22 @@ __device__ __forceinline__ void bulk_rows(const uint8_t* qs, const uint8_t* ms, 
     q[r] = qs + row * q_row, m[r] = ms + row * m_row, d[r] = ds + row * d_row;
   }
   float acc[kRows] = {};
-  for (int i = lane; i < n_chunks; i += kWarp) {
-    typename T::X xv;
-    T::load_x(xq, xs, i, xv);
+  if constexpr (kHeld) {
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) acc[r] += T::dot(q[r], m[r], d[r], i, xv);
+    for (int c = 0; c < kHeldChunks<T>; ++c) {
+      const int i = lane + c * kWarp;
+      if (i < n_chunks) {
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) acc[r] += T::dot(q[r], m[r], d[r], i, held[c]);
+      }
+    }
+  } else {
+    for (int i = lane; i < n_chunks; i += kWarp) {
+      typename T::X xv;
+      T::load_x(xq, xs, i, xv);
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) acc[r] += T::dot(q[r], m[r], d[r], i, xv);
+    }
   }
 #pragma unroll
   for (int r = 0; r < kRows; ++r) out[r] = warp_sum(acc[r]);
@@ -168,6 +185,18 @@ __global__ void __launch_bounds__((kConsumers + 1) * kWarp)
   // bulk_pair_) 437/443 -> 445/455 t/s; on two other H100s Q4_K_M (pairs) 389/389 -> 400/401 and
   // 383/381 -> 396/401, Q8_0 309/310 -> 310/306.
   if (sh.whole_rows) {
+    // Q4_0 and Q8_0 rows of up to 4096 values (q/k/v, o, gate/up): each lane keeps its activations in
+    // registers for all its stages, loaded right after the wait (up to 40 registers). tg128 on one H100,
+    // five alternating rounds: Q4_0 406-414 -> 417-421 t/s, Q8_0 276-280 -> 284-287. Not for the k-quants,
+    // which then spill (Q4_K_M 338/340 -> 331/334), nor with 24 consumer warps (fewer registers a thread).
+    constexpr bool kMayHold = (std::is_same_v<T, MvQ4_0> || std::is_same_v<T, MvQ8_0>) && kConsumers <= 16;
+    const bool hold = kMayHold && sh.whole_rows > 1 && n_chunks <= kHeldChunks<T> * kWarp;
+    typename T::X held[kHeldChunks<T>];
+    if (hold) {
+#pragma unroll
+      for (int c = 0; c < kHeldChunks<T>; ++c)
+        if (lane + c * kWarp < n_chunks) T::load_x(xq, xs, lane + c * kWarp, held[c]);
+    }
     for (int k = 0; k < mine; ++k) {
       const int st = int(blockIdx.x) + k * int(gridDim.x);
       int s, n_rows;
@@ -179,12 +208,25 @@ __global__ void __launch_bounds__((kConsumers + 1) * kWarp)
       const uint8_t* ms = qs + n_rows * q_row;
       const uint8_t* ds = ms + n_rows * m_row;
       float out[4] = {};
-      switch (nr) {
-        case 1: bulk_rows<T, 1>(qs, ms, ds, q_row, m_row, d_row, warp, kConsumers, n_chunks, xq, xs, lane, out); break;
-        case 2: bulk_rows<T, 2>(qs, ms, ds, q_row, m_row, d_row, warp, kConsumers, n_chunks, xq, xs, lane, out); break;
-        case 3: bulk_rows<T, 3>(qs, ms, ds, q_row, m_row, d_row, warp, kConsumers, n_chunks, xq, xs, lane, out); break;
-        case 4: bulk_rows<T, 4>(qs, ms, ds, q_row, m_row, d_row, warp, kConsumers, n_chunks, xq, xs, lane, out); break;
-        default: break;  // no row of this stage (a short last stage)
+      auto rows = [&](auto held_tag) {
+        constexpr bool kH = decltype(held_tag)::value;
+        auto run = [&](auto n_rows_tag) {
+          bulk_rows<T, decltype(n_rows_tag)::value, kH>(qs, ms, ds, q_row, m_row, d_row, warp, kConsumers, n_chunks,
+                                                        xq, xs, lane, held, out);
+        };
+        switch (nr) {
+          case 1: run(std::integral_constant<int, 1>{}); break;
+          case 2: run(std::integral_constant<int, 2>{}); break;
+          case 3: run(std::integral_constant<int, 3>{}); break;
+          case 4: run(std::integral_constant<int, 4>{}); break;
+          default: break;  // no row of this stage (a short last stage)
+        }
+      };
+      if constexpr (kMayHold) {
+        if (hold) rows(std::true_type{});
+        else rows(std::false_type{});
+      } else {
+        rows(std::false_type{});
       }
       __syncwarp();
       if (lane == 0) mbar_arrive(empty + k % sh.n_slots);
@@ -299,7 +341,9 @@ bool CudaBackend::launch_gemv_bulk(const BulkConfig& c, const GemvSegs& segs, co
     if (sh.stage_rows >= 8) sh.stage_rows -= sh.stage_rows % 4;  // whole 4-row work items
     sh.n_slots = c.slots;
     sh.producer_scale = producer_scale_;
-    sh.whole_rows = bulk_whole_rows_ && sh.stage_rows >= kConsumers && sh.stage_rows <= 4 * kConsumers;
+    sh.whole_rows = bulk_whole_rows_ && sh.stage_rows >= kConsumers && sh.stage_rows <= 4 * kConsumers
+                        ? 1 + bulk_held_  // 2: activations held in registers where the kernel may
+                        : 0;
     sh.slot_bytes = int((sh.stage_rows * row_total + 127) / 128 * 128);
     sh.parts_floats = std::max((sh.stage_rows + 3) / 4, kConsumers) * 4 + 4;
     GemvSegs bs = segs;  // g.first counted in stages
