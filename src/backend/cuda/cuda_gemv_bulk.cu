@@ -185,10 +185,11 @@ __global__ void __launch_bounds__((kConsumers + 1) * kWarp)
   // bulk_pair_) 437/443 -> 445/455 t/s; on two other H100s Q4_K_M (pairs) 389/389 -> 400/401 and
   // 383/381 -> 396/401, Q8_0 309/310 -> 310/306.
   if (sh.whole_rows) {
-    // Q4_0 and Q8_0 rows of up to 4096 values (q/k/v, o, gate/up): each lane keeps its activations in
-    // registers for all its stages, loaded right after the wait (up to 40 registers). tg128 on one H100,
-    // five alternating rounds: Q4_0 406-414 -> 417-421 t/s, Q8_0 276-280 -> 284-287. Not for the k-quants,
-    // which then spill (Q4_K_M 338/340 -> 331/334), nor with 24 consumer warps (fewer registers a thread).
+    // Rows of up to 4096 values (q/k/v, o, gate/up) of Q8_0, and of Q4_0 on 16 consumer warps: each lane
+    // keeps its activations in registers for all its stages, loaded right after the wait (up to 40
+    // registers). tg128 on one H100, alternating: Q8_0 276-280 -> 284-287 t/s (five rounds), 282/278 ->
+    // 285/285 on another; Q4_0 on 16 warps 406-414 -> 417-421. Not for the k-quants, which then spill
+    // (Q4_K_M 338/340 -> 331/334), nor with 24 consumer warps (72 registers a thread: spills).
     constexpr bool kMayHold = (std::is_same_v<T, MvQ4_0> || std::is_same_v<T, MvQ8_0>) && kConsumers <= 16;
     const bool hold = kMayHold && sh.whole_rows > 1 && n_chunks <= kHeldChunks<T> * kWarp;
     typename T::X held[kHeldChunks<T>];
@@ -302,9 +303,10 @@ bool bulk_gemv_compiled() {
 }
 
 // Bulk-copy GEMV settings for a type: UMA_CUDA_GEMV_BULK=KB,slots,blocks,warps for every type, =0 for none;
-// by default 96 KB stages in a ring of 2, one block an SM, 16 consumer warps, for the int8 types. Q4_0 had
-// 24 warps until its consumers took whole rows; since then 16 run it at 482, 468, 486, 469, 462, 486 t/s
-// against 24's 452, 459, 461, 468, 469, 467 (tg128, one H100, alternating). llama-7b tg128 on one H100, against
+// by default 96 KB stages in a ring of 2, one block an SM, for the int8 types (24 consumer warps for Q4_0, 16
+// for the k-quants and Q8_0, whose dot products hold more registers). 16 warps for Q4_0 too depend on the
+// machine: whole rows, tg128, alternating, on one H100 482, 468, 486, 469, 462, 486 t/s against 24's 452,
+// 459, 461, 468, 469, 467; on another 420/421 against 472/476. llama-7b tg128 on one H100, against
 // the register-load kernels (tools/device/build_and_test.sh ab, AB_VALUES, two alternating rounds): Q8_0
 // 266 -> 305-310 t/s, Q4_K_M 364-368 -> 379-384, Q4_0 432-442 -> 469-470; F16 180 -> 172 (so plain types keep
 // gemv_split_kernel: their GEMVs already stream at 96 % of copy and the f32 dot is heavier than a dp4a).
@@ -314,7 +316,7 @@ CudaBackend::BulkConfig CudaBackend::bulk_config(GgmlType type) const {
   if (!bulk_allowed_) return {};
   if (bulk_explicit_.kb) return bulk_explicit_;
   switch (type) {
-    case GgmlType::Q4_0:
+    case GgmlType::Q4_0: return {96, 2, 1, 24};
     case GgmlType::Q8_0:
     case GgmlType::Q4_K:
     case GgmlType::Q5_K:
