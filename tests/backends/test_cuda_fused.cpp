@@ -98,9 +98,9 @@ TEST(CudaFused, MatmulManyMatchesSeparateLaunchesAndTheCpu) {
 
 // The single-token GEMV through bulk copies into shared memory (gemv_bulk_kernel, sm_90) against the
 // register-load kernels (UMA_CUDA_GEMV_BULK=0): the defaults (int8 types), both ways of sharing a stage's
-// rows between warps, both of Q4_0's chunk widths, activations held or reloaded, every type with small stages in a ring that wraps many times,
-// and stages of one or two rows split over 24 warps. Merged q/k/v-like groups
-// with a bias, down-projection widths (a Q6_K row of 11008 values: its scale row padded to 16-byte units),
+// rows between warps, both of Q4_0's chunk widths, activations held or reloaded, every type with small
+// stages in a ring that wraps many times, and stages of one or two rows split over 24 warps. Merged q/k/v-like
+// groups with a bias, down-projection widths (a Q6_K row of 11008 values: its scale row padded to 16-byte units),
 // partial last stages (row counts that are no multiple of a stage).
 TEST(CudaFused, BulkCopyGemvMatchesTheRegisterKernel) {
   REQUIRE_GPU();
