@@ -3,8 +3,8 @@
 # models. The GPU machine has no package registry: the build's libraries come as Debian .debs carried in
 # .debs/ (fetch them here with tools/device/fetch_debs.sh) and unpacked into a private prefix.
 # Test data: UMA_SHARED (default .device/shared, a copy of ../shared's fixtures carried with the call).
-#   usage: tools/device/build_and_test.sh [build|cpu-build|test|gemv|profile|bench|llama3|depth|cpu|moe|plan|skip|ab|mem|ceilings|all]...
-#   (default: all but cpu-build, depth, cpu, moe, pprofile, ncu, plan, skip, ab and mem)
+#   usage: tools/device/build_and_test.sh [build|cpu-build|test|gemv|profile|bench|llama3|depth|cpu|moe|plan|skip|ab|sweep|mem|ceilings|all]...
+#   (default: all but cpu-build, depth, cpu, moe, pprofile, ncu, plan, skip, ab, sweep and mem)
 #   cpu-build: a CPU-only build (-DUMA_CUDA=OFF) of uma and the kernel tests (CPU_TARGETS), for the cpu step
 #   gemv: GEMV GB/s per type and shape against the copy ceiling (tests/backends/test_cuda_bench.cpp)
 #   profile: GPU time per op of a Q4_0 decode (UMA_CUDA_PROFILE=1, op by op)
@@ -14,6 +14,8 @@
 #   mem: uma run's planned GPU memory against nvidia-smi's peak for the process (MEM_MODELS, MEM_CTX)
 #   ab: tg128 of llama-7b (AB_TYPES, default q4_0) with the switch AB_ENV at 0 and 1 (AB_VALUES), alternating,
 #   three rounds (AB_ROUNDS)
+#   sweep: tg128 of llama-7b under several settings at once, alternating, SWEEP_ROUNDS rounds (default 2):
+#   SWEEP="q4_0 UMA_CUDA_BULK_ROWS=0 UMA_CUDA_BULK_PAIR=1; q4_0; q8_0 UMA_CUDA_BULK_HELD=0" (type, then switches)
 #   pprofile: GPU time per op of a pp512 prefill (Q4_0, F16); ncu: kernel durations of Q4_0 decode steps
 #   inside the CUDA graph (Nsight Compute, to $OUT/ncu.csv)
 #   depth: tg32 of llama-7b Q4_0 after a DEPTH-token context (default 32768); cpu: the same models on the
@@ -33,7 +35,7 @@ steps=("$@")
 want() {
   for s in "${steps[@]}"; do
     [ "$s" = "$1" ] && return 0
-    case "$1" in depth | cpu | moe | pprofile | ncu | plan | skip | ab | mem | cpu-build) ;; *) [ "$s" = all ] && return 0 ;; esac
+    case "$1" in depth | cpu | moe | pprofile | ncu | plan | skip | ab | sweep | mem | cpu-build) ;; *) [ "$s" = all ] && return 0 ;; esac
   done
   return 1
 }
@@ -129,6 +131,21 @@ if want ab; then
           | grep -E "tg128" | awk -F'|' '{print $8}')
         echo "$t $AB_ENV=$v round $round: tg128 $r"
       done
+    done
+  done
+fi
+
+if want sweep; then
+  echo "== tg128 under each setting of SWEEP, alternating"
+  IFS=';' read -ra settings <<<"${SWEEP:?SWEEP=\"TYPE [NAME=VALUE]...; TYPE [NAME=VALUE]...\"}"
+  for round in $(seq "${SWEEP_ROUNDS:-2}"); do
+    for setting in "${settings[@]}"; do
+      read -ra words <<<"$setting"
+      [ ${#words[@]} -eq 0 ] && continue
+      m=$(synth "${words[0]}") || continue
+      r=$(env "${words[@]:1}" "$BUILD/uma" bench -m "$m" --device cuda -p 0 -n 128 -r 2 --no-membw 2>&1 \
+        | grep -E "tg128" | awk -F'|' '{print $8}')
+      echo "${words[*]} round $round: tg128 $r"
     done
   done
 fi
