@@ -92,6 +92,13 @@ synth() {  # synth TYPE [SHAPE] -> path of a model of that type and shape (defau
   echo "$m"
 }
 
+tg128() {  # tg128 MODEL [NAME=VALUE]... -> "t/s ± sd" of a tg128 on the GPU under those switches
+  local m=$1
+  shift
+  env "$@" "$BUILD/uma" bench -m "$m" --device cuda -p 0 -n 128 -r 2 --no-membw 2>&1 \
+    | grep -E "tg128" | awk -F'|' '{print $8}'
+}
+
 if want gemv; then
   echo "== GEMV bandwidth"
   UMA_CUDA_BENCH=1 "$BUILD/tests/test_backends" --gtest_filter=CudaBench.* 2>&1 | tee "$OUT/gemv.log" \
@@ -127,8 +134,7 @@ if want ab; then
     m=$(synth "$t") || continue
     for round in $(seq "${AB_ROUNDS:-3}"); do
       for v in ${AB_VALUES:-0 1}; do
-        r=$(env "$AB_ENV=$v" "$BUILD/uma" bench -m "$m" --device cuda -p 0 -n 128 -r 2 --no-membw 2>&1 \
-          | grep -E "tg128" | awk -F'|' '{print $8}')
+        r=$(tg128 "$m" "$AB_ENV=$v")
         echo "$t $AB_ENV=$v round $round: tg128 $r"
       done
     done
@@ -143,8 +149,7 @@ if want sweep; then
       read -ra words <<<"$setting"
       [ ${#words[@]} -eq 0 ] && continue
       m=$(synth "${words[0]}") || continue
-      r=$(env "${words[@]:1}" "$BUILD/uma" bench -m "$m" --device cuda -p 0 -n 128 -r 2 --no-membw 2>&1 \
-        | grep -E "tg128" | awk -F'|' '{print $8}')
+      r=$(tg128 "$m" "${words[@]:1}")
       echo "${words[*]} round $round: tg128 $r"
     done
   done
@@ -156,8 +161,7 @@ if want skip; then
     m=$(synth "$t") || continue
     for ops in none gemv add_rms_norm,rms_norm rope_store_kv attention swiglu \
       add_rms_norm,rms_norm,rope_store_kv,attention,swiglu; do
-      r=$(UMA_CUDA_SKIP=$ops "$BUILD/uma" bench -m "$m" --device cuda -p 0 -n 128 -r 2 --no-membw 2>&1 \
-        | grep -E "tg128" | awk -F'|' '{print $8}')
+      r=$(tg128 "$m" "UMA_CUDA_SKIP=$ops")
       echo "$t without $ops: tg128 $r" | tee -a "$OUT/skip.log"
     done
   done
