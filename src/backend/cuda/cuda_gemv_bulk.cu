@@ -23,8 +23,8 @@ struct BulkShape {
   int stage_rows, n_slots, slot_bytes, parts_floats;  // rows a stage; ring slots (<= 8); bytes a slot; part buffer
   int n_stages;                                       // stages over all segments (g.first is in stages)
   int producer_scale;  // a pending norm's 1 / RMS computed by the producer warp (UMA_CUDA_BULK_LATE_SCALE)
-  int whole_rows;      // each consumer warp takes whole rows of a stage (stage_rows >= consumers): no block barrier;
-                       // 2: and keeps its activations in registers where the type allows (UMA_CUDA_BULK_HELD)
+  int whole_rows;      // each consumer warp takes whole rows of a stage (stage_rows >= consumers): no block barrier
+  int held;            // whole-row warps keep their activations in registers where the type allows (UMA_CUDA_BULK_HELD)
 };
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // mbarrier transactions and bulk copies: Hopper on
@@ -74,9 +74,24 @@ struct MvPlain {
   }
 };
 
-// Whole rows first, first + stride, ... (kRows of them) of a stage: each lane strides over the chunks with the
-// activations loaded once for all kRows rows, or (kHeld) takes them from `held`, chunk lane + 32 c in held[c],
-// loaded once for every stage; out[r] is row r's dot product in every lane.
+// acc[r] += the dot products of chunks i0, i0 + step, ... of rows (q, m, d)[r], the activations of a chunk
+// loaded once for all kRows rows.
+template <typename T, int kRows>
+__device__ __forceinline__ void dot_rows(const uint8_t* const (&q)[kRows], const uint8_t* const (&m)[kRows],
+                                         const uint8_t* const (&d)[kRows], int i0, int step, int n_chunks,
+                                         const int8_t* __restrict__ xq, const float4* __restrict__ xs,
+                                         float (&acc)[kRows]) {
+  for (int i = i0; i < n_chunks; i += step) {
+    typename T::X xv;
+    T::load_x(xq, xs, i, xv);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) acc[r] += T::dot(q[r], m[r], d[r], i, xv);
+  }
+}
+
+// Whole rows first, first + stride, ... (kRows of them) of a stage: each lane strides over the chunks
+// (dot_rows), or (kHeld) takes the activations from `held`, chunk lane + 32 c in held[c], loaded once for
+// every stage; out[r] is row r's dot product in every lane.
 template <typename T>
 constexpr int kHeldChunks = 128 / T::kChunkValues;  // a 4096-wide row: 128 values a lane
 template <typename T, int kRows, bool kHeld>
@@ -101,12 +116,7 @@ __device__ __forceinline__ void bulk_rows(const uint8_t* qs, const uint8_t* ms, 
       }
     }
   } else {
-    for (int i = lane; i < n_chunks; i += kWarp) {
-      typename T::X xv;
-      T::load_x(xq, xs, i, xv);
-#pragma unroll
-      for (int r = 0; r < kRows; ++r) acc[r] += T::dot(q[r], m[r], d[r], i, xv);
-    }
+    dot_rows<T, kRows>(q, m, d, lane, kWarp, n_chunks, xq, xs, acc);
   }
 #pragma unroll
   for (int r = 0; r < kRows; ++r) out[r] = warp_sum(acc[r]);
@@ -127,17 +137,18 @@ __global__ void __launch_bounds__((kConsumers + 1) * kWarp)
   uint8_t* slots = smem + 256 + 2 * sh.parts_floats * sizeof(float);
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const int64_t q_row = g.w[0].q_row, m_row = g.w[0].m_row, d_row = g.w[0].d_row;
-  // Stage st: its segment, first row and row count.
-  auto stage = [&](int st, int& s, int64_t& row0, int& n_rows) {
+  // This block's k-th stage (stage blockIdx.x + k * gridDim.x, in slot k % n_slots): its segment, first row
+  // and row count.
+  auto stage = [&](int k, int& s, int64_t& row0, int& n_rows) {
+    const int st = int(blockIdx.x) + k * int(gridDim.x);
     s = segment_of(g, st);
     row0 = int64_t(st - g.first[s]) * sh.stage_rows;
     n_rows = int(min(int64_t(sh.stage_rows), g.rows[s] - row0));
   };
-  auto produce = [&](int k) {  // this block's k-th stage into slot k % n_slots
-    const int st = int(blockIdx.x) + k * int(gridDim.x);
+  auto produce = [&](int k) {  // this block's k-th stage into its slot
     int s, n_rows;
     int64_t row0;
-    stage(st, s, row0, n_rows);
+    stage(k, s, row0, n_rows);
     uint8_t* dst = slots + (k % sh.n_slots) * sh.slot_bytes;
     uint64_t* bar = full + k % sh.n_slots;
     mbar_expect_tx(bar, uint32_t(n_rows * (q_row + m_row + d_row)));
@@ -178,6 +189,22 @@ __global__ void __launch_bounds__((kConsumers + 1) * kWarp)
     return;
   }
   if (warp == kConsumers) return;
+  // The consumers' k-th stage: waits for its slot's bytes; its quants, per-group scales and block scales.
+  auto consume = [&](int k, int& s, int64_t& row0, int& n_rows, const uint8_t*& qs, const uint8_t*& ms,
+                     const uint8_t*& ds) {
+    stage(k, s, row0, n_rows);
+    mbar_wait(full + k % sh.n_slots, uint32_t((k / sh.n_slots) & 1));
+    qs = slots + (k % sh.n_slots) * sh.slot_bytes;
+    ms = qs + n_rows * q_row;
+    ds = ms + n_rows * m_row;
+  };
+  auto take_scale = [&](int k) {  // the producer warp's scale, before the first outputs
+    if (late && k == 0) {
+      asm volatile("bar.sync 2, %0;" ::"r"((kConsumers + 1) * kWarp) : "memory");
+      scale = *scale_s;
+    }
+  };
+  auto write = [&](int s, int64_t row, float v) { g.y[s][row] = v * scale + (g.bias[s] ? g.bias[s][row] : 0.0f); };
   // Whole rows: warp w takes rows w, w + kConsumers, ... of every stage, and the slot's empty barrier counts
   // one arrival a warp, so no warp waits for the others. A 40-row Q4_0 stage in 4-row items over 24 warps left
   // 4 of them idle (and a 40-row Q4_K stage over 16 warps 6) and needed the block barrier before the sums.
@@ -191,7 +218,7 @@ __global__ void __launch_bounds__((kConsumers + 1) * kWarp)
     // 285/285 on another; Q4_0 on 16 warps 406-414 -> 417-421. Not for the k-quants, which then spill
     // (Q4_K_M 338/340 -> 331/334), nor with 24 consumer warps (72 registers a thread: spills).
     constexpr bool kMayHold = (std::is_same_v<T, MvQ4_0> || std::is_same_v<T, MvQ8_0>) && kConsumers <= 16;
-    const bool hold = kMayHold && sh.whole_rows > 1 && n_chunks <= kHeldChunks<T> * kWarp;
+    const bool hold = kMayHold && sh.held && n_chunks <= kHeldChunks<T> * kWarp;
     typename T::X held[kHeldChunks<T>];
     if (hold) {
 #pragma unroll
@@ -199,15 +226,11 @@ __global__ void __launch_bounds__((kConsumers + 1) * kWarp)
         if (lane + c * kWarp < n_chunks) T::load_x(xq, xs, lane + c * kWarp, held[c]);
     }
     for (int k = 0; k < mine; ++k) {
-      const int st = int(blockIdx.x) + k * int(gridDim.x);
       int s, n_rows;
       int64_t row0;
-      stage(st, s, row0, n_rows);
+      const uint8_t *qs, *ms, *ds;
+      consume(k, s, row0, n_rows, qs, ms, ds);
       const int nr = (n_rows - warp + kConsumers - 1) / kConsumers;  // this warp's rows: warp, warp + kConsumers..
-      mbar_wait(full + k % sh.n_slots, uint32_t((k / sh.n_slots) & 1));
-      const uint8_t* qs = slots + (k % sh.n_slots) * sh.slot_bytes;
-      const uint8_t* ms = qs + n_rows * q_row;
-      const uint8_t* ds = ms + n_rows * m_row;
       float out[4] = {};
       auto rows = [&](auto held_tag) {
         constexpr bool kH = decltype(held_tag)::value;
@@ -231,27 +254,17 @@ __global__ void __launch_bounds__((kConsumers + 1) * kWarp)
       }
       __syncwarp();
       if (lane == 0) mbar_arrive(empty + k % sh.n_slots);
-      if (late && k == 0) {  // the producer warp's scale, before the first outputs
-        asm volatile("bar.sync 2, %0;" ::"r"((kConsumers + 1) * kWarp) : "memory");
-        scale = *scale_s;
-      }
-      if (lane < nr) {  // lane r writes row r of the warp's
-        const int64_t row = row0 + warp + lane * kConsumers;
-        const float v = lane == 0 ? out[0] : lane == 1 ? out[1] : lane == 2 ? out[2] : out[3];
-        g.y[s][row] = v * scale + (g.bias[s] ? g.bias[s][row] : 0.0f);
-      }
+      take_scale(k);
+      if (lane < nr)  // lane r writes row r of the warp's
+        write(s, row0 + warp + lane * kConsumers, lane == 0 ? out[0] : lane == 1 ? out[1] : lane == 2 ? out[2] : out[3]);
     }
     return;
   }
   for (int k = 0; k < mine; ++k) {
-    const int st = int(blockIdx.x) + k * int(gridDim.x);
     int s, n_rows;
     int64_t row0;
-    stage(st, s, row0, n_rows);
-    mbar_wait(full + k % sh.n_slots, uint32_t((k / sh.n_slots) & 1));
-    const uint8_t* qs = slots + (k % sh.n_slots) * sh.slot_bytes;
-    const uint8_t* ms = qs + n_rows * q_row;
-    const uint8_t* ds = ms + n_rows * m_row;
+    const uint8_t *qs, *ms, *ds;
+    consume(k, s, row0, n_rows, qs, ms, ds);
     // Work items: groups of kItemRows rows, each split over `split` warps when there are fewer groups than warps.
     const int groups = (n_rows + kItemRows - 1) / kItemRows;
     const int split = groups < kConsumers ? kConsumers / groups : 1;
@@ -265,12 +278,7 @@ __global__ void __launch_bounds__((kConsumers + 1) * kWarp)
         q[r] = qs + row * q_row, m[r] = ms + row * m_row, d[r] = ds + row * d_row;
       }
       float acc[kItemRows] = {};
-      for (int i = p * kWarp + lane; i < n_chunks; i += split * kWarp) {
-        typename T::X xv;
-        T::load_x(xq, xs, i, xv);
-#pragma unroll
-        for (int r = 0; r < kItemRows; ++r) acc[r] += T::dot(q[r], m[r], d[r], i, xv);
-      }
+      dot_rows<T, kItemRows>(q, m, d, p * kWarp + lane, split * kWarp, n_chunks, xq, xs, acc);
 #pragma unroll
       for (int r = 0; r < kItemRows; ++r) {
         const float v = warp_sum(acc[r]);
@@ -278,16 +286,12 @@ __global__ void __launch_bounds__((kConsumers + 1) * kWarp)
       }
     }
     asm volatile("bar.sync 1, %0;" ::"r"(kConsumers * kWarp) : "memory");  // the consumers only
-    if (late && k == 0) {  // the producer warp's scale, before the first outputs
-      asm volatile("bar.sync 2, %0;" ::"r"((kConsumers + 1) * kWarp) : "memory");
-      scale = *scale_s;
-    }
+    take_scale(k);
     if (threadIdx.x == 0) mbar_arrive(empty + k % sh.n_slots);
     if (int(threadIdx.x) < n_rows) {
       float v = 0;
       for (int j = 0; j < split; ++j) v += part[threadIdx.x * split + j];
-      const int64_t row = row0 + threadIdx.x;
-      g.y[s][row] = v * scale + (g.bias[s] ? g.bias[s][row] : 0.0f);
+      write(s, row0 + threadIdx.x, v);
     }
   }
 #endif
@@ -343,9 +347,8 @@ bool CudaBackend::launch_gemv_bulk(const BulkConfig& c, const GemvSegs& segs, co
     if (sh.stage_rows >= 8) sh.stage_rows -= sh.stage_rows % 4;  // whole 4-row work items
     sh.n_slots = c.slots;
     sh.producer_scale = producer_scale_;
-    sh.whole_rows = bulk_whole_rows_ && sh.stage_rows >= kConsumers && sh.stage_rows <= 4 * kConsumers
-                        ? 1 + bulk_held_  // 2: activations held in registers where the kernel may
-                        : 0;
+    sh.whole_rows = bulk_whole_rows_ && sh.stage_rows >= kConsumers && sh.stage_rows <= 4 * kConsumers;
+    sh.held = bulk_held_;
     sh.slot_bytes = int((sh.stage_rows * row_total + 127) / 128 * 128);
     sh.parts_floats = std::max((sh.stage_rows + 3) / 4, kConsumers) * 4 + 4;
     GemvSegs bs = segs;  // g.first counted in stages
