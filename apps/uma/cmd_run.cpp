@@ -31,6 +31,7 @@ struct RunArgs {
   bool chat = false;
   std::string system;
   bool touch_kv = false;  // diagnostic: make the whole KV cache resident, as a full context would
+  bool host_sampling = false;  // diagnostic: every logits row to the host (GenerateOptions::backend_sampling)
 };
 
 // The GPU `index` of this host as a one-device machine for the planner (nvidia-smi's free memory), if the
@@ -123,6 +124,7 @@ int run(const RunArgs& a) {
   go.n_predict = a.n_predict;
   go.sampling = a.sampling;
   go.ignore_eos = a.ignore_eos;
+  go.backend_sampling = !a.host_sampling;
   TextStream stream(tok, stops);
   auto result = generate(*engine, 0, prompt, go, [&](TokenId t) {
     const std::string text = stream.push(t);
@@ -166,6 +168,9 @@ const RegisterCommand reg{{"run", "Generate text from a prompt", [](CLI::App& su
   sub.add_option("-s,--seed", a->sampling.seed, "RNG seed (default: random)");
   sub.add_flag("--ignore-eos", a->ignore_eos, "Keep generating past end-of-generation tokens");
   sub.add_flag("--no-plan", a->no_plan, "Skip the memory plan printed (and enforced) before loading");
+  sub.add_flag("--host-sampling", a->host_sampling,
+               "Diagnostic: sample every token from the whole row of logits on the host (same tokens, slower)")
+      ->group("");
   sub.add_flag("--touch-kv", a->touch_kv, "Diagnostic: write the whole KV cache once (peak memory of a full context)")
       ->group("");
   sub.add_flag("--chat", a->chat, "Treat the prompt as a user message in the model's chat template; print only the reply");

@@ -188,16 +188,27 @@ class Backend {
     }
   }
 
-  // Sampling next to the logits (Sampler::backend_top_k): applies `pen` to one row of n_cols logits (device
-  // memory, scratch: it may be left penalised) and writes its k best (id, penalised logit) to `out` (host
-  // memory, k entries), best first: higher logit, then lower id, NaN as -inf. 1 <= k <= n_cols. Synchronous, outside a step. The default downloads the row and runs the reference
-  // (sampling/top_k.h); a device backend returns k pairs instead of n_cols floats, and may serve a k larger
-  // than its kernels take through this default.
+  // Sampling next to the logits (Sampler::backend_candidates): applies `pen` to one row of n_cols logits
+  // (device memory, left penalised: row_mass and a download then read the penalised row) and writes its k
+  // best (id, penalised logit) to `out` (host memory, k entries), best first: higher logit, then lower id, NaN
+  // as -inf. 1 <= k <= n_cols. Synchronous, outside a step. The default downloads the row and runs the
+  // reference (sampling/top_k.h); a device backend returns k pairs instead of n_cols floats, and may serve a k
+  // larger than its kernels take through this default.
   virtual void top_k_row(float* logits, int64_t n_cols, int k, const LogitPenalties& pen, TokenLogit* out) {
     thread_local std::vector<float> row;  // kept between tokens: see penalized_top_k
     row.resize(static_cast<size_t>(n_cols));
     download(row.data(), logits, row.size());
     penalized_top_k(row.data(), row.size(), k, pen, out);
+    if (pen.active()) upload(logits, row.data(), row.size());
+  }
+  // The probability mass of a row of n_cols logits (device memory) whose best logit is max_logit (RowMass,
+  // sampling/top_k.h), for chains that sample from the whole row (Sampler::sample_head): two numbers come
+  // back instead of the row. Synchronous, outside a step. The default downloads the row.
+  virtual RowMass row_mass(const float* logits, int64_t n_cols, float max_logit, double inv_t) {
+    thread_local std::vector<float> row;
+    row.resize(static_cast<size_t>(n_cols));
+    download(row.data(), logits, row.size());
+    return uma::row_mass(row.data(), row.size(), max_logit, inv_t);
   }
 
   // Composite ops with a default that fails, so that a backend can adopt them one at a time.

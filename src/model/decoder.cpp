@@ -198,6 +198,15 @@ void DecoderModel::forward_top_k_rows(const Batch& batch, KvCache& kv, std::span
   }
 }
 
+RowMass DecoderModel::last_row_mass(int64_t row, float max_logit, double inv_t) {
+  return backend_->row_mass(s_.logits + row * config_.n_vocab, config_.n_vocab, max_logit, inv_t);
+}
+
+void DecoderModel::last_logits_row(int64_t row, std::vector<float>& out) {
+  out.resize(static_cast<size_t>(config_.n_vocab));
+  backend_->download(out.data(), s_.logits + row * config_.n_vocab, out.size());
+}
+
 // The forward pass up to the logits of the marked tokens in s_.logits; returns how many rows there are.
 int64_t DecoderModel::run(const Batch& batch, KvCache& kv, const LayerHook* hook) {
   const ModelConfig& c = config_;
@@ -257,7 +266,7 @@ void Model::forward_greedy(const Batch& batch, KvCache& kv, std::vector<int32_t>
 
 void Model::forward_top_k_rows(const Batch& batch, KvCache& kv, std::span<const int> ks,
                                std::span<const LogitPenalties> pens, std::vector<std::vector<TokenLogit>>& outs) {
-  std::vector<float> logits;
+  std::vector<float>& logits = last_logits_;
   forward(batch, kv, logits, nullptr);
   const size_t V = static_cast<size_t>(config_.n_vocab), rows = V ? logits.size() / V : 0;
   check_rows(static_cast<int64_t>(rows), ks, pens);
@@ -271,10 +280,22 @@ void Model::forward_top_k_rows(const Batch& batch, KvCache& kv, std::span<const 
 void Model::forward_top_k(const Batch& batch, KvCache& kv, int k, const LogitPenalties& pen,
                           std::vector<TokenLogit>& out) {
   require_one_output(batch);
-  std::vector<float> logits;
+  std::vector<float>& logits = last_logits_;
   forward(batch, kv, logits, nullptr);
   out.resize(logits.empty() ? 0 : static_cast<size_t>(k));
   if (!logits.empty()) penalized_top_k(logits.data(), logits.size(), k, pen, out.data());
+}
+
+RowMass Model::last_row_mass(int64_t row, float max_logit, double inv_t) {
+  const size_t V = static_cast<size_t>(config_.n_vocab);
+  if ((static_cast<size_t>(row) + 1) * V > last_logits_.size()) fail("last_row_mass: no row {} in the last pass", row);
+  return row_mass(last_logits_.data() + row * V, V, max_logit, inv_t);
+}
+
+void Model::last_logits_row(int64_t row, std::vector<float>& out) {
+  const size_t V = static_cast<size_t>(config_.n_vocab);
+  if ((static_cast<size_t>(row) + 1) * V > last_logits_.size()) fail("last_logits_row: no row {} in the last pass", row);
+  out.assign(last_logits_.begin() + row * V, last_logits_.begin() + (row + 1) * V);
 }
 
 KvCacheOptions Model::kv_options(int64_t n_ctx, int n_seq) const {

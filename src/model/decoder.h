@@ -38,6 +38,8 @@ class DecoderModel : public Model {
   void forward_greedy(const Batch& batch, KvCache& kv, std::vector<int32_t>& ids) override;
   void forward_top_k(const Batch& batch, KvCache& kv, int k, const LogitPenalties& pen,
                      std::vector<TokenLogit>& out) override;
+  RowMass last_row_mass(int64_t row, float max_logit, double inv_t) override;
+  void last_logits_row(int64_t row, std::vector<float>& out) override;
   void forward_top_k_rows(const Batch& batch, KvCache& kv, std::span<const int> ks,
                           std::span<const LogitPenalties> pens, std::vector<std::vector<TokenLogit>>& outs) override;
   // All weights of a dense model; for a MoE, the routed experts count top-k of n_expert.

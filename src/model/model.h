@@ -88,6 +88,11 @@ class Model {
   // hold one entry per marked token.
   virtual void forward_top_k_rows(const Batch& batch, KvCache& kv, std::span<const int> ks,
                                   std::span<const LogitPenalties> pens, std::vector<std::vector<TokenLogit>>& outs);
+  // After forward_top_k or forward_top_k_rows, for chains that sample from the whole row (Sampler::sample_head):
+  // the mass of row r (batch order of the marked tokens) of that pass's penalised logits (RowMass; two numbers
+  // from a device backend), or the whole row. Valid until the next pass.
+  virtual RowMass last_row_mass(int64_t row, float max_logit, double inv_t);
+  virtual void last_logits_row(int64_t row, std::vector<float>& out);
   // Bytes of weights read to produce one token (all weights of a dense model; active experts of a MoE).
   virtual size_t bytes_per_token() const;
   size_t weight_bytes() const { return weight_bytes_; }
@@ -96,6 +101,7 @@ class Model {
   ModelConfig config_;
   Backend* backend_ = nullptr;
   size_t weight_bytes_ = 0;
+  std::vector<float> last_logits_;  // the default forward_top_k(_rows): that pass's penalised rows
 };
 
 // Choices that are not in the file.

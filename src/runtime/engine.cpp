@@ -87,7 +87,7 @@ GenerateResult generate(Engine& engine, int seq, const std::vector<TokenId>& pro
   std::vector<int32_t> picked;
   std::vector<TokenLogit> candidates;
   const bool backend_picks = options.backend_sampling && sampler.plain_greedy();
-  const int backend_k = options.backend_sampling && !backend_picks ? sampler.backend_top_k() : 0;
+  const int backend_k = options.backend_sampling && !backend_picks ? sampler.backend_candidates() : 0;
   auto forward = [&](const Batch& b) {
     if (backend_picks)
       model.forward_greedy(b, kv, picked);
@@ -98,6 +98,10 @@ GenerateResult generate(Engine& engine, int seq, const std::vector<TokenId>& pro
   };
   auto sample = [&]() -> TokenId {
     if (backend_picks) return picked.at(0);
+    if (backend_k > 0 && sampler.whole_row())
+      return sampler.sample_head(
+          candidates, model.last_row_mass(0, candidates.at(0).logit, sampler.inv_temperature()),
+          [&](std::vector<float>& row) { model.last_logits_row(0, row); });
     if (backend_k > 0) return sampler.sample_candidates(candidates);
     return sampler.sample(logits);
   };

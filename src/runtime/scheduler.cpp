@@ -288,7 +288,7 @@ void Scheduler::step() {
   ks_.clear();
   pens_.clear();
   for (const Part& p : parts)
-    if (p.wants_logits) ks_.push_back(options_.backend_sampling ? slots_[p.slot].sampler->backend_top_k() : 0);
+    if (p.wants_logits) ks_.push_back(options_.backend_sampling ? slots_[p.slot].sampler->backend_candidates() : 0);
   const bool on_backend = !ks_.empty() && std::all_of(ks_.begin(), ks_.end(), [](int k) { return k > 0; });
   if (on_backend)
     for (const Part& p : parts)
@@ -323,8 +323,17 @@ void Scheduler::step() {
     }
     if (!p.wants_logits) continue;
     const Request& req = slot.job->request;
-    const TokenId next = on_backend ? slot.sampler->sample_candidates(candidates_[row])
-                                    : slot.sampler->sample(std::span<float>(logits_.data() + row * n_vocab, n_vocab));
+    Sampler& sampler = *slot.sampler;
+    TokenId next;
+    if (!on_backend) {
+      next = sampler.sample(std::span<float>(logits_.data() + row * n_vocab, n_vocab));
+    } else if (sampler.whole_row()) {  // the head and the row's mass; the row itself only when needed
+      const auto& head = candidates_[row];
+      next = sampler.sample_head(head, model.last_row_mass(row, head.at(0).logit, sampler.inv_temperature()),
+                                 [&](std::vector<float>& r) { model.last_logits_row(row, r); });
+    } else {
+      next = sampler.sample_candidates(candidates_[row]);
+    }
     ++row;
     slot.sampler->accept(next);
     if (slot.job->first_token == Clock::time_point{}) slot.job->first_token = Clock::now();

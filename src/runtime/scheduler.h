@@ -27,9 +27,10 @@ namespace uma {
 struct SchedulerOptions {
   int64_t n_batch = 512;     // tokens per forward step, all slots together (decode tokens come first)
   bool prefix_reuse = true;  // reuse cached prompt prefixes across requests
-  // Penalties and top-k next to the logits (Model::forward_top_k_rows, Backend::top_k_row) when every slot
-  // sampling in a step can (Sampler::backend_top_k > 0): a GPU returns k pairs a sequence instead of its
-  // whole row of logits, and the host skips the selection over the vocabulary. Same tokens either way.
+  // Penalties and top-k next to the logits (Model::forward_top_k_rows, Backend::top_k_row;
+  // Sampler::backend_candidates): a GPU returns k pairs a sequence instead of its whole row of logits, and
+  // the host skips the selection over the vocabulary; a chain without top-k gets the 256 best and the row's
+  // mass (Sampler::sample_head), and the row only when the draw lands past them. Same tokens either way.
   bool backend_sampling = true;
 };
 

@@ -97,7 +97,72 @@ int32_t Sampler::sample_candidates(std::span<const TokenLogit> sorted) {
   return finish(sorted);
 }
 
-int32_t Sampler::finish(std::span<const TokenLogit> sorted) {
+int Sampler::backend_candidates() const {
+  if (const int k = backend_top_k(); k > 0) return k;
+  return std::min(kHead, vocab_size_);
+}
+
+// Exactness: sample() compares running sums of the sorted weights with top_p · total and u · total, where
+// total is the sum over the whole row. Here total is the backend's RowMass, within kRowMassError · mass of
+// sample()'s (sampling/top_k.h), and the running sums over the head are sample()'s own, term for term. So
+// the first head position i whose running sum passes the threshold by more than that margin, while the one
+// before stays below it by as much, is the position sample() stops at; any other case takes the whole row.
+int32_t Sampler::sample_head(std::span<const TokenLogit> head, const RowMass& mass,
+                             const std::function<void(std::vector<float>&)>& whole_row) {
+  if (head.empty()) fail("sampler: no candidates to sample from");
+  kept_.clear();
+  const double u = next_uniform();  // sample() draws exactly one uniform too, after the truncation
+  auto from_whole_row = [&] {
+    ++fallbacks_;
+    whole_row(row_);
+    if (row_.size() != size_t(vocab_size_))
+      fail("sampler: got {} logits for a vocabulary of {} tokens", row_.size(), vocab_size_);
+    const size_t n = sort_top_k(row_.data(), row_.size(), row_.size(), candidates_);
+    return finish(std::span<const TokenLogit>(candidates_.data(), n), &u);
+  };
+  if (head.size() >= size_t(vocab_size_)) return finish(head, &u);  // the head is the whole row
+  const float max_logit = head[0].logit;
+  if (!(max_logit > -std::numeric_limits<float>::infinity())) return from_whole_row();  // finish() says why
+  // A valid mass counts the best logit's term, exp(0) = 1, in both sums.
+  if (!(mass.sum1 >= 1.0 && mass.sum_t >= 1.0)) return from_whole_row();
+  // The first position whose running sum of w(i) passes `threshold` by more than `margin` while every sum
+  // before it stayed below threshold - margin (sample()'s stopping point), else head.size() (undecided).
+  auto stop = [&](double threshold, double margin, auto&& w) {
+    double cum = 0.0;
+    for (size_t i = 0; i < head.size(); ++i) {
+      cum += w(i);
+      if (cum > threshold + margin) return i;
+      if (cum >= threshold - margin) return head.size();  // within the margin
+    }
+    return head.size();
+  };
+  size_t k = head.size();
+  bool whole = true;  // whether every token of the row survives truncation so far
+  if (params_.top_p < 1.0f) {
+    const size_t i = stop(double(params_.top_p) * mass.sum1, kRowMassError * mass.sum1,
+                          [&](size_t j) { return std::exp(double(head[j].logit - max_logit)); });
+    if (i == head.size()) return from_whole_row();
+    k = i + 1, whole = false;
+  }
+  if (params_.min_p > 0.0f) {
+    const float threshold = max_logit + std::log(params_.min_p);
+    size_t keep = 1;
+    while (keep < k && head[keep].logit >= threshold) ++keep;
+    if (whole && keep == head.size()) return from_whole_row();  // survivors past the head
+    k = keep, whole = false;
+  }
+  if (!whole) return draw(head, k, u);
+  // Every token survives: the draw over the whole row, decided in the head when the margin allows.
+  const double inv_t = 1.0 / double(params_.temperature), total = mass.sum_t;
+  auto weight = [&](size_t j) { return std::exp(double(head[j].logit - max_logit) * inv_t); };
+  const size_t i = stop(u * total, kRowMassError * total, weight);
+  if (i == head.size()) return from_whole_row();
+  kept_.resize(head.size());
+  for (size_t j = 0; j < head.size(); ++j) kept_[j] = {head[j].id, float(weight(j) / total)};
+  return head[i].id;
+}
+
+int32_t Sampler::finish(std::span<const TokenLogit> sorted, const double* u) {
   kept_.clear();
   if (params_.temperature <= 0.0f) return sorted[0].id;
   size_t k = sorted.size();
@@ -130,7 +195,12 @@ int32_t Sampler::finish(std::span<const TokenLogit> sorted) {
     k = keep;
   }
 
+  return draw(sorted, k, u ? *u : next_uniform());
+}
+
+int32_t Sampler::draw(std::span<const TokenLogit> sorted, size_t k, double u) {
   // Temperature, softmax over the survivors, then one draw by inverse CDF.
+  const float max_logit = sorted[0].logit;
   const double inv_t = 1.0 / double(params_.temperature);
   double total = 0.0;
   kept_.resize(k);
@@ -142,7 +212,7 @@ int32_t Sampler::finish(std::span<const TokenLogit> sorted) {
   }
   for (size_t i = 0; i < k; ++i) kept_[i] = {sorted[i].id, float(weights[i] / total)};
 
-  double r = next_uniform() * total, cum = 0.0;
+  double r = u * total, cum = 0.0;
   for (size_t i = 0; i < k; ++i) {
     cum += weights[i];
     if (r < cum) return sorted[i].id;

@@ -14,6 +14,7 @@
 #pragma once
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <random>
 #include <span>
 #include <vector>
@@ -57,6 +58,23 @@ class Sampler {
   // 0 < top_k < vocab), 1 for greedy; 0 when the rest of the chain needs the whole row (no top-k: top-p
   // then sees every token), and sample() must be used.
   int backend_top_k() const;
+  // The same split for the chains that see the whole row (temperature > 0, no top-k: top-p, min-p and the
+  // draw over every token, as OpenAI's defaults ask): the backend returns the kHead best candidates and the
+  // row's mass (Model::last_row_mass, RowMass), and sample_head decides from them whenever the sums' error
+  // bound (kRowMassError) cannot change the outcome, which is exactly sample()'s token; otherwise (the draw
+  // lands past the head, or within the bound of a boundary) it takes the whole penalised row from
+  // `whole_row` and finishes as sample() does, with the same uniform. kHead candidates: 256 (a trained
+  // model's top 256 hold most of the mass), or the vocabulary when smaller.
+  static constexpr int kHead = 256;
+  // How many candidates to ask the backend for: backend_top_k(), or for a whole-row chain the head (then
+  // sample with sample_head).
+  int backend_candidates() const;
+  bool whole_row() const { return params_.temperature > 0.0f && backend_top_k() == 0; }
+  double inv_temperature() const { return 1.0 / double(params_.temperature); }
+  int32_t sample_head(std::span<const TokenLogit> head, const RowMass& mass,
+                      const std::function<void(std::vector<float>&)>& whole_row);
+  // How many sample_head calls needed the whole row (for tests and statistics).
+  uint64_t whole_row_fallbacks() const { return fallbacks_; }
   // The penalties for the current history (distinct ids with their counts). Views into the sampler, valid
   // until the next accept(), reset(), sample() or penalties().
   LogitPenalties penalties();
@@ -75,7 +93,9 @@ class Sampler {
   uint64_t seed() const { return seed_; }
 
   // The candidates that survived truncation in the last sample() or sample_candidates(), with the
-  // probabilities the draw used. Empty after a greedy sample. Valid until the next sample.
+  // probabilities the draw used. Empty after a greedy sample. After sample_head decided a draw over the
+  // whole row from its head: the head, with probabilities from the backend's mass. Valid until the next
+  // sample.
   std::span<const TokenProb> last_candidates() const { return kept_; }
 
   const SamplerParams& params() const { return params_; }
@@ -91,7 +111,10 @@ class Sampler {
 
  private:
   // The chain after top-k on candidates sorted best first (greedy: the first).
-  int32_t finish(std::span<const TokenLogit> sorted);
+  // `u`: the draw's uniform when already taken (sample_head's fallback), else drawn here.
+  int32_t finish(std::span<const TokenLogit> sorted, const double* u = nullptr);
+  // The temperature and the draw on the survivors sorted[0, k) (finish's last step).
+  int32_t draw(std::span<const TokenLogit> sorted, size_t k, double u);
   // A uniform double in [0, 1) from the top 53 bits of one 64-bit draw.
   double next_uniform();
 
@@ -106,6 +129,8 @@ class Sampler {
   std::vector<TokenProb> kept_;
   std::vector<double> weights_;
   std::vector<int32_t> history_sorted_, penalty_ids_, penalty_counts_;
+  std::vector<float> row_;  // sample_head's whole row, when it needs it
+  uint64_t fallbacks_ = 0;
 };
 
 }  // namespace uma

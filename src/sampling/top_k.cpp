@@ -59,6 +59,15 @@ size_t sort_top_k(const float* logits, size_t n, size_t k, std::vector<TokenLogi
   return k;
 }
 
+RowMass row_mass(const float* logits, size_t n, float max_logit, double inv_t) {
+  RowMass m;
+  for (size_t i = 0; i < n; ++i) {
+    m.sum1 += row_mass_term(logits[i], max_logit, inv_t, false);
+    m.sum_t += row_mass_term(logits[i], max_logit, inv_t, true);
+  }
+  return m;
+}
+
 void penalized_top_k(float* logits, size_t n, int k, const LogitPenalties& pen, TokenLogit* out) {
   if (k < 1 || size_t(k) > n) fail("top-k of a row of {} logits: k must be in [1, {}], got {}", n, n, k);
   apply_penalties(logits, n, pen);

@@ -89,6 +89,23 @@ UMA_HOST_DEVICE inline TokenLogit key_candidate(uint64_t key) {
 // whole row), a radix sort of the rank keys, O(n): the same order, since the order is total.
 size_t sort_top_k(const float* logits, size_t n, size_t k, std::vector<TokenLogit>& scratch);
 
+// The probability mass of a penalised row, for sampler chains that see the whole row (no top-k; see
+// Sampler::sample_head): with m its best logit (ranking_logit), sum1 = Σ exp(l − m) and sum_t = Σ exp((l − m)
+// · inv_t) over every logit (NaN and -inf add nothing). Float exponentials, double sums: within
+// kRowMassError (relative) of the exact sums, which the sampler allows for. Bound: the float argument is
+// off by ≤ 2^-24 · |x| and expf by ≤ 2 ulp, so a term by ≤ 7e-6 for |x| ≤ 104 (below, expf gives ≤ 1.2e-38
+// and so does the exact term); 2^-53 per double add. sum1 >= 1 (the best logit's term).
+struct RowMass {
+  double sum1 = 0, sum_t = 0;
+};
+constexpr double kRowMassError = 1e-4;
+UMA_HOST_DEVICE inline float row_mass_term(float logit, float max_logit, double inv_t, bool tempered) {
+  if (logit != logit || logit == -INFINITY) return 0.0f;  // NaN ranks as -inf
+  const float d = logit - max_logit;
+  return expf(tempered ? float(double(d) * inv_t) : d);
+}
+RowMass row_mass(const float* logits, size_t n, float max_logit, double inv_t);
+
 // The whole of Backend::top_k_row on host memory: penalties on the n logits in place, then the k best into
 // out[0, k). Throws uma::Error unless 1 <= k <= n.
 void penalized_top_k(float* logits, size_t n, int k, const LogitPenalties& pen, TokenLogit* out);

@@ -1,9 +1,11 @@
 // Sampling on the GPU (CudaBackend::top_k_row, cuda_sampling.cu) against the CPU backend's default, which is
 // the host reference (sampling/top_k.h): the same k (id, logit) pairs, bit for bit, at real vocabulary sizes,
-// with ties, NaN, -inf, signed zeros and penalties; and generate() picking the same tokens with the first
-// stages on the GPU as with every row sampled on the host.
+// with ties, NaN, -inf, signed zeros and penalties; the row's mass for chains without top-k within its bound;
+// and generate() picking the same tokens with the first stages on the GPU as with every row sampled on the
+// host.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -71,6 +73,31 @@ TEST(CudaSampling, TopKRowMatchesTheCpu) {
               << got[size_t(i)].logit << " vs " << want[size_t(i)].logit;
         }
       }
+    }
+  }
+}
+
+// The row's mass on the GPU (chains without top-k, Sampler::sample_head) against the exact sums (double
+// exponentials) of the same penalised row: within a tenth of the error the sampler allows for.
+TEST(CudaSampling, RowMassIsWithinItsBound) {
+  REQUIRE_GPU();
+  auto cuda = gpu();
+  for (int64_t n_cols : {260, 32000, 128256}) {
+    for (double inv_t : {1.0, 1.0 / 0.7, 1.0 / 2.5, 50.0}) {
+      const auto row = nasty_row(n_cols, uint32_t(n_cols) + uint32_t(inv_t * 10), false);
+      float mx = -std::numeric_limits<float>::infinity();
+      for (float l : row) mx = std::max(mx, ranking_logit(l));
+      double e1 = 0, et = 0;
+      for (float l : row) {
+        const float r = ranking_logit(l);
+        if (r == -std::numeric_limits<float>::infinity()) continue;
+        e1 += std::exp(double(r - mx));
+        et += std::exp(double(r - mx) * inv_t);
+      }
+      Dev d{*cuda};
+      const RowMass m = cuda->row_mass(d.put(row), n_cols, mx, inv_t);
+      EXPECT_LE(std::abs(m.sum1 - e1), kRowMassError / 10 * e1) << n_cols << " columns, 1 / T " << inv_t;
+      EXPECT_LE(std::abs(m.sum_t - et), kRowMassError / 10 * et) << n_cols << " columns, 1 / T " << inv_t;
     }
   }
 }

@@ -82,7 +82,13 @@ std::vector<SamplerParams> sampling_settings() {
   penalised.presence_penalty = 0.3f;
   SamplerParams greedy = penalised;
   greedy.temperature = 0.0f;
-  return {defaults, penalised, greedy};
+  // Chains without top-k (the head and the row's mass, Sampler::sample_head): OpenAI's defaults, and top-p
+  // with min-p and penalties.
+  SamplerParams openai = defaults;
+  openai.temperature = 1.0f, openai.top_k = 0, openai.top_p = 1.0f, openai.min_p = 0.0f;
+  SamplerParams nucleus = penalised;
+  nucleus.temperature = 0.9f, nucleus.top_k = 0, nucleus.top_p = 0.9f, nucleus.min_p = 0.02f;
+  return {defaults, penalised, greedy, openai, nucleus};
 }
 
 SampledTwice sample_both_ways(Engine& engine, const std::vector<int32_t>& prompt, const SamplerParams& sampling,

@@ -1,6 +1,7 @@
 // The sampler split where a backend runs its first stages (Sampler::backend_top_k, Backend::top_k_row,
-// Sampler::sample_candidates) against Sampler::sample on the same rows: the same tokens and the same
-// last_candidates, bit for bit, over rows with ties, NaN, -inf and signed zeros, with penalties and seeds.
+// Sampler::sample_candidates; for chains without top-k Backend::row_mass and Sampler::sample_head) against
+// Sampler::sample on the same rows: the same tokens (and last_candidates), bit for bit, over rows with ties,
+// NaN, -inf and signed zeros, with penalties and seeds.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -147,6 +148,109 @@ TEST(SamplerSplit, BackendTopKThenCandidatesEqualsSample) {
       }
 }
 
+// A row like a trained model's: most logits N(0, 2²), a handful well above them (the head holds most of the
+// mass); `flat` rows have no such handful (most of the mass lies past the 256 best).
+std::vector<float> model_row(int n, Rng& rng, bool flat) {
+  std::vector<float> row(static_cast<size_t>(n));
+  for (float& v : row) {
+    // Sum of 4 uniforms in [-1, 1): mean 0, sd 2 / sqrt(3); coarse enough to tie now and then.
+    float u = 0;
+    for (int i = 0; i < 4; ++i) u += float(rng.next() % 1024) / 512.0f - 1.0f;
+    v = 1.7f * u;
+  }
+  if (!flat)
+    for (int i = 0; i < 6; ++i) row[rng.next() % size_t(n)] = 9.0f + float(rng.next() % 64) / 16.0f;
+  return row;
+}
+
+// Chains over the whole row (no top-k) sampled from the backend's head and the row's mass
+// (Sampler::sample_head), against sample() on the same rows: the same tokens, bit for bit, whether the head
+// decides or the whole row is fetched.
+TEST(SamplerSplit, HeadAndRowMassThenSampleHeadEqualsSample) {
+  const Case cases[] = {
+      {1.0f, 0, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f, 64},    // OpenAI's defaults
+      {0.7f, 0, 0.9f, 0.0f, 1.0f, 0.0f, 0.0f, 64},    // top-p
+      {1.3f, 0, 1.0f, 0.05f, 1.0f, 0.0f, 0.0f, 64},   // min-p alone
+      {0.8f, 0, 0.95f, 0.05f, 1.3f, 0.2f, 0.4f, 64},  // llama.cpp's chain without top-k, every penalty
+      {2.0f, 0, 0.999f, 0.0f, 1.1f, 0.0f, 0.0f, -1},  // top-p close to 1 (the tail decides often)
+  };
+  auto backend = make_cpu_backend(1);
+  uint64_t fast_peaked = 0, fallbacks_flat = 0, n_peaked = 0, n_flat = 0;
+  for (const Case& c : cases)
+    for (int n_vocab : {300, 5000, 128256})
+      for (uint64_t seed : {3u, 99u}) {
+        SCOPED_TRACE(testing::Message() << "T " << c.temperature << " top_p " << c.top_p << " min_p " << c.min_p
+                                        << " vocab " << n_vocab << " seed " << seed);
+        SamplerParams p;
+        p.temperature = c.temperature, p.top_k = c.top_k, p.top_p = c.top_p, p.min_p = c.min_p;
+        p.repeat_penalty = c.repeat, p.frequency_penalty = c.frequency, p.presence_penalty = c.presence;
+        p.repeat_last_n = c.repeat_last_n, p.seed = seed;
+        Sampler whole(p, n_vocab), split(p, n_vocab);
+        ASSERT_TRUE(split.whole_row());
+        const int k = split.backend_candidates();
+        ASSERT_EQ(k, std::min(Sampler::kHead, n_vocab));
+        float* dev = backend->alloc(size_t(n_vocab));
+        Rng rng{uint32_t(seed * 2654435761u) | 1u};
+        for (int32_t t : {3, 3, 5, -1, n_vocab + 7, n_vocab - 1, 3}) whole.accept(t), split.accept(t);
+        std::vector<TokenLogit> head(static_cast<size_t>(k));
+        const int steps = n_vocab > 100000 ? 12 : 40;
+        for (int step = 0; step < steps; ++step) {
+          const bool flat = step % 4 == 3, nasty = step % 7 == 6;
+          auto row = nasty ? nasty_row(n_vocab, rng, false) : model_row(n_vocab, rng, flat);
+          row[rng.next() % size_t(n_vocab)] = 5.0f;
+          auto row_whole = row;
+          const int32_t want = whole.sample(row_whole);
+          backend->upload(dev, row.data(), row.size());
+          backend->top_k_row(dev, n_vocab, k, split.penalties(), head.data());
+          const RowMass mass = backend->row_mass(dev, n_vocab, head[0].logit, split.inv_temperature());
+          const uint64_t before = split.whole_row_fallbacks();
+          const int32_t got = split.sample_head(head, mass, [&](std::vector<float>& r) {
+            r.resize(size_t(n_vocab));
+            backend->download(r.data(), dev, r.size());
+          });
+          ASSERT_EQ(got, want) << "step " << step;
+          const bool fell_back = split.whole_row_fallbacks() > before;
+          if (n_vocab > Sampler::kHead && !nasty && c.temperature < 2.0f) {
+            (flat ? n_flat : n_peaked) += 1;
+            if (flat) fallbacks_flat += fell_back;
+            else fast_peaked += !fell_back;
+          }
+          whole.accept(want), split.accept(got);
+        }
+        backend->free_buffer(dev);
+      }
+  // Both ways are exercised: the head decides most peaked rows (at temperature 2 with top-p 0.999 the tail
+  // decides often, so that case is left out of the count); flat rows often need the whole row.
+  EXPECT_GT(fast_peaked, n_peaked * 3 / 4) << fast_peaked << " of " << n_peaked;
+  EXPECT_GT(fallbacks_flat, 0u) << "of " << n_flat;
+}
+
+// RowMass against the exact sums (double exponentials) over rows with NaN, -inf and wide ranges: within a
+// tenth of the error the sampler allows for.
+TEST(SamplerSplit, RowMassIsWithinItsBound) {
+  Rng rng{777u};
+  for (double inv_t : {1.0, 1.0 / 0.7, 1.0 / 2.5, 100.0}) {
+    for (int n : {10, 5000, 128256}) {
+      auto row = n % 2 ? nasty_row(n, rng, false) : model_row(n, rng, false);
+      std::vector<TokenLogit> top;
+      sort_top_k(row.data(), row.size(), 1, top);
+      const float mx = top[0].logit;
+      double e1 = 0, et = 0;
+      for (float l : row) {
+        const float r = ranking_logit(l);
+        if (r == -kInf) continue;
+        e1 += std::exp(double(r - mx));
+        et += std::exp(double(r - mx) * inv_t);
+      }
+      const RowMass m = row_mass(row.data(), row.size(), mx, inv_t);
+      EXPECT_LE(std::abs(m.sum1 - e1), kRowMassError / 10 * e1) << n << " " << inv_t;
+      EXPECT_LE(std::abs(m.sum_t - et), kRowMassError / 10 * et) << n << " " << inv_t;
+      EXPECT_GE(m.sum1, 1.0);
+      EXPECT_GE(m.sum_t, 1.0);
+    }
+  }
+}
+
 TEST(SamplerSplit, BackendTopKSaysWhenTheRowIsNeeded) {
   SamplerParams p;
   p.top_k = 40;
@@ -154,6 +258,9 @@ TEST(SamplerSplit, BackendTopKSaysWhenTheRowIsNeeded) {
   EXPECT_EQ(Sampler(p, 40).backend_top_k(), 0) << "top_k >= vocab: top-k is off, top-p sees the whole row";
   p.top_k = 0;
   EXPECT_EQ(Sampler(p, 1000).backend_top_k(), 0);
+  EXPECT_TRUE(Sampler(p, 1000).whole_row());
+  EXPECT_EQ(Sampler(p, 1000).backend_candidates(), Sampler::kHead) << "the head, with the row's mass";
+  EXPECT_EQ(Sampler(p, 100).backend_candidates(), 100) << "a vocabulary smaller than the head";
   p.temperature = 0.0f;
   EXPECT_EQ(Sampler(p, 1000).backend_top_k(), 1) << "greedy is top-1";
 }

@@ -267,6 +267,7 @@ class CudaBackend final : public Backend {
   // host default (the whole row downloaded).
   static constexpr int kMaxTopK = 256;
   void top_k_row(float* logits, int64_t n_cols, int k, const LogitPenalties& pen, TokenLogit* out) override;
+  RowMass row_mass(const float* logits, int64_t n_cols, float max_logit, double inv_t) override;
   bool supports_f16_kv() const override { return true; }
 
   void prepare_weight(Weight& w) override { w.device = const_cast<DeviceWeight*>(&device_weight(w)); }
@@ -498,7 +499,7 @@ class CudaBackend final : public Backend {
   cudaStream_t side_ = nullptr;  // the dequantization stream of gemm_many
   cudaEvent_t dequant_done_[2] = {}, gemm_done_[2] = {};
   Scratch ids_, rows_, xf16_, partial_, attn_count_, repack_src_, q8_, attn_kv_, attn_scores_, argmax_;
-  Scratch topk_pen_, topk_keys_;  // top_k_row: penalty ids + counts; the passes' keys
+  Scratch topk_pen_, topk_keys_, mass_;  // top_k_row: penalty ids + counts; the passes' keys; row_mass's sums
   std::vector<int32_t> topk_pen_host_;
   std::vector<uint64_t> topk_keys_host_;
   const float* q8_src_ = nullptr;  // the activations q8_ holds, if still valid
