@@ -87,8 +87,9 @@ GenerateResult generate(Engine& engine, int seq, const std::vector<TokenId>& pro
   std::vector<int32_t> picked;
   std::vector<TokenLogit> candidates;
   const bool backend_picks = options.backend_sampling && sampler.plain_greedy();
-  const int backend_k = options.backend_sampling && !backend_picks ? sampler.backend_candidates() : 0;
+  int backend_k = 0;  // per token: a whole-row chain may rest its head (Sampler::backend_candidates)
   auto forward = [&](const Batch& b) {
+    backend_k = options.backend_sampling && !backend_picks ? sampler.backend_candidates() : 0;
     if (backend_picks)
       model.forward_greedy(b, kv, picked);
     else if (backend_k > 0)

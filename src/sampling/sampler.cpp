@@ -76,6 +76,7 @@ int32_t Sampler::sample(std::span<float> logits) {
   if (logits.size() != size_t(vocab_size_))
     fail("sampler: got {} logits for a vocabulary of {} tokens", logits.size(), vocab_size_);
   apply_penalties(logits.data(), logits.size(), penalties());
+  if (head_rest_ > 0) --head_rest_;  // see sample_head
   if (params_.temperature <= 0.0f) {
     // Greedy is top-1: what sort_top_k(logits, 1) returns, in one pass without the candidate array.
     TokenLogit best{0, ranking_logit(logits[0])};
@@ -99,6 +100,7 @@ int32_t Sampler::sample_candidates(std::span<const TokenLogit> sorted) {
 
 int Sampler::backend_candidates() const {
   if (const int k = backend_top_k(); k > 0) return k;
+  if (params_.temperature <= 0.0f || head_rest_ > 0) return 0;
   return std::min(kHead, vocab_size_);
 }
 
@@ -114,6 +116,9 @@ int32_t Sampler::sample_head(std::span<const TokenLogit> head, const RowMass& ma
   const double u = next_uniform();  // sample() draws exactly one uniform too, after the truncation
   auto from_whole_row = [&] {
     ++fallbacks_;
+    // Draws that keep landing past the head (a flat distribution: high temperature, an untrained model) pay
+    // for the head and the row: give the head a rest of kHeadRest samples on the whole row.
+    if (++head_misses_ >= kHeadMisses) head_misses_ = 0, head_rest_ = kHeadRest;
     whole_row(row_);
     if (row_.size() != size_t(vocab_size_))
       fail("sampler: got {} logits for a vocabulary of {} tokens", row_.size(), vocab_size_);
@@ -121,6 +126,7 @@ int32_t Sampler::sample_head(std::span<const TokenLogit> head, const RowMass& ma
     return finish(std::span<const TokenLogit>(candidates_.data(), n), &u);
   };
   if (head.size() >= size_t(vocab_size_)) return finish(head, &u);  // the head is the whole row
+
   const float max_logit = head[0].logit;
   if (!(max_logit > -std::numeric_limits<float>::infinity())) return from_whole_row();  // finish() says why
   // A valid mass counts the best logit's term, exp(0) = 1, in both sums.
@@ -151,12 +157,16 @@ int32_t Sampler::sample_head(std::span<const TokenLogit> head, const RowMass& ma
     if (whole && keep == head.size()) return from_whole_row();  // survivors past the head
     k = keep, whole = false;
   }
-  if (!whole) return draw(head, k, u);
+  if (!whole) {
+    head_misses_ = 0;
+    return draw(head, k, u);
+  }
   // Every token survives: the draw over the whole row, decided in the head when the margin allows.
   const double inv_t = 1.0 / double(params_.temperature), total = mass.sum_t;
   auto weight = [&](size_t j) { return std::exp(double(head[j].logit - max_logit) * inv_t); };
   const size_t i = stop(u * total, kRowMassError * total, weight);
   if (i == head.size()) return from_whole_row();
+  head_misses_ = 0;
   kept_.resize(head.size());
   for (size_t j = 0; j < head.size(); ++j) kept_[j] = {head[j].id, float(weight(j) / total)};
   return head[i].id;

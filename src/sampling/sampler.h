@@ -67,9 +67,10 @@ class Sampler {
   // model's top 256 hold most of the mass), or the vocabulary when smaller.
   static constexpr int kHead = 256;
   // How many candidates to ask the backend for: backend_top_k(), or for a whole-row chain the head (then
-  // sample with sample_head).
+  // sample with sample_head), or 0 (the whole row, sample()) while the head rests after draws that kept
+  // landing past it.
   int backend_candidates() const;
-  bool whole_row() const { return params_.temperature > 0.0f && backend_top_k() == 0; }
+  bool whole_row() const { return params_.temperature > 0.0f && backend_top_k() == 0; }  // a chain without top-k
   double inv_temperature() const { return 1.0 / double(params_.temperature); }
   int32_t sample_head(std::span<const TokenLogit> head, const RowMass& mass,
                       const std::function<void(std::vector<float>&)>& whole_row);
@@ -131,6 +132,10 @@ class Sampler {
   std::vector<int32_t> history_sorted_, penalty_ids_, penalty_counts_;
   std::vector<float> row_;  // sample_head's whole row, when it needs it
   uint64_t fallbacks_ = 0;
+  // After kHeadMisses whole-row fallbacks in a row, backend_candidates asks for the whole row (0) for the next
+  // kHeadRest samples: a flat distribution would pay for the head and the row every token.
+  static constexpr int kHeadMisses = 4, kHeadRest = 32;
+  int head_misses_ = 0, head_rest_ = 0;
 };
 
 }  // namespace uma

@@ -225,6 +225,33 @@ TEST(SamplerSplit, HeadAndRowMassThenSampleHeadEqualsSample) {
   EXPECT_GT(fallbacks_flat, 0u) << "of " << n_flat;
 }
 
+// Draws that keep landing past the head rest it: after 4 whole-row fallbacks in a row backend_candidates asks
+// for the whole row (0) for the next 32 samples, then for the head again.
+TEST(SamplerSplit, TheHeadRestsAfterDrawsPastIt) {
+  const int n_vocab = 5000;
+  SamplerParams p;
+  p.temperature = 1.0f, p.top_k = 0, p.top_p = 1.0f, p.min_p = 0.0f, p.seed = 5;
+  Sampler s(p, n_vocab);
+  std::vector<float> flat(size_t(n_vocab), 0.0f);  // every token equally likely: the head holds ~5 %
+  std::vector<TokenLogit> head;
+  sort_top_k(flat.data(), flat.size(), Sampler::kHead, head);
+  head.resize(Sampler::kHead);
+  const RowMass mass = row_mass(flat.data(), flat.size(), 0.0f, 1.0);
+  int samples = 0;
+  while (s.backend_candidates() > 0 && samples < 1000) {
+    s.sample_head(head, mass, [&](std::vector<float>& r) { r = flat; });
+    ++samples;
+  }
+  EXPECT_EQ(s.backend_candidates(), 0);
+  EXPECT_GE(s.whole_row_fallbacks(), 4u);
+  for (int i = 0; i < 32; ++i) {
+    EXPECT_EQ(s.backend_candidates(), 0) << i;
+    auto row = flat;
+    s.sample(row);
+  }
+  EXPECT_EQ(s.backend_candidates(), Sampler::kHead);
+}
+
 // RowMass against the exact sums (double exponentials) over rows with NaN, -inf and wide ranges: within a
 // tenth of the error the sampler allows for.
 TEST(SamplerSplit, RowMassIsWithinItsBound) {
