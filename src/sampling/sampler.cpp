@@ -117,8 +117,13 @@ int32_t Sampler::sample_head(std::span<const TokenLogit> head, const RowMass& ma
   auto from_whole_row = [&] {
     ++fallbacks_;
     // Draws that keep landing past the head (a flat distribution: high temperature, an untrained model) pay
-    // for the head and the row: give the head a rest of kHeadRest samples on the whole row.
-    if (++head_misses_ >= kHeadMisses) head_misses_ = 0, head_rest_ = kHeadRest;
+    // for the head and the row: give the head a rest of samples on the whole row, twice as long each time
+    // the first try after a rest misses again (32, 64, ... 1024).
+    if (++head_misses_ >= kHeadMisses) {
+      head_rest_ = rest_len_;
+      rest_len_ = std::min(2 * rest_len_, kMaxHeadRest);
+      head_misses_ = kHeadMisses - 1;
+    }
     whole_row(row_);
     if (row_.size() != size_t(vocab_size_))
       fail("sampler: got {} logits for a vocabulary of {} tokens", row_.size(), vocab_size_);
@@ -158,7 +163,7 @@ int32_t Sampler::sample_head(std::span<const TokenLogit> head, const RowMass& ma
     k = keep, whole = false;
   }
   if (!whole) {
-    head_misses_ = 0;
+    head_misses_ = 0, rest_len_ = kHeadRest;
     return draw(head, k, u);
   }
   // Every token survives: the draw over the whole row, decided in the head when the margin allows.
@@ -166,7 +171,7 @@ int32_t Sampler::sample_head(std::span<const TokenLogit> head, const RowMass& ma
   auto weight = [&](size_t j) { return std::exp(double(head[j].logit - max_logit) * inv_t); };
   const size_t i = stop(u * total, kRowMassError * total, weight);
   if (i == head.size()) return from_whole_row();
-  head_misses_ = 0;
+  head_misses_ = 0, rest_len_ = kHeadRest;
   kept_.resize(head.size());
   for (size_t j = 0; j < head.size(); ++j) kept_[j] = {head[j].id, float(weight(j) / total)};
   return head[i].id;

@@ -133,9 +133,10 @@ class Sampler {
   std::vector<float> row_;  // sample_head's whole row, when it needs it
   uint64_t fallbacks_ = 0;
   // After kHeadMisses whole-row fallbacks in a row, backend_candidates asks for the whole row (0) for the next
-  // kHeadRest samples: a flat distribution would pay for the head and the row every token.
-  static constexpr int kHeadMisses = 4, kHeadRest = 32;
-  int head_misses_ = 0, head_rest_ = 0;
+  // rest_len_ samples (kHeadRest, doubling to kMaxHeadRest while the first try after each rest misses): a flat
+  // distribution would pay for the head and the row every token.
+  static constexpr int kHeadMisses = 4, kHeadRest = 32, kMaxHeadRest = 1024;
+  int head_misses_ = 0, head_rest_ = 0, rest_len_ = kHeadRest;
 };
 
 }  // namespace uma

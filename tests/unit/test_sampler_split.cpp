@@ -226,7 +226,8 @@ TEST(SamplerSplit, HeadAndRowMassThenSampleHeadEqualsSample) {
 }
 
 // Draws that keep landing past the head rest it: after 4 whole-row fallbacks in a row backend_candidates asks
-// for the whole row (0) for the next 32 samples, then for the head again.
+// for the whole row (0) for the next 32 samples, then for the head again; a miss right after a rest gives a
+// rest twice as long.
 TEST(SamplerSplit, TheHeadRestsAfterDrawsPastIt) {
   const int n_vocab = 5000;
   SamplerParams p;
@@ -245,6 +246,15 @@ TEST(SamplerSplit, TheHeadRestsAfterDrawsPastIt) {
   EXPECT_EQ(s.backend_candidates(), 0);
   EXPECT_GE(s.whole_row_fallbacks(), 4u);
   for (int i = 0; i < 32; ++i) {
+    EXPECT_EQ(s.backend_candidates(), 0) << i;
+    auto row = flat;
+    s.sample(row);
+  }
+  EXPECT_EQ(s.backend_candidates(), Sampler::kHead);
+  // The first try after the rest misses again (p ~ 0.95): the next rest is twice as long.
+  uint64_t before = s.whole_row_fallbacks();
+  while (s.whole_row_fallbacks() == before) s.sample_head(head, mass, [&](std::vector<float>& r) { r = flat; });
+  for (int i = 0; i < 64; ++i) {
     EXPECT_EQ(s.backend_candidates(), 0) << i;
     auto row = flat;
     s.sample(row);
