@@ -132,11 +132,13 @@ class Sampler {
   std::vector<int32_t> history_sorted_, penalty_ids_, penalty_counts_;
   std::vector<float> row_;  // sample_head's whole row, when it needs it
   uint64_t fallbacks_ = 0;
-  // After kHeadMisses whole-row fallbacks in a row, backend_candidates asks for the whole row (0) for the next
-  // rest_len_ samples (kHeadRest, doubling to kMaxHeadRest while the first try after each rest misses): a flat
-  // distribution would pay for the head and the row every token.
-  static constexpr int kHeadMisses = 4, kHeadRest = 32, kMaxHeadRest = 1024;
-  int head_misses_ = 0, head_rest_ = 0, rest_len_ = kHeadRest;
+  // Whether sample_head's draws land past the head (head_outcome): while most do, backend_candidates asks for
+  // the whole row (0) for head_rest_ more samples.
+  void head_outcome(bool miss);
+  static constexpr double kRestAbove = 0.875;
+  static constexpr int kHeadRest = 32, kMaxHeadRest = 1024;
+  double miss_rate_ = 0.0;
+  int head_rest_ = 0, rest_len_ = kHeadRest;
 };
 
 }  // namespace uma
