@@ -102,7 +102,7 @@ const RegisterCommand reg{{"bench", "Measure prompt and generation speed (llama-
       ->capture_default_str();
   sub.add_option("-t,--threads", a->n_threads, "CPU threads (0: all)")->capture_default_str();
   sub.add_option("--device", a->device, "cpu, cuda, cuda:N or auto (a GPU when the model fits)")->capture_default_str();
-  sub.add_option("--kv-type", a->kv_type, "KV cache cells: f32, f16 (GPU only) or auto (f16 on a GPU)")->capture_default_str();
+  sub.add_option("--kv-type", a->kv_type, "KV cache cells: f32, f16 or q8_0 (GPU only), or auto (f16 on a GPU)")->capture_default_str();
   sub.add_option("-d,--depth", a->options.depth, "Tokens in the context before each test (filled by prefill)")
       ->capture_default_str();
   sub.add_option("--membw-mib", a->membw_mib, "Buffer for the bandwidth measurement in MiB (0: min(1 GiB, RAM/4))")

@@ -59,7 +59,7 @@ std::string plan_or_refuse(const std::filesystem::path& path, int64_t n_ctx, con
   auto planned = [&](const plan::Machine& m, bool gpu) {
     // The engine's cache: f16 on a GPU unless asked otherwise or latent attention (MLA keeps f32), f32 on the CPU.
     const bool f16 = kv_type == "f16" || (kv_type == "auto" && gpu && !in.model.is_mla());
-    in.kv_type = f16 ? GgmlType::F16 : GgmlType::F32;
+    in.kv_type = kv_type == "q8_0" ? GgmlType::Q8_0 : f16 ? GgmlType::F16 : GgmlType::F32;
     in.machine = m;
     return plan::make_plan(in);
   };
@@ -156,7 +156,7 @@ const RegisterCommand reg{{"run", "Generate text from a prompt", [](CLI::App& su
   sub.add_option("-c,--ctx-size", a->n_ctx, "Context size in tokens (0: model's, at most 4096)")->capture_default_str();
   sub.add_option("-t,--threads", a->n_threads, "CPU threads (0: all)")->capture_default_str();
   sub.add_option("--device", a->device, "cpu, cuda, cuda:N or auto (a GPU when the model fits)")->capture_default_str();
-  sub.add_option("--kv-type", a->kv_type, "KV cache cells: f32, f16 (GPU only) or auto (f16 on a GPU)")->capture_default_str();
+  sub.add_option("--kv-type", a->kv_type, "KV cache cells: f32, f16 or q8_0 (GPU only), or auto (f16 on a GPU)")->capture_default_str();
   sub.add_option("--temp", a->sampling.temperature, "Temperature (0: greedy)")->capture_default_str();
   sub.add_option("--top-k", a->sampling.top_k, "Top-k (0: off)")->capture_default_str();
   sub.add_option("--top-p", a->sampling.top_p, "Top-p (1: off)")->capture_default_str();

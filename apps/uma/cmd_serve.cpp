@@ -574,7 +574,7 @@ const RegisterCommand reg{{"serve", "Serve the OpenAI API and a web chat page", 
   sub.add_option("-c,--ctx", a->n_ctx, "Context per slot in tokens (0: the model's, at most 4096)")->capture_default_str();
   sub.add_option("-t,--threads", a->n_threads, "CPU threads (0: all)")->capture_default_str();
   sub.add_option("--device", a->device, "cpu, cuda, cuda:N or auto (a GPU when the model fits)")->capture_default_str();
-  sub.add_option("--kv-type", a->kv_type, "KV cache cells: f32, f16 (GPU only) or auto (f16 on a GPU)")->capture_default_str();
+  sub.add_option("--kv-type", a->kv_type, "KV cache cells: f32, f16 or q8_0 (GPU only), or auto (f16 on a GPU)")->capture_default_str();
   sub.add_option("-b,--batch", a->n_batch, "Tokens per forward step over all slots")->capture_default_str();
   sub.add_option("--api-key", a->api_key, "Require 'Authorization: Bearer KEY' on /v1/* and /metrics");
   sub.add_option("--characters", a->characters, "Directory of character cards (*.json, *.png)");

@@ -124,6 +124,7 @@ class Backend {
   virtual void prepare_weight(Weight& w) {}
   // Whether its ops read and write a KV cache of f16 cells (KvCacheOptions::f16).
   virtual bool supports_f16_kv() const { return false; }
+  virtual bool supports_q8_kv() const { return false; }  // KvCacheOptions::q8
 
   // Optional bracket around one forward step: every op between them uses this batch layout and cache (a
   // device backend uploads positions and page tables once here, and may record the step's ops and replay

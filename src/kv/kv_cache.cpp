@@ -12,12 +12,14 @@ KvCache::KvCache(Backend& backend, const KvCacheOptions& options) : backend_(bac
   if (opt_.f16 && !backend_.supports_f16_kv())
     fail("the {} backend keeps its KV cache in f32; use --kv-type f32 (an f16 cache needs the CUDA backend)",
          backend_.name());
+  if (opt_.q8 && !backend_.supports_q8_kv())
+    fail("the {} backend cannot keep its KV cache in 8 bits; use --kv-type f16 or f32 (a q8_0 cache needs the "
+         "CUDA backend)", backend_.name());
+  if (opt_.q8 && (opt_.f16 || opt_.k_width % 32 || opt_.v_width % 32))
+    fail("a q8_0 KV cache needs key and value widths that are multiples of 32 (got {} and {}); use --kv-type f16",
+         opt_.k_width, opt_.v_width);
   const int64_t n_pages = opt_.n_cells / kPageSize;
-  // Floats to allocate for `width` values a cell (halves pack two to a float; n_cells is a multiple of 16).
-  auto floats = [&](int width) {
-    const size_t n = static_cast<size_t>(opt_.n_cells) * width;
-    return opt_.f16 ? (n + 1) / 2 : n;
-  };
+  auto floats = [&](int width) { return (bytes_per_cell(width) * static_cast<size_t>(opt_.n_cells) + 3) / 4; };
   for (int l = 0; l < opt_.n_layer; ++l) {
     k_.push_back(backend_.alloc(floats(opt_.k_width)));
     v_.push_back(opt_.v_width ? backend_.alloc(floats(opt_.v_width)) : nullptr);
@@ -34,8 +36,14 @@ KvCache::~KvCache() {
     if (p) backend_.free_buffer(p);
 }
 
+// Bytes a cell of `width` values takes: floats, halves, or int8 values plus an f16 scale per 32.
+size_t KvCache::bytes_per_cell(int width) const {
+  const size_t w = static_cast<size_t>(width);
+  return opt_.q8 ? w + w / 32 * 2 : opt_.f16 ? 2 * w : 4 * w;
+}
+
 size_t KvCache::bytes() const {
-  return static_cast<size_t>(opt_.n_layer) * opt_.n_cells * (opt_.k_width + opt_.v_width) * (opt_.f16 ? 2 : 4);
+  return static_cast<size_t>(opt_.n_layer) * opt_.n_cells * (bytes_per_cell(opt_.k_width) + bytes_per_cell(opt_.v_width));
 }
 
 void KvCache::reserve(int seq, int64_t n_tokens) {

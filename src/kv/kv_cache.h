@@ -19,6 +19,11 @@ struct KvCacheOptions {
   // Keys and values stored as f16 (half the memory and the bytes a decode step reads); a backend that cannot
   // (Backend::supports_f16_kv) refuses it. The buffers below then hold halves.
   bool f16 = false;
+  // Keys and values as int8 blocks of 32 with an f16 scale each (llama.cpp's q8_0 cache: 34 bytes a block,
+  // 53 % of f16's bytes); a backend that cannot (Backend::supports_q8_kv) refuses it, and so does a width
+  // that is not whole blocks. A layer's buffer then holds every cell's int8 values, then their scales
+  // (n_cells * width / 32 halves).
+  bool q8 = false;
 };
 
 class KvCache {
@@ -49,10 +54,11 @@ class KvCache {
   const std::vector<int32_t>& pages(int seq) const { return seqs_[seq].pages; }
 
   // The layer's key and value cells: [n_cells, k_width] and [n_cells, v_width] floats, or halves when
-  // options().f16.
+  // options().f16, or int8 values and their scales when options().q8.
   float* k(int layer) const { return k_[layer]; }
   float* v(int layer) const { return v_[layer]; }
   size_t bytes() const;
+  size_t bytes_per_cell(int width) const;
 
  private:
   struct Sequence {

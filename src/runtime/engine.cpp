@@ -50,10 +50,12 @@ std::unique_ptr<Engine> Engine::load(const std::filesystem::path& path, const En
   KvCacheOptions ko = e->model_->kv_options(e->options_.n_ctx * e->options_.n_seq, e->options_.n_seq);
   const std::string& kt = e->options_.kv_type;
   const bool latent = c.kv_lora_rank > 0;
-  if (kt == "f16" && latent)
+  if ((kt == "f16" || kt == "q8_0") && latent)
     fail("{}: latent attention (MLA) keeps its cache in f32; use --kv-type f32 or auto", path.string());
-  if (kt != "f16" && kt != "f32" && kt != "auto") fail("unknown KV cache type '{}'; use f16, f32 or auto", kt);
+  if (kt != "f16" && kt != "f32" && kt != "q8_0" && kt != "auto")
+    fail("unknown KV cache type '{}'; use f16, q8_0, f32 or auto", kt);
   ko.f16 = kt == "f16" || (kt == "auto" && !latent && e->backend_->supports_f16_kv());
+  ko.q8 = kt == "q8_0";
   e->kv_ = std::make_unique<KvCache>(*e->backend_, ko);
   return e;
 }

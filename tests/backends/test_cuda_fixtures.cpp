@@ -76,6 +76,15 @@ TEST_P(CudaFixture, MatchesReferencesLikeTheCpuPath) {
     const double vs_peer16 = worst_row(logits16, pl, prompt.size(), V);
     std::printf("  %s %s prompt %zu, f16 cache: rel_l2 vs llama.cpp %.3g\n", arch.c_str(), type.c_str(), pi, vs_peer16);
     EXPECT_LE(vs_peer16, 0.05) << "f16 cache vs llama.cpp, prompt " << pi;
+    // 8-bit cells (--kv-type q8_0), where the widths are whole 32-value blocks: the same budget.
+    const KvCacheOptions ko = model.kv_options(256, 1);
+    if (ko.k_width % 32 == 0 && ko.v_width % 32 == 0) {
+      const auto logits8 = test::run_prompt(model, prompt, false, true).logits;
+      const double vs_peer8 = worst_row(logits8, pl, prompt.size(), V);
+      std::printf("  %s %s prompt %zu, 8-bit cache: rel_l2 vs llama.cpp %.3g\n", arch.c_str(), type.c_str(), pi,
+                  vs_peer8);
+      EXPECT_LE(vs_peer8, 0.05) << "8-bit cache vs llama.cpp, prompt " << pi;
+    }
     if (type == "f32") {
       const auto want = reference["greedy"][pi].get<std::vector<int32_t>>();
       EXPECT_EQ(greedy(model, prompt, static_cast<int>(want.size())),

@@ -201,8 +201,10 @@ TEST(CudaFused, DecodeChainMatchesUnfusedAndTheCpu) {
     struct Result {
       std::vector<float> x, xn, q, attn, o, sw, down;
     };
-    auto run = [&](Backend& b, bool device) {
-      KvCache kv(b, o);
+    auto run = [&](Backend& b, bool device, bool q8 = false) {
+      KvCacheOptions oc = o;
+      oc.q8 = q8;  // 8-bit cells (the GPU only): rope_store_kv quantizes the rotated keys itself
+      KvCache kv(b, oc);
       for (int s = 0; s < 3; ++s) kv.reserve(s, 48);
       Buf d{b};
       auto put = [&](const std::vector<float>& v) { return device ? d.put(v) : const_cast<float*>(v.data()); };
@@ -258,6 +260,11 @@ TEST(CudaFused, DecodeChainMatchesUnfusedAndTheCpu) {
     EXPECT_LE(test::rel_l2(f.attn, c.attn), 0.05) << at;
     EXPECT_LE(test::rel_l2(f.o, c.o), 0.05) << at;
     EXPECT_LE(test::rel_l2(f.down, c.down), 0.02) << at;
+    // 8-bit cells, fused (rope_store_kv quantizes in its kernel) and unfused (rope, then store_kv): the same
+    // rotated keys quantized the same way; against the CPU's f32 cells within the 8-bit budget.
+    const Result fq = run(*fused, true, true), pq = run(*plain, true, true);
+    EXPECT_LE(test::rel_l2(fq.attn, pq.attn), 1e-4) << "attention on 8-bit cells " << at;
+    EXPECT_LE(test::rel_l2(fq.attn, c.attn), 0.05) << "attention on 8-bit cells " << at;
   }
 }
 

@@ -357,9 +357,12 @@ TEST(CudaOps, RopeEveryVariant) {
 // the split (flash-decoding) path.
 // Prefill attention (more than 4 query tokens) multiplies on TF32 tensor cores unless UMA_CUDA_ATTN_TF32=0
 // (exact_f32) or the model has f32 matrices; TF32 keeps 10 mantissa bits of each product's inputs.
-// f16_cache: the GPU's cache holds f16 cells (KvCacheOptions::f16), compared with the CPU's f32 cells.
+// cache: the GPU's cells, f32, f16 (KvCacheOptions::f16) or 8-bit (KvCacheOptions::q8), compared with the
+// CPU's f32 cells.
+enum class Cells { F32, F16, Q8 };
 void check_attention(int n_head, int n_head_kv, int hdk, int hdv, const std::vector<int64_t>& seq_lens,
-                     bool decode_only, bool exact_f32 = false, bool f16_cache = false) {
+                     bool decode_only, bool exact_f32 = false, Cells cache = Cells::F32) {
+  const bool f16_cache = cache == Cells::F16, q8_cache = cache == Cells::Q8;
   test::EnvGuard env("UMA_CUDA_ATTN_TF32", exact_f32 ? std::optional<std::string>("0") : std::nullopt);
   auto cuda = gpu();
   auto cpu = make_cpu_backend(2);
@@ -370,7 +373,7 @@ void check_attention(int n_head, int n_head_kv, int hdk, int hdv, const std::vec
   o.v_width = n_head_kv * hdv;
   for (int64_t l : seq_lens) o.n_cells += (l + 15) / 16 * 16 + 16;
   KvCacheOptions og = o;
-  og.f16 = f16_cache;
+  og.f16 = f16_cache, og.q8 = q8_cache;
   KvCache kv_cpu(*cpu, o), kv_gpu(*cuda, og);
   // Interleave the sequences' pages: reserve in steps.
   std::vector<int32_t> pos, seq;
@@ -401,11 +404,12 @@ void check_attention(int n_head, int n_head_kv, int hdk, int hdv, const std::vec
   cpu->attention(kv_cpu, layer, q.data(), qlayout, shape, want.data());
   float* out = d.make(want.size());
   cuda->attention(kv_gpu, layer, d.put(q), qlayout, shape, out);
-  // f16 cells: keys and values rounded to 11 significant bits (~2.4e-4 relative each).
-  const double tol = f16_cache ? 2e-3 : decode_only || exact_f32 ? 1e-5 : 3e-3;
+  // f16 cells: keys and values rounded to 11 significant bits (~2.4e-4 relative each). 8-bit cells: each value
+  // within amax / 254 of its block (~0.6 % rms for normal values), in the scores and in the values.
+  const double tol = q8_cache ? 3e-2 : f16_cache ? 2e-3 : decode_only || exact_f32 ? 1e-5 : 3e-3;
   EXPECT_LE(rel(d.get(out, want.size()), want), tol)
       << n_head << "/" << n_head_kv << " heads, dims " << hdk << "/" << hdv << (decode_only ? " decode" : " prefill")
-      << (exact_f32 ? ", f32" : "") << (f16_cache ? ", f16 cache" : "");
+      << (exact_f32 ? ", f32" : "") << (f16_cache ? ", f16 cache" : "") << (q8_cache ? ", 8-bit cache" : "");
 }
 
 TEST(CudaOps, AttentionPrefillAndDecode) {
@@ -418,10 +422,28 @@ TEST(CudaOps, AttentionPrefillAndDecode) {
   check_attention(32, 8, 128, 128, {3000, 1, 700}, true);
   check_attention(2, 1, 256, 256, {4000}, true);
   // An f16 cache: stores, decode (head dim 128 and others, the split path) and prefill (gathered to f32).
-  check_attention(8, 2, 128, 128, {70, 5, 33}, false, false, true);
-  check_attention(6, 3, 40, 24, {19}, false, true, true);
-  check_attention(32, 8, 128, 128, {3000, 1, 700}, true, false, true);
-  check_attention(4, 4, 64, 64, {1, 37}, true, false, true);
+  check_attention(8, 2, 128, 128, {70, 5, 33}, false, false, Cells::F16);
+  check_attention(6, 3, 40, 24, {19}, false, true, Cells::F16);
+  check_attention(32, 8, 128, 128, {3000, 1, 700}, true, false, Cells::F16);
+  check_attention(4, 4, 64, 64, {1, 37}, true, false, Cells::F16);
+  // An 8-bit cache: the same paths, and head dims that are not whole blocks (widths are: 4 x 40, 4 x 24).
+  check_attention(8, 2, 128, 128, {70, 5, 33}, false, false, Cells::Q8);
+  check_attention(8, 4, 40, 24, {19}, false, true, Cells::Q8);
+  check_attention(32, 8, 128, 128, {3000, 1, 700}, true, false, Cells::Q8);
+  check_attention(4, 4, 64, 64, {1, 37}, true, false, Cells::Q8);
+}
+
+// 8-bit cells need whole 32-value blocks a row, and a backend that keeps them: otherwise one sentence says so.
+TEST(CudaOps, EightBitCacheRefusesWhatItCannotHold) {
+  REQUIRE_GPU();
+  auto cuda = gpu();
+  auto cpu = make_cpu_backend(1);
+  KvCacheOptions o;
+  o.n_layer = 1, o.n_cells = 64, o.n_seq = 1, o.k_width = 48, o.v_width = 64, o.q8 = true;
+  EXPECT_THROW(KvCache(*cuda, o), Error);
+  o.k_width = 64;
+  EXPECT_NO_THROW(KvCache(*cuda, o));
+  EXPECT_THROW(KvCache(*cpu, o), Error);
 }
 
 // Greedy decoding on the device: the index of each row's maximum, the lowest on ties, as the CPU picks it.
@@ -450,7 +472,8 @@ TEST(CudaOps, ArgmaxRowsMatchesTheCpu) {
 // replay.
 TEST(CudaOps, AttentionInRecordedStepsFollowsTheContext) {
   REQUIRE_GPU();
-  for (bool f16 : {false, true}) {
+  for (Cells cells : {Cells::F32, Cells::F16, Cells::Q8}) {
+    const bool f16 = cells == Cells::F16, q8 = cells == Cells::Q8;
     auto cuda = gpu();
     auto cpu = make_cpu_backend(2);
     const int n_head = 8, n_head_kv = 2, hd = 128;
@@ -461,7 +484,7 @@ TEST(CudaOps, AttentionInRecordedStepsFollowsTheContext) {
     o.v_width = n_head_kv * hd;
     o.n_cells = 8192;
     KvCacheOptions og = o;
-    og.f16 = f16;
+    og.f16 = f16, og.q8 = q8;
     KvCache kv_cpu(*cpu, o), kv_gpu(*cuda, og);
     const int64_t n_max = 3000;
     kv_cpu.reserve(0, n_max);
@@ -486,7 +509,8 @@ TEST(CudaOps, AttentionInRecordedStepsFollowsTheContext) {
       cuda->begin_step(one, kv_gpu);
       cuda->attention(kv_gpu, 0, q_dev, one, shape, out);
       cuda->end_step();
-      EXPECT_LE(rel(d.get(out, want.size()), want), f16 ? 2e-3 : 1e-5) << "context " << n_ctx << (f16 ? ", f16" : "");
+      EXPECT_LE(rel(d.get(out, want.size()), want), q8 ? 3e-2 : f16 ? 2e-3 : 1e-5)
+          << "context " << n_ctx << (f16 ? ", f16" : "") << (q8 ? ", 8-bit" : "");
     }
   }
 }

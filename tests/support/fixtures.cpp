@@ -22,9 +22,9 @@ const Fixture& fixture(const std::string& arch) {
   return cache.emplace(arch, std::move(f)).first->second;
 }
 
-PromptRun run_prompt(Model& model, const std::vector<int32_t>& prompt, bool f16_kv) {
+PromptRun run_prompt(Model& model, const std::vector<int32_t>& prompt, bool f16_kv, bool q8_kv) {
   KvCacheOptions o = model.kv_options(256, 1);
-  o.f16 = f16_kv;
+  o.f16 = f16_kv, o.q8 = q8_kv;
   KvCache kv(model.backend(), o);
   kv.reserve(0, static_cast<int64_t>(prompt.size()));
   Batch batch;

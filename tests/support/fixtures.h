@@ -30,8 +30,8 @@ struct PromptRun {
   std::vector<std::vector<float>> hidden;  // per layer 0..n_layer: [len, n_embd]
 };
 // The whole prompt in one batch, logits for every position.
-// f16_kv: with f16 KV cells (KvCacheOptions::f16; a backend that keeps them: CUDA).
-PromptRun run_prompt(Model& model, const std::vector<int32_t>& prompt, bool f16_kv = false);
+// f16_kv, q8_kv: with f16 or 8-bit KV cells (KvCacheOptions::f16, ::q8; a backend that keeps them: CUDA).
+PromptRun run_prompt(Model& model, const std::vector<int32_t>& prompt, bool f16_kv = false, bool q8_kv = false);
 // Prompt in one batch, then one token per step (the decode path reads the cache it wrote).
 // backend_picks: through Model::forward_greedy (the backend's argmax) instead of the downloaded logits.
 std::vector<int32_t> greedy(Model& model, const std::vector<int32_t>& prompt, int n_new, bool backend_picks = false);

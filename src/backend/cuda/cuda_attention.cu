@@ -6,13 +6,16 @@ namespace uma::cuda {
 namespace {
 // Grid (token, slices of 256 values over k then v): one value a thread, so a decode token's 2 x 4096
 // values take 32 blocks instead of one block's serial loop.
+// 8-bit cells: a warp holds one 32-value block (the widths are whole blocks), quantized together.
 template <typename KV>
-__global__ void store_kv_kernel(KV* K, KV* V, const float* k, const float* v, int kw, int vw, DeviceLayout L) {
+__global__ void store_kv_kernel(KvCells<KV> K, KvCells<KV> V, const float* k, const float* v, int kw, int vw,
+                                DeviceLayout L) {
   const int64_t t = blockIdx.x;
   const int64_t c = kv_cell(L, t, L.pos[t]);
-  const int j = blockIdx.y * blockDim.x + threadIdx.x;
-  if (j < kw) kv_put(K, c * kw + j, k[t * kw + j]);
-  else if (j < kw + vw) kv_put(V, c * vw + j - kw, v[t * vw + j - kw]);
+  const int j = blockIdx.y * blockDim.x + threadIdx.x, lane = threadIdx.x % kWarp;
+  const bool in_k = std::is_same_v<KV, int8_t> ? j - lane < kw : j < kw;  // whole warps for 8-bit cells
+  if (in_k) kv_store_warp(K, c * kw + j, j < kw ? k[t * kw + j] : 0.0f, lane, j < kw);
+  else kv_store_warp(V, c * vw + j - kw, j < kw + vw ? v[t * vw + j - kw] : 0.0f, lane, j < kw + vw);
 }
 
 // ---- decode attention (flash-decoding): one block per (query head, token, split), kAttnThreads threads.
@@ -33,7 +36,7 @@ constexpr int kMaxHeadDim = 256;
 constexpr int kDimsPerLane = kMaxHeadDim / kWarp;
 
 struct AttnArgs {
-  const void *K, *V;  // float or __half cells (the kernel's KV)
+  const void *K, *V;  // float, __half or int8_t cells (the kernel's KV; kv_cells)
   const float* q;
   float* out;       // output [n_tokens, n_head, head_dim_v]
   float* partial;   // [n_tokens, n_head, n_split, head_dim_v + 2] states when n_split > 1
@@ -42,8 +45,9 @@ struct AttnArgs {
   float4* xs;
   int kw, vw, n_head, group, hdk, hdv, n_split;
   float scale;
+  int64_t n_cells;  // where 8-bit cells' scales start
 };
-static_assert(sizeof(AttnArgs) == 8 * sizeof(void*) + 8 * 4, "no padding: AttnArgs enters graph signatures");
+static_assert(sizeof(AttnArgs) == 8 * sizeof(void*) + 8 * 4 + 8, "no padding: AttnArgs enters graph signatures");
 
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
@@ -63,8 +67,7 @@ __device__ __forceinline__ void attn_write(const AttnArgs& a, int64_t th, int j,
 // head dims, one value at a time. KV: float or __half cells (KvCacheOptions::f16).
 template <bool kHd128, typename KV>
 __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, DeviceLayout L) {
-  const KV* K = static_cast<const KV*>(a.K);
-  const KV* V = static_cast<const KV*>(a.V);
+  const KvCells<KV> K = kv_cells<KV>(a.K, a.n_cells, a.kw), V = kv_cells<KV>(a.V, a.n_cells, a.vw);
   pdl_trigger();  // the output projection's GEMV may start fetching its weights
   const int h = blockIdx.x, split = blockIdx.z;
   const int64_t t = blockIdx.y;
@@ -82,8 +85,8 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, Dev
   const int64_t k_off = int64_t(hk) * a.hdk, v_off = int64_t(hk) * a.hdv;
   int64_t my_cell = tid < p1 - p0 ? kv_cell(L, t, p0 + tid) : 0;
   if (tid < p1 - p0) {
-    for (int j = 0; j < a.hdk; j += 128 / int(sizeof(KV))) prefetch_l2(K + my_cell * a.kw + k_off + j);
-    for (int j = 0; j < a.hdv; j += 128 / int(sizeof(KV))) prefetch_l2(V + my_cell * a.vw + v_off + j);
+    for (int j = 0; j < a.hdk; j += 128 / int(sizeof(KV))) prefetch_l2(K.p + my_cell * a.kw + k_off + j);
+    for (int j = 0; j < a.hdv; j += 128 / int(sizeof(KV))) prefetch_l2(V.p + my_cell * a.vw + v_off + j);
   }
   pdl_wait();
 
@@ -101,12 +104,12 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, Dev
     if (tid < n) {
       const int64_t c = tile == p0 ? my_cell : kv_cell(L, t, tile + tid);
       cell[tid] = c;
-      const KV* kp = K + c * a.kw + k_off;
+      const int64_t kp = c * a.kw + k_off;
       float d = 0;
       if constexpr (kHd128) {
         float4 k4[32];
 #pragma unroll
-        for (int j = 0; j < 32; ++j) k4[j] = kv_get4(kp + 4 * j);
+        for (int j = 0; j < 32; ++j) k4[j] = kv_load4(K, kp + 4 * j);
 #pragma unroll
         for (int j = 0; j < 32; ++j) {
           const float4 q4 = reinterpret_cast<const float4*>(qs)[j];
@@ -114,7 +117,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, Dev
         }
       } else {
 #pragma unroll 8
-        for (int j = 0; j < a.hdk; ++j) d += qs[j] * kv_get(kp, j);
+        for (int j = 0; j < a.hdk; ++j) d += qs[j] * kv_load(K, kp + j);
       }
       s = d;
     }
@@ -142,18 +145,18 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, Dev
 #pragma unroll 8
       for (int i = warp; i < n; i += kAttnWarps) {
         const float p = prob[i];
-        const float4 v4 = kv_get4(V + cell[i] * a.vw + v_off + 4 * lane);
+        const float4 v4 = kv_load4(V, cell[i] * a.vw + v_off + 4 * lane);
         acc[0] += p * v4.x, acc[1] += p * v4.y, acc[2] += p * v4.z, acc[3] += p * v4.w;
       }
     } else {
 #pragma unroll 4
       for (int i = warp; i < n; i += kAttnWarps) {
         const float p = prob[i];
-        const KV* vp = V + cell[i] * a.vw + v_off;
+        const int64_t vp = cell[i] * a.vw + v_off;
 #pragma unroll
         for (int k = 0; k < kDimsPerLane; ++k) {
           const int j = lane + kWarp * k;
-          if (j < a.hdv) acc[k] += p * kv_get(vp, j);
+          if (j < a.hdv) acc[k] += p * kv_load(V, vp + j);
         }
       }
     }
@@ -208,8 +211,8 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, Dev
 // One block per position: its key and value rows as f32 (f16 cells widened), four values at a time when the
 // widths allow (every row then starts aligned), unrolled so that a thread's loads are in flight together.
 template <typename KV>
-__global__ void gather_kv_kernel(const KV* K, const KV* V, int kw, int vw, DeviceLayout L, int64_t t0, float* Kc,
-                                 float* Vc) {
+__global__ void gather_kv_kernel(KvCells<KV> K, KvCells<KV> V, int kw, int vw, DeviceLayout L, int64_t t0,
+                                 float* Kc, float* Vc) {
   const int64_t p = blockIdx.x;
   const int64_t c = kv_cell(L, t0, p);
   if (kw % 4 == 0 && vw % 4 == 0) {
@@ -218,14 +221,14 @@ __global__ void gather_kv_kernel(const KV* K, const KV* V, int kw, int vw, Devic
     auto* Vc4 = reinterpret_cast<float4*>(Vc + p * vw);
 #pragma unroll 4
     for (int j = threadIdx.x; j < kw4 + vw4; j += blockDim.x) {
-      if (j < kw4) Kc4[j] = kv_get4(K + c * kw + 4 * j);
-      else Vc4[j - kw4] = kv_get4(V + c * vw + 4 * (j - kw4));
+      if (j < kw4) Kc4[j] = kv_load4(K, c * kw + 4 * j);
+      else Vc4[j - kw4] = kv_load4(V, c * vw + 4 * (j - kw4));
     }
     return;
   }
   for (int j = threadIdx.x; j < kw + vw; j += blockDim.x) {
-    if (j < kw) Kc[p * kw + j] = kv_get(K, c * kw + j);
-    else Vc[p * vw + j - kw] = kv_get(V, c * vw + j - kw);
+    if (j < kw) Kc[p * kw + j] = kv_load(K, c * kw + j);
+    else Vc[p * vw + j - kw] = kv_load(V, c * vw + j - kw);
   }
 }
 
@@ -300,12 +303,13 @@ bool CudaBackend::attention_gemm(const KvCache& kv, int layer, const float* q, c
   constexpr size_t kScoreBudget = size_t(128) << 20;  // floats of S at a time (512 MiB)
   for (auto [t0, t1] : runs) {
     const int64_t m = t1 - t0, p_first = batch.pos[t0], n_ctx = batch.pos[t1 - 1] + 1;
-    if (kv.options().f16)
-      gather_kv_kernel<<<unsigned(n_ctx), 256, 0, stream_>>>(reinterpret_cast<const __half*>(kv.k(layer)),
-                                                             reinterpret_cast<const __half*>(kv.v(layer)), kw, vw,
-                                                             L, t0, kc, vc);
-    else
-      gather_kv_kernel<<<unsigned(n_ctx), 256, 0, stream_>>>(kv.k(layer), kv.v(layer), kw, vw, L, t0, kc, vc);
+    const int64_t first = t0;  // (a structured binding: not captured by a lambda in C++17)
+    with_kv(kv_kind(kv), [&](auto tag) {
+      using KV = typename decltype(tag)::type;
+      gather_kv_kernel<<<unsigned(n_ctx), 256, 0, stream_>>>(kv_cells<KV>(kv.k(layer), kv.capacity(), kw),
+                                                             kv_cells<KV>(kv.v(layer), kv.capacity(), vw), kw, vw,
+                                                             L, first, kc, vc);
+    });
     UMA_LAUNCHED("gather_kv");
     const int64_t rows = std::clamp<int64_t>(int64_t(kScoreBudget / (size_t(s.n_head) * n_ctx)), 1, m);
     for (int64_t i0 = 0; i0 < m; i0 += rows) {
@@ -340,15 +344,15 @@ void CudaBackend::store_kv(KvCache& kv, int layer, const float* k, const float* 
   const DeviceLayout L = layout_for(kv, batch);
   const int kw = kv.options().k_width, vw = kv.options().v_width;
   submit("store_kv", 0, [this](float* K, float* V, const float* k, const float* v, int kw, int vw, DeviceLayout L,
-                               int64_t n, bool f16) {
+                               int64_t n, KvKind kind, int64_t n_cells) {
     const dim3 grid(unsigned(n), unsigned((kw + vw + 255) / 256));
-    if (f16)
-      store_kv_kernel<<<grid, 256, 0, stream_>>>(reinterpret_cast<__half*>(K), reinterpret_cast<__half*>(V), k, v,
+    with_kv(kind, [&](auto tag) {
+      using KV = typename decltype(tag)::type;
+      store_kv_kernel<<<grid, 256, 0, stream_>>>(kv_cells<KV>(K, n_cells, kw), kv_cells<KV>(V, n_cells, vw), k, v,
                                                  kw, vw, L);
-    else
-      store_kv_kernel<<<grid, 256, 0, stream_>>>(K, V, k, v, kw, vw, L);
+    });
     UMA_LAUNCHED("store_kv");
-  }, kv.k(layer), kv.v(layer), k, v, kw, vw, L, batch.n_tokens, kv.options().f16);
+  }, kv.k(layer), kv.v(layer), k, v, kw, vw, L, batch.n_tokens, kv_kind(kv), kv.capacity());
 }
 
 void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const BatchLayout& batch,
@@ -383,7 +387,8 @@ void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const 
   if (fuse_ && decode_sized(batch.n_tokens) && s.head_dim_v % 32 == 0)
     q8 = q8_buffer(out, batch.n_tokens * s.n_head * s.head_dim_v);
   AttnArgs a{kv.k(layer), kv.v(layer), q, out, nullptr, nullptr, q8.xq, q8.xs, kv.options().k_width,
-             kv.options().v_width, s.n_head, s.n_head / s.n_head_kv, s.head_dim_k, s.head_dim_v, n_split, s.scale};
+             kv.options().v_width, s.n_head, s.n_head / s.n_head_kv, s.head_dim_k, s.head_dim_v, n_split, s.scale,
+             kv.capacity()};
   if (n_split > 1) {
     a.partial = static_cast<float*>(
         partial_.get(size_t(blocks) * n_split * (s.head_dim_v + 2) * sizeof(float), deferred_));
@@ -396,14 +401,15 @@ void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const 
     }
     a.count = static_cast<int*>(attn_count_.p);
   }
-  submit("attention", 0, [this](AttnArgs a, DeviceLayout L, int64_t n_tokens, bool f16) {
+  submit("attention", 0, [this](AttnArgs a, DeviceLayout L, int64_t n_tokens, KvKind kind) {
     dim3 grid(unsigned(a.n_head), unsigned(n_tokens), unsigned(a.n_split));
     const bool hd128 = a.hdk == 128 && a.hdv == 128 && a.kw % 4 == 0 && a.vw % 4 == 0;  // rows aligned for 4 values
-    auto kernel = f16 ? (hd128 ? attention_kernel<true, __half> : attention_kernel<false, __half>)
-                      : (hd128 ? attention_kernel<true, float> : attention_kernel<false, float>);
-    launch(pdl_, grid, kAttnThreads, stream_, kernel, a, L);
+    with_kv(kind, [&](auto tag) {
+      using KV = typename decltype(tag)::type;
+      launch(pdl_, grid, kAttnThreads, stream_, hd128 ? attention_kernel<true, KV> : attention_kernel<false, KV>, a, L);
+    });
     UMA_LAUNCHED("attention");
-  }, a, L, batch.n_tokens, kv.options().f16);
+  }, a, L, batch.n_tokens, kv_kind(kv));
 }
 
 }  // namespace uma::cuda

@@ -137,6 +137,31 @@ struct Staged {
   }
 };
 
+// KV cell types as the kernels take them (KvCells): f32, f16 or 8-bit cells of a cache, a tag to dispatch on,
+// and a layer buffer's view (8-bit cells: the scales follow the n_cells * width values).
+enum class KvKind : int32_t { F32, F16, Q8 };
+inline KvKind kv_kind(const KvCache& kv) {
+  return kv.options().q8 ? KvKind::Q8 : kv.options().f16 ? KvKind::F16 : KvKind::F32;
+}
+template <typename KV>
+struct KvTag {
+  using type = KV;
+};
+template <class F>
+void with_kv(KvKind kind, F&& f) {
+  switch (kind) {
+    case KvKind::F16: return f(KvTag<__half>{});
+    case KvKind::Q8: return f(KvTag<int8_t>{});
+    default: return f(KvTag<float>{});
+  }
+}
+template <typename KV>
+__host__ __device__ inline KvCells<KV> kv_cells(const void* base, int64_t n_cells, int width) {
+  auto* p = static_cast<KV*>(const_cast<void*>(base));
+  if constexpr (std::is_same_v<KV, int8_t>) return {p, reinterpret_cast<__half*>(p + n_cells * width)};
+  else return {p, nullptr};
+}
+
 inline bool has_gemv(GgmlType t) {
   switch (t) {
     case GgmlType::F32: case GgmlType::F16: case GgmlType::BF16: case GgmlType::Q4_0: case GgmlType::Q8_0:
@@ -269,6 +294,7 @@ class CudaBackend final : public Backend {
   void top_k_row(float* logits, int64_t n_cols, int k, const LogitPenalties& pen, TokenLogit* out) override;
   RowMass row_mass(const float* logits, int64_t n_cols, float max_logit, double inv_t) override;
   bool supports_f16_kv() const override { return true; }
+  bool supports_q8_kv() const override { return true; }
 
   void prepare_weight(Weight& w) override { w.device = const_cast<DeviceWeight*>(&device_weight(w)); }
 

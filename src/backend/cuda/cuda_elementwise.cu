@@ -237,8 +237,8 @@ __global__ void rope_kernel(float* x, int64_t n_tokens, int n_heads, int head_st
 // RoPE on q and k, then k and v into the cache: one block per (kv head, token) rotates the kv head's
 // query heads and its key head in place, then stores the key and value head in the token's cache cell.
 template <typename KV>
-__global__ void rope_store_kv_kernel(float* q, float* k, const float* v, KV* K, KV* V, int n_head, int n_head_kv,
-                                     int hd, int hdv, RopeArgs r, DeviceLayout L) {
+__global__ void rope_store_kv_kernel(float* q, float* k, const float* v, KvCells<KV> K, KvCells<KV> V, int n_head,
+                                     int n_head_kv, int hd, int hdv, RopeArgs r, DeviceLayout L) {
   pdl_trigger();
   pdl_wait();
   const int hk = blockIdx.x, group = n_head / n_head_kv;
@@ -252,9 +252,11 @@ __global__ void rope_store_kv_kernel(float* q, float* k, const float* v, KV* K, 
   __syncthreads();  // the rotated key is read by other threads below
   const int64_t c = kv_cell(L, t, L.pos[t]);
   const float* vh = v + (t * n_head_kv + hk) * hdv;
+  // 8-bit cells: head dims are whole 32-value blocks (rope_store_kv), so each warp stores one block at a time.
+  const int lane = threadIdx.x % kWarp;
   for (int j = threadIdx.x; j < hd + hdv; j += blockDim.x) {
-    if (j < hd) kv_put(K, (c * n_head_kv + hk) * hd + j, kh[j]);
-    else kv_put(V, (c * n_head_kv + hk) * hdv + j - hd, vh[j - hd]);
+    if (j < hd) kv_store_warp(K, (c * n_head_kv + hk) * hd + j, kh[j], lane, true);
+    else kv_store_warp(V, (c * n_head_kv + hk) * hdv + j - hd, vh[j - hd], lane, true);
   }
 }
 
@@ -423,22 +425,25 @@ void CudaBackend::rope_store_kv(KvCache& kv, int layer, float* q, float* k, cons
                                 int n_head_kv, int head_dim, const BatchLayout& batch, const RopeParams& p) {
   const int hdv = n_head_kv > 0 ? kv.options().v_width / n_head_kv : 0;
   const bool fits = n_head_kv > 0 && n_head % n_head_kv == 0 && kv.options().k_width == n_head_kv * head_dim &&
-                    kv.options().v_width == n_head_kv * hdv && p.n_rot > 0 && p.n_rot <= head_dim;
+                    kv.options().v_width == n_head_kv * hdv && p.n_rot > 0 && p.n_rot <= head_dim &&
+                    (!kv.options().q8 || (head_dim % 32 == 0 && hdv % 32 == 0));  // 8-bit blocks inside a head
   if (!fuse_ || !fits) return Backend::rope_store_kv(kv, layer, q, k, v, n_head, n_head_kv, head_dim, batch, p);
   q8_src_ = nullptr;
   if (batch.n_tokens == 0) return;
   const DeviceLayout L = layout_for(kv, batch);
   const RopeArgs r = rope_args(p);
   submit("rope_store_kv", 0, [this](float* q, float* k, const float* v, float* K, float* V, int n_head, int n_head_kv,
-                                    int hd, int hdv, RopeArgs r, DeviceLayout L, int64_t n_tokens, bool f16) {
+                                    int hd, int hdv, RopeArgs r, DeviceLayout L, int64_t n_tokens, KvKind kind,
+                                    int64_t n_cells) {
     const dim3 grid{unsigned(n_head_kv), unsigned(n_tokens)};
-    if (f16)
-      launch(pdl_, grid, 128, stream_, rope_store_kv_kernel<__half>, q, k, v, reinterpret_cast<__half*>(K),
-             reinterpret_cast<__half*>(V), n_head, n_head_kv, hd, hdv, r, L);
-    else
-      launch(pdl_, grid, 128, stream_, rope_store_kv_kernel<float>, q, k, v, K, V, n_head, n_head_kv, hd, hdv, r, L);
+    with_kv(kind, [&](auto tag) {
+      using KV = typename decltype(tag)::type;
+      launch(pdl_, grid, 128, stream_, rope_store_kv_kernel<KV>, q, k, v, kv_cells<KV>(K, n_cells, n_head_kv * hd),
+             kv_cells<KV>(V, n_cells, n_head_kv * hdv), n_head, n_head_kv, hd, hdv, r, L);
+    });
     UMA_LAUNCHED("rope_store_kv");
-  }, q, k, v, kv.k(layer), kv.v(layer), n_head, n_head_kv, head_dim, hdv, r, L, batch.n_tokens, kv.options().f16);
+  }, q, k, v, kv.k(layer), kv.v(layer), n_head, n_head_kv, head_dim, hdv, r, L, batch.n_tokens, kv_kind(kv),
+     kv.capacity());
 }
 
 void CudaBackend::argmax_rows(const float* x, int64_t n_rows, int64_t n_cols, int32_t* out) {

@@ -208,7 +208,7 @@ void CudaBackend::attention_mla(const KvCache& kv, int layer, const float* q, co
   const int64_t max_tiles = H * ((n + tok - 1) / tok);
   expert_gemv(dk, nullptr, lat, qn, rows, 1, tiles, max_tiles, tok, q_lat);  // q_lat [n, H, lat]
 
-  if (kv.options().f16) fail("latent attention (MLA) on CUDA reads an f32 cache; use --kv-type f32");
+  if (kv.options().f16 || kv.options().q8) fail("latent attention (MLA) on CUDA reads an f32 cache; use --kv-type f32");
   const MlaArgs a{kv.k(layer), kv.v(layer), q_lat, q, o_lat, partial, int32_t(H), int32_t(lat), int32_t(rot),
                   int32_t(nope), n_split, s.scale};
   submit("mla_attention", 0, [this](MlaArgs a, DeviceLayout L, int64_t n) {

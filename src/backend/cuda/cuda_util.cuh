@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "uma/error.h"
@@ -88,6 +89,47 @@ __device__ __forceinline__ float4 kv_get4(const __half* p) {
   const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
   const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
   return make_float4(a.x, a.y, b.x, b.y);
+}
+
+// A layer's KV cells as the kernels address them, value i of the layer (cell c, column j: i = c * width + j):
+// KV = float or __half (KvCacheOptions::f16) in p; KV = int8_t (KvCacheOptions::q8): the int8 values in p and
+// one f16 scale per 32 of them in d (after the values in the same buffer: kv_cells).
+template <typename KV>
+struct KvCells {
+  KV* p;
+  __half* d;
+};
+__device__ __forceinline__ float kv_load(const KvCells<float>& c, int64_t i) { return c.p[i]; }
+__device__ __forceinline__ float kv_load(const KvCells<__half>& c, int64_t i) { return __half2float(c.p[i]); }
+__device__ __forceinline__ float kv_load(const KvCells<int8_t>& c, int64_t i) {
+  return float(c.p[i]) * __half2float(c.d[i / 32]);
+}
+// Four values from i, a multiple of 4 (rows aligned for four values).
+__device__ __forceinline__ float4 kv_load4(const KvCells<float>& c, int64_t i) { return kv_get4(c.p + i); }
+__device__ __forceinline__ float4 kv_load4(const KvCells<__half>& c, int64_t i) { return kv_get4(c.p + i); }
+__device__ __forceinline__ float4 kv_load4(const KvCells<int8_t>& c, int64_t i) {
+  const char4 q = *reinterpret_cast<const char4*>(c.p + i);
+  const float d = __half2float(c.d[i / 32]);  // the four share a block
+  return make_float4(d * float(q.x), d * float(q.y), d * float(q.z), d * float(q.w));
+}
+// Stores v at i, called by all 32 lanes of a warp together: for 8-bit cells the lanes hold the 32 values of
+// one block (i = block * 32 + lane), which they quantize together (d = amax / 127 rounded to f16, then the
+// values on that d, clamped); lanes with `valid` false add nothing and store nothing (a whole warp past the
+// row's end).
+template <typename KV>
+__device__ __forceinline__ void kv_store_warp(const KvCells<KV>& c, int64_t i, float v, int lane, bool valid) {
+  if constexpr (std::is_same_v<KV, int8_t>) {
+    float amax = valid ? fabsf(v) : 0.0f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const __half dh = __float2half_rn(amax / 127.0f);
+    const float d = __half2float(dh);
+    if (!valid) return;
+    c.p[i] = int8_t(d > 0 ? max(-127, min(127, __float2int_rn(v / d))) : 0);
+    if (lane == 0) c.d[i / 32] = dh;
+  } else {
+    if (valid) kv_put(c.p, i, v);
+  }
 }
 
 // Launches `kernel` on `stream`, with programmatic dependent launch when `pdl` (see pdl_wait): the kernel may
