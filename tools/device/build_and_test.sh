@@ -18,7 +18,7 @@
 #   SWEEP="q4_0 UMA_CUDA_BULK_ROWS=0 UMA_CUDA_BULK_PAIR=1; q4_0; q8_0 UMA_CUDA_BULK_HELD=0" (type, then switches)
 #   pprofile: GPU time per op of a pp512 prefill (Q4_0, F16); ncu: kernel durations of Q4_0 decode steps
 #   inside the CUDA graph (Nsight Compute, to $OUT/ncu.csv)
-#   depth: tg32 of llama-7b Q4_0 after a DEPTH-token context (default 32768); cpu: the same models on the
+#   depth: tg32 of llama-7b Q4_0 after a DEPTH-token context (default 32768; DEPTH_KV: --kv-type); cpu: the same models on the
 #   host's CPU (--device cpu, pp64/tg16); moe: qwen3-30b-a3b and deepseek-v3-mini Q4_0 (MOE_SHAPES) on the
 #   host's CPU (MOE_DEVICE=cuda: on the GPU, pp512/tg128, with `uma plan`'s prediction for that GPU)
 # Logs go to $OUT (the device tool's result folder) or ./out.
@@ -198,9 +198,9 @@ if want plan; then
 fi
 
 if want depth; then
-  echo "== llama-7b Q4_0 decode after a ${DEPTH:-32768}-token context (filled by prefill in chunks of 512)"
+  echo "== llama-7b Q4_0 decode after a ${DEPTH:-32768}-token context (filled by prefill in chunks of 512), KV cells ${DEPTH_KV:-auto}"
   m=$(synth q4_0) && /usr/bin/time -f "%e s wall" timeout "${DEPTH_TIMEOUT:-300}" "$BUILD/uma" bench -m "$m" \
-    --device cuda -d "${DEPTH:-32768}" -p 0 -n 32 -r 2 --no-membw 2>&1 | tee "$OUT/bench-depth.log" \
+    --device cuda -d "${DEPTH:-32768}" -p 0 -n 32 -r 2 --no-membw --kv-type "${DEPTH_KV:-auto}" 2>&1 | tee "$OUT/bench-depth.log" \
     | grep -E "^\| llama|error|wall"
 fi
 
