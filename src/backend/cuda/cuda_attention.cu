@@ -1,4 +1,6 @@
 // The paged KV cache on the device: storing a step's keys and values, and attention over them.
+#include <type_traits>
+
 #include "backend/cuda/cublas_api.h"
 #include "backend/cuda/cuda_backend.h"
 
@@ -106,7 +108,30 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, Dev
       cell[tid] = c;
       const int64_t kp = c * a.kw + k_off;
       float d = 0;
-      if constexpr (kHd128) {
+      if constexpr (kHd128 && std::is_same_v<KV, int8_t>) {
+        // 8-bit cells: the key's 128 values in eight 16-byte loads, its four block scales in one (kw is a
+        // multiple of 128, so both are aligned); each block's sum is scaled once.
+        int4 raw[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) raw[j] = reinterpret_cast<const int4*>(K.p + kp)[j];
+        const uint2 sd = *reinterpret_cast<const uint2*>(K.d + kp / 32);
+        const float2 s01 = __half22float2(*reinterpret_cast<const __half2*>(&sd.x));
+        const float2 s23 = __half22float2(*reinterpret_cast<const __half2*>(&sd.y));
+        const float sc[4] = {s01.x, s01.y, s23.x, s23.y};
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+          float part = 0;
+#pragma unroll
+          for (int u = 0; u < 8; ++u) {  // 4 values a 32-bit word, 8 words a block
+            const int4& r = raw[2 * b + u / 4];
+            const int w = u % 4 == 0 ? r.x : u % 4 == 1 ? r.y : u % 4 == 2 ? r.z : r.w;
+            const char4 c4 = *reinterpret_cast<const char4*>(&w);
+            const float4 q4 = reinterpret_cast<const float4*>(qs)[8 * b + u];
+            part += q4.x * float(c4.x) + q4.y * float(c4.y) + q4.z * float(c4.z) + q4.w * float(c4.w);
+          }
+          d += part * sc[b];
+        }
+      } else if constexpr (kHd128) {
         float4 k4[32];
 #pragma unroll
         for (int j = 0; j < 32; ++j) k4[j] = kv_load4(K, kp + 4 * j);
