@@ -13,8 +13,8 @@ KvCache::KvCache(Backend& backend, const KvCacheOptions& options) : backend_(bac
     fail("the {} backend keeps its KV cache in f32; use --kv-type f32 (an f16 cache needs the CUDA backend)",
          backend_.name());
   if (opt_.q8 && !backend_.supports_q8_kv())
-    fail("the {} backend cannot keep its KV cache in 8 bits; use --kv-type f16 or f32 (a q8_0 cache needs the "
-         "CUDA backend)", backend_.name());
+    fail("the {} backend cannot keep its KV cache in 8 bits; use --kv-type auto (a q8_0 cache needs the CUDA "
+         "backend)", backend_.name());
   if (opt_.q8 && (opt_.f16 || opt_.k_width % 32 || opt_.v_width % 32))
     fail("a q8_0 KV cache needs key and value widths that are multiples of 32 (got {} and {}); use --kv-type f16",
          opt_.k_width, opt_.v_width);

@@ -214,7 +214,7 @@ Plan make_plan(const PlanInputs& in) {
   if (in.n_ctx <= 0 || in.n_batch <= 0) fail("context ({}) and batch ({}) must be positive", in.n_ctx, in.n_batch);
   const bool kv_quantized = traits(in.kv_type).block_size > 1;
   if (kv_quantized && (s.head_dim % traits(in.kv_type).block_size != 0))
-    fail("KV type {} needs head_dim ({}) to be a multiple of {}; use f16", type_name(in.kv_type), s.head_dim,
+    fail("KV type {} needs head_dim ({}) to be a multiple of {}; use f16 or f32", type_name(in.kv_type), s.head_dim,
          traits(in.kv_type).block_size);
 
   // Tensors and their storage types.
