@@ -88,6 +88,19 @@ TEST(KvCacheCells, F16HalvesTheBytesAndTheCpuRefusesIt) {
   }
 }
 
+// 8-bit cells (KvCacheOptions::q8) need a backend that keeps them: the CPU says so.
+TEST(KvCacheCells, TheCpuRefusesEightBitCells) {
+  auto cpu = make_cpu_backend(1);
+  KvCacheOptions o;
+  o.n_layer = 2, o.n_cells = 64, o.k_width = 64, o.v_width = 32, o.q8 = true;
+  try {
+    KvCache kv(*cpu, o);
+    FAIL() << "the CPU backend accepted an 8-bit cache";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--kv-type auto"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(SchedulerTest, OneRequestMatchesGenerate) {
   auto engine = load(2);
   Scheduler s(*engine);
