@@ -99,7 +99,12 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, Dev
   __shared__ bool last;
   for (int j = tid; j < a.hdk; j += kAttnThreads) qs[j] = a.q[th * a.hdk + j] * a.scale;
   __syncthreads();
-  float m = -INFINITY, l = 0, acc[kHd128 ? 4 : kDimsPerLane] = {};
+  // Head dim 128, the value sums: a lane loads 16 bytes of a value row (kPer values), kLanesPerKey lanes a row,
+  // so a warp adds kKeysPerWarp keys at once (f32: 1, f16: 2, 8-bit: 4) and has twice (four times) the bytes
+  // in flight that four values a lane gave; the key slots' sums meet by shuffles at the end.
+  constexpr int kPer = kKvPer16<KV>, kLanesPerKey = 128 / kPer, kKeysPerWarp = kWarp / kLanesPerKey;
+  const int slot = lane / kLanesPerKey, dim0 = (lane % kLanesPerKey) * kPer;
+  float m = -INFINITY, l = 0, acc[kHd128 ? kPer : kDimsPerLane] = {};
   for (int64_t tile = p0; tile < p1; tile += kAttnThreads) {
     const int n = int(min(int64_t(kAttnThreads), p1 - tile));
     float s = -INFINITY;
@@ -130,6 +135,20 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, Dev
             part += q4.x * float(c4.x) + q4.y * float(c4.y) + q4.z * float(c4.z) + q4.w * float(c4.w);
           }
           d += part * sc[b];
+        }
+      } else if constexpr (kHd128 && std::is_same_v<KV, __half>) {
+        // f16 cells: the key in sixteen 16-byte loads, all in flight before the first product.
+        uint4 raw[16];
+#pragma unroll
+        for (int j = 0; j < 16; ++j) raw[j] = reinterpret_cast<const uint4*>(K.p + kp)[j];
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+          const float4 qa = reinterpret_cast<const float4*>(qs)[2 * j], qb = reinterpret_cast<const float4*>(qs)[2 * j + 1];
+          const float2 f0 = __half22float2(*reinterpret_cast<const __half2*>(&raw[j].x));
+          const float2 f1 = __half22float2(*reinterpret_cast<const __half2*>(&raw[j].y));
+          const float2 f2 = __half22float2(*reinterpret_cast<const __half2*>(&raw[j].z));
+          const float2 f3 = __half22float2(*reinterpret_cast<const __half2*>(&raw[j].w));
+          d += qa.x * f0.x + qa.y * f0.y + qa.z * f1.x + qa.w * f1.y + qb.x * f2.x + qb.y * f2.y + qb.z * f3.x + qb.w * f3.y;
         }
       } else if constexpr (kHd128) {
         float4 k4[32];
@@ -168,10 +187,12 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, Dev
     for (auto& x : acc) x *= corr;
     if constexpr (kHd128) {
 #pragma unroll 8
-      for (int i = warp; i < n; i += kAttnWarps) {
+      for (int i = warp * kKeysPerWarp + slot; i < n; i += kAttnWarps * kKeysPerWarp) {
         const float p = prob[i];
-        const float4 v4 = kv_load4(V, cell[i] * a.vw + v_off + 4 * lane);
-        acc[0] += p * v4.x, acc[1] += p * v4.y, acc[2] += p * v4.z, acc[3] += p * v4.w;
+        float v[kPer];
+        kv_load16(V, cell[i] * a.vw + v_off + dim0, v);
+#pragma unroll
+        for (int e = 0; e < kPer; ++e) acc[e] += p * v[e];
       }
     } else {
 #pragma unroll 4
@@ -189,7 +210,12 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(AttnArgs a, Dev
   }
   if constexpr (kHd128) {
 #pragma unroll
-    for (int k = 0; k < 4; ++k) sacc[warp][4 * lane + k] = acc[k];
+    for (int o = kLanesPerKey; o < kWarp; o <<= 1)
+#pragma unroll
+      for (int e = 0; e < kPer; ++e) acc[e] += __shfl_xor_sync(0xffffffffu, acc[e], o);
+    if (slot == 0)
+#pragma unroll
+      for (int e = 0; e < kPer; ++e) sacc[warp][dim0 + e] = acc[e];
   } else {
 #pragma unroll
     for (int k = 0; k < kDimsPerLane; ++k)

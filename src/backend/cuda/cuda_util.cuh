@@ -112,6 +112,33 @@ __device__ __forceinline__ float4 kv_load4(const KvCells<int8_t>& c, int64_t i) 
   const float d = __half2float(c.d[i / 32]);  // the four share a block
   return make_float4(d * float(q.x), d * float(q.y), d * float(q.z), d * float(q.w));
 }
+// 16 bytes of values from i (16-byte aligned): 4 floats, 8 halves, or 16 8-bit values (of one block).
+template <typename KV>
+constexpr int kKvPer16 = 16 / int(sizeof(KV));
+__device__ __forceinline__ void kv_load16(const KvCells<float>& c, int64_t i, float (&v)[4]) {
+  const float4 f = *reinterpret_cast<const float4*>(c.p + i);
+  v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+}
+__device__ __forceinline__ void kv_load16(const KvCells<__half>& c, int64_t i, float (&v)[8]) {
+  const uint4 u = *reinterpret_cast<const uint4*>(c.p + i);
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[k]));
+    v[2 * k] = f.x, v[2 * k + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void kv_load16(const KvCells<int8_t>& c, int64_t i, float (&v)[16]) {
+  const int4 u = *reinterpret_cast<const int4*>(c.p + i);
+  const float d = __half2float(c.d[i / 32]);
+  const int w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const char4 q = *reinterpret_cast<const char4*>(&w[k]);
+    v[4 * k] = d * float(q.x), v[4 * k + 1] = d * float(q.y), v[4 * k + 2] = d * float(q.z), v[4 * k + 3] = d * float(q.w);
+  }
+}
+
 // Stores v at i, called by all 32 lanes of a warp together: for 8-bit cells the lanes hold the 32 values of
 // one block (i = block * 32 + lane), which they quantize together (d = amax / 127 rounded to f16, then the
 // values on that d, clamped); lanes with `valid` false add nothing and store nothing (a whole warp past the
