@@ -64,9 +64,10 @@ __device__ __forceinline__ void attn_write(const AttnArgs& a, int64_t th, int j,
   if (a.xq) quantize_warp_block(v, j % kWarp, a.xq + th * a.hdv + (j & ~31), a.xs + (th * a.hdv + j) / 32);
 }
 
-// kHd128: keys and values of 128 dims in rows aligned for four values (Llama, Qwen, Mistral): the 32 loads of
-// four values of a key are all in flight at once, and a lane adds four values of each value row. Otherwise any
-// head dims, one value at a time. KV: float or __half cells (KvCacheOptions::f16).
+// kHd128: keys and values of 128 dims in rows aligned for four values (Llama, Qwen, Mistral): the loads of a
+// key are all in flight at once (32 of four values; 8-bit cells: eight of 16 bytes), and a lane adds 16 bytes
+// of each value row it takes. Otherwise any head dims, one value at a time. KV: float, __half or int8_t cells
+// (KvCacheOptions::f16, ::q8; KvCells).
 template <bool kHd128, typename KV>
 __device__ __forceinline__ void attention_body(const AttnArgs& a, const DeviceLayout& L) {
   const KvCells<KV> K = kv_cells<KV>(a.K, a.n_cells, a.kw), V = kv_cells<KV>(a.V, a.n_cells, a.vw);
