@@ -109,10 +109,11 @@ TEST(PlanMemory, PredictedCpuPeakWithinTwoPercentOfMeasured) {
     SCOPED_TRACE(path.string());
     // Generate until the context is full (-n -1 --ignore-eos), so every KV cell has been written once. The peak
     // moves by ~0.3 MB from run to run (thread stacks and malloc arenas, with threads scheduled differently on a
-    // loaded machine): the median of three runs is compared.
+    // loaded machine): the median of five runs is compared (with three, one CI run under ctest's parallel load
+    // measured stories260K's base 0.35 MB high, and two models then missed by 2.1-2.3 %).
     std::vector<uint64_t> peaks;
     ChildRun run;
-    for (int rep = 0; rep < 3; ++rep) {
+    for (int rep = 0; rep < 5; ++rep) {
       run = run_child({"run", "--no-plan", "-m", path.string(), "-c", std::to_string(kCtx), "-n", "-1",
                        "--ignore-eos", "-t", "2", "--seed", "1", "-p",
                        "Once upon a time, there was a little girl who liked to play outside"});
@@ -120,7 +121,7 @@ TEST(PlanMemory, PredictedCpuPeakWithinTwoPercentOfMeasured) {
       peaks.push_back(run.max_rss_bytes);
     }
     std::sort(peaks.begin(), peaks.end());
-    run.max_rss_bytes = peaks[1];
+    run.max_rss_bytes = peaks[peaks.size() / 2];
     std::smatch m;
     ASSERT_TRUE(std::regex_search(run.err, m, std::regex(R"(prompt: (\d+) tokens)"))) << run.err;
     const int64_t n_prompt = std::stoll(m[1]);
