@@ -286,16 +286,20 @@ void Model::forward_top_k(const Batch& batch, KvCache& kv, int k, const LogitPen
   if (!logits.empty()) penalized_top_k(logits.data(), logits.size(), k, pen, out.data());
 }
 
-RowMass Model::last_row_mass(int64_t row, float max_logit, double inv_t) {
+const float* Model::last_row(int64_t row) const {
   const size_t V = static_cast<size_t>(config_.n_vocab);
-  if ((static_cast<size_t>(row) + 1) * V > last_logits_.size()) fail("last_row_mass: no row {} in the last pass", row);
-  return row_mass(last_logits_.data() + row * V, V, max_logit, inv_t);
+  if (row < 0 || (static_cast<size_t>(row) + 1) * V > last_logits_.size())
+    fail("no logits row {} in the last top-k pass", row);
+  return last_logits_.data() + row * V;
+}
+
+RowMass Model::last_row_mass(int64_t row, float max_logit, double inv_t) {
+  return row_mass(last_row(row), static_cast<size_t>(config_.n_vocab), max_logit, inv_t);
 }
 
 void Model::last_logits_row(int64_t row, std::vector<float>& out) {
-  const size_t V = static_cast<size_t>(config_.n_vocab);
-  if ((static_cast<size_t>(row) + 1) * V > last_logits_.size()) fail("last_logits_row: no row {} in the last pass", row);
-  out.assign(last_logits_.begin() + row * V, last_logits_.begin() + (row + 1) * V);
+  const float* p = last_row(row);
+  out.assign(p, p + config_.n_vocab);
 }
 
 KvCacheOptions Model::kv_options(int64_t n_ctx, int n_seq) const {

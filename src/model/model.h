@@ -102,6 +102,7 @@ class Model {
   Backend* backend_ = nullptr;
   size_t weight_bytes_ = 0;
   std::vector<float> last_logits_;  // the default forward_top_k(_rows): that pass's penalised rows
+  const float* last_row(int64_t row) const;  // row `row` of last_logits_, or one sentence why not
 };
 
 // Choices that are not in the file.

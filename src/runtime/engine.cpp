@@ -60,6 +60,12 @@ std::unique_ptr<Engine> Engine::load(const std::filesystem::path& path, const En
   return e;
 }
 
+TokenId sample_head_of(Model& model, Sampler& sampler, int64_t row, std::span<const TokenLogit> head) {
+  if (head.empty()) fail("sampler: no candidates to sample from");
+  const RowMass mass = model.last_row_mass(row, head[0].logit, sampler.inv_temperature());
+  return sampler.sample_head(head, mass, [&](std::vector<float>& logits) { model.last_logits_row(row, logits); });
+}
+
 GenerateResult generate(Engine& engine, int seq, const std::vector<TokenId>& prompt, const GenerateOptions& options,
                         const TokenCallback& on_token) {
   using Clock = std::chrono::steady_clock;
@@ -101,10 +107,7 @@ GenerateResult generate(Engine& engine, int seq, const std::vector<TokenId>& pro
   };
   auto sample = [&]() -> TokenId {
     if (backend_picks) return picked.at(0);
-    if (backend_k > 0 && sampler.whole_row())
-      return sampler.sample_head(
-          candidates, model.last_row_mass(0, candidates.at(0).logit, sampler.inv_temperature()),
-          [&](std::vector<float>& row) { model.last_logits_row(0, row); });
+    if (backend_k > 0 && sampler.whole_row()) return sample_head_of(model, sampler, 0, candidates);
     if (backend_k > 0) return sampler.sample_candidates(candidates);
     return sampler.sample(logits);
   };

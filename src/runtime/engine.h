@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -73,6 +74,10 @@ struct GenerateResult {
   double generate_seconds = 0;
   uint64_t seed = 0;  // the sampler's seed (the drawn one when none was given)
 };
+
+// A chain without top-k sampled from row `row` of the last forward_top_k(_rows) pass: its best candidates
+// (`head`), the row's mass, and the whole row only if the sampler needs it (Sampler::sample_head).
+TokenId sample_head_of(Model& model, Sampler& sampler, int64_t row, std::span<const TokenLogit> head);
 
 // Called with each generated token; return false to stop (FinishReason::Cancelled).
 using TokenCallback = std::function<bool(TokenId token)>;

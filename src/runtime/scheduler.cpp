@@ -328,9 +328,7 @@ void Scheduler::step() {
     if (!on_backend) {
       next = sampler.sample(std::span<float>(logits_.data() + row * n_vocab, n_vocab));
     } else if (sampler.whole_row()) {  // the head and the row's mass; the row itself only when needed
-      const auto& head = candidates_[row];
-      next = sampler.sample_head(head, model.last_row_mass(row, head.at(0).logit, sampler.inv_temperature()),
-                                 [&](std::vector<float>& r) { model.last_logits_row(row, r); });
+      next = sample_head_of(model, sampler, row, candidates_[row]);
     } else {
       next = sampler.sample_candidates(candidates_[row]);
     }

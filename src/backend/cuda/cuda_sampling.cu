@@ -62,7 +62,7 @@ __global__ void __launch_bounds__(kSliceThreads)
 }
 
 // The row's mass (RowMass, sampling/top_k.h) in one block: each thread sums a strided share in double, then
-// the warps' sums meet in shared memory in a fixed order. 128k logits: ~10 µs, against a 512 KB download.
+// the warps' sums meet in shared memory in a fixed order. Two doubles come back instead of the row.
 constexpr int kMassThreads = 1024;
 __global__ void __launch_bounds__(kMassThreads)
     row_mass_kernel(const float* logits, int64_t n, float max_logit, double inv_t, double* out) {

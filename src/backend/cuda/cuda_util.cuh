@@ -77,10 +77,8 @@ __device__ __forceinline__ void quantize_warp_block(float v, int lane, int8_t* x
   if (lane == 0) *xs = make_float4(d, d * float(half_sum), d * float(other), 0.0f);
 }
 
-// KV cache cells, f32 or f16 (KvCacheOptions::f16), read and written as floats; kv_get4 reads four
-// consecutive values from a 16-byte (f32) or 8-byte (f16) aligned address.
-__device__ __forceinline__ float kv_get(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float kv_get(const __half* p, int64_t i) { return __half2float(p[i]); }
+// KV cache cells, f32 or f16 (KvCacheOptions::f16), written as floats; kv_get4 reads four consecutive values
+// from a 16-byte (f32) or 8-byte (f16) aligned address. The kernels address cells through KvCells (below).
 __device__ __forceinline__ void kv_put(float* p, int64_t i, float v) { p[i] = v; }
 __device__ __forceinline__ void kv_put(__half* p, int64_t i, float v) { p[i] = __float2half_rn(v); }
 __device__ __forceinline__ float4 kv_get4(const float* p) { return *reinterpret_cast<const float4*>(p); }
