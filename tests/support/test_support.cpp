@@ -28,6 +28,17 @@ std::filesystem::path write_temp_file(const std::string& name, const std::vector
   return path;
 }
 
+RowMass exact_row_mass(std::span<const float> row, float max_logit, double inv_t) {
+  RowMass m;
+  for (float l : row) {
+    const float r = ranking_logit(l);
+    if (r == -INFINITY) continue;
+    m.sum1 += std::exp(double(r - max_logit));
+    m.sum_t += std::exp(double(r - max_logit) * inv_t);
+  }
+  return m;
+}
+
 double rel_l2(std::span<const float> a, std::span<const float> b) {
   double num = 0, den = 0;
   for (size_t i = 0; i < a.size() && i < b.size(); ++i) {

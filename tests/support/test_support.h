@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "sampling/top_k.h"
+
 namespace uma::test {
 
 // ../shared beside the repo, or $UMA_SHARED.
@@ -17,6 +19,8 @@ std::filesystem::path temp_dir();
 std::filesystem::path write_temp_file(const std::string& name, const std::vector<uint8_t>& bytes);
 // ||a - b|| / ||b||
 double rel_l2(std::span<const float> a, std::span<const float> b);
+// RowMass (sampling/top_k.h) with double exponentials: the exact sums that row_mass's bound is checked against.
+RowMass exact_row_mass(std::span<const float> row, float max_logit, double inv_t);
 // The uma binary built beside the tests.
 std::filesystem::path uma_binary();
 
