@@ -196,9 +196,7 @@ class Backend {
   // reference (sampling/top_k.h); a device backend returns k pairs instead of n_cols floats, and may serve a k
   // larger than its kernels take through this default.
   virtual void top_k_row(float* logits, int64_t n_cols, int k, const LogitPenalties& pen, TokenLogit* out) {
-    thread_local std::vector<float> row;  // kept between tokens: see penalized_top_k
-    row.resize(static_cast<size_t>(n_cols));
-    download(row.data(), logits, row.size());
+    std::vector<float>& row = host_row(logits, n_cols);
     penalized_top_k(row.data(), row.size(), k, pen, out);
     if (pen.active()) upload(logits, row.data(), row.size());
   }
@@ -206,9 +204,7 @@ class Backend {
   // sampling/top_k.h), for chains that sample from the whole row (Sampler::sample_head): two numbers come
   // back instead of the row. Synchronous, outside a step. The default downloads the row.
   virtual RowMass row_mass(const float* logits, int64_t n_cols, float max_logit, double inv_t) {
-    thread_local std::vector<float> row;
-    row.resize(static_cast<size_t>(n_cols));
-    download(row.data(), logits, row.size());
+    const std::vector<float>& row = host_row(logits, n_cols);
     return uma::row_mass(row.data(), row.size(), max_logit, inv_t);
   }
 
@@ -227,6 +223,16 @@ class Backend {
   virtual void attention_mla(const KvCache& kv, int layer, const float* q, const Weight& wk_b, const Weight& wv_b,
                              const BatchLayout& batch, const MlaShape& shape, float* out) {
     fail("multi-head latent attention (attention_mla) is not supported by the {} backend", name());
+  }
+
+ private:
+  // A row of n_cols floats downloaded into a host buffer of this thread, kept between tokens (see
+  // penalized_top_k); the sampling defaults above read it.
+  std::vector<float>& host_row(const float* logits, int64_t n_cols) {
+    thread_local std::vector<float> row;
+    row.resize(static_cast<size_t>(n_cols));
+    download(row.data(), logits, row.size());
+    return row;
   }
 };
 
