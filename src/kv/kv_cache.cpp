@@ -15,7 +15,8 @@ KvCache::KvCache(Backend& backend, const KvCacheOptions& options) : backend_(bac
   if (opt_.q8 && !backend_.supports_q8_kv())
     fail("the {} backend cannot keep its KV cache in 8 bits; use --kv-type auto (a q8_0 cache needs the CUDA "
          "backend)", backend_.name());
-  if (opt_.q8 && (opt_.f16 || opt_.k_width % 32 || opt_.v_width % 32))
+  if (opt_.q8 && opt_.f16) fail("a KV cache holds f16 or 8-bit cells, not both; pick one --kv-type");
+  if (opt_.q8 && (opt_.k_width % 32 || opt_.v_width % 32))
     fail("a q8_0 KV cache needs key and value widths that are multiples of 32 (got {} and {}); use --kv-type f16",
          opt_.k_width, opt_.v_width);
   const int64_t n_pages = opt_.n_cells / kPageSize;
