@@ -431,6 +431,10 @@ TEST(CudaOps, AttentionPrefillAndDecode) {
   check_attention(8, 4, 40, 24, {19}, false, true, Cells::Q8);
   check_attention(32, 8, 128, 128, {3000, 1, 700}, true, false, Cells::Q8);
   check_attention(4, 4, 64, 64, {1, 37}, true, false, Cells::Q8);
+  // Eight sequences of 32 heads at long contexts (256 blocks a split): the splits bounded by one wave of the
+  // GPU's blocks rather than by the context, for each kernel.
+  for (Cells cells : {Cells::F32, Cells::F16, Cells::Q8})
+    check_attention(32, 8, 128, 128, {3000, 2500, 1, 700, 2048, 1500, 900, 4000}, true, false, cells);
 }
 
 // 8-bit cells need whole 32-value blocks a row, and a backend that keeps them: otherwise one sentence says so.

@@ -202,6 +202,7 @@ class CudaBackend final : public Backend {
     merge_ = env_on("UMA_CUDA_MERGE", true);  // =0: one GEMV launch per matrix (q/k/v, gate/up apart)
     fuse_ = env_on("UMA_CUDA_FUSE", true);    // =0: no fused ops (norm + int8, rope + store, add + norm)
     gemm_attention_ = env_on("UMA_CUDA_ATTN_GEMM", true);  // =0: prefill attention with the decode kernel
+    if (const char* v = std::getenv("UMA_CUDA_ATTN_SPLITS")) attn_max_splits_ = std::max(1, std::atoi(v));
     attn_tf32_ = env_on("UMA_CUDA_ATTN_TF32", true);         // =0: its products in f32, not TF32 (see there)
     gemv_pair_ = env_on("UMA_CUDA_GEMV_PAIR", true);  // =0: Q4_0/Q4_K/Q5_K GEMVs on 32-value chunks
     gemv_tokens_ = env_on("UMA_CUDA_GEMV_TOKENS", true);  // =0: int8 GEMVs of 2-4 tokens take a block a token
@@ -542,8 +543,22 @@ class CudaBackend final : public Backend {
   // Step state (begin_step .. end_step).
   bool graphs_ = true, profile_ = false, pdl_ = true, prefetch_ = true, merge_ = true, fuse_ = true, gemv_pair_ = true, gemv_tokens_ = true, parallel_norm_ = true,
        gemm_attention_ = true, attn_tf32_ = true;
+  int attn_max_splits_ = 64;  // UMA_CUDA_ATTN_SPLITS: decode attention's most key splits (measurements)
   bool f32_weights_ = false;  // a matrix of the model is stored in f32: prefill attention stays f32
   int sm_count_ = 132;
+  // Blocks of `kernel` (launched with `threads` threads and no dynamic shared memory) that the GPU holds at
+  // once: one wave. Asked once per kernel.
+  std::unordered_map<const void*, int64_t> resident_;
+  template <typename K>
+  int64_t resident_blocks(K* kernel, int threads) {
+    auto [it, fresh] = resident_.try_emplace(reinterpret_cast<const void*>(kernel), 0);
+    if (fresh) {
+      int per_sm = 0;
+      UMA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
+      it->second = int64_t(std::max(per_sm, 1)) * sm_count_;
+    }
+    return it->second;
+  }
   std::string skip_;  // UMA_CUDA_SKIP, as ",op,op,"
   bool bulk_allowed_ = true;  // sm_90 and not UMA_CUDA_GEMV_BULK=0
   BulkConfig bulk_explicit_;    // UMA_CUDA_GEMV_BULK=KB,slots,blocks,warps
