@@ -520,5 +520,57 @@ TEST(CudaOps, AttentionInRecordedStepsFollowsTheContext) {
   }
 }
 
+// Contexts past 1,024 positions take the long-context kernel (cp.async tiles; 8-bit cells only when asked): the
+// same softmax in another order, so it matches the short-context kernel on the same cells to float rounding,
+// in a recorded step (which is captured again as the context crosses into it) and outside one, and for
+// several sequences (GQA: 4 query heads a key head).
+TEST(CudaOps, LongContextAttentionMatchesTheShortContextKernel) {
+  REQUIRE_GPU();
+  for (Cells cells : {Cells::F16, Cells::Q8}) {
+    auto run = [&](bool long_kernel) {
+      test::EnvGuard env("UMA_CUDA_ATTN_LONG", std::string(long_kernel ? "all" : "0"));
+      auto cuda = gpu();
+      const int n_head = 16, n_head_kv = 4, hd = 128, n_seq = 3;
+      KvCacheOptions o;
+      o.n_layer = 1, o.n_seq = n_seq, o.k_width = n_head_kv * hd, o.v_width = n_head_kv * hd, o.n_cells = 3 * 5200;
+      o.f16 = cells == Cells::F16, o.q8 = cells == Cells::Q8;
+      KvCache kv(*cuda, o);
+      const int64_t n_max = 5000;
+      std::vector<int32_t> pos, seq;
+      for (int s = 0; s < n_seq; ++s) {
+        kv.reserve(s, n_max);
+        for (int64_t p = 0; p < n_max; ++p) pos.push_back(int32_t(p)), seq.push_back(s);
+      }
+      const int64_t n = int64_t(pos.size());
+      auto k = random_floats(size_t(n * o.k_width), 61), v = random_floats(size_t(n * o.v_width), 62);
+      Dev d{*cuda};
+      cuda->store_kv(kv, 0, d.put(k), d.put(v), BatchLayout{pos.data(), seq.data(), n});
+      const AttentionShape shape{n_head, n_head_kv, hd, hd, 1.0f / std::sqrt(float(hd))};
+      std::vector<float> all;
+      for (int64_t n_ctx : {1000, 1025, 1090, 2000, 4999, 1500}) {
+        for (int32_t n_tok : {1, 3}) {
+          std::vector<int32_t> p(size_t(n_tok), int32_t(n_ctx - 1)), sq(static_cast<size_t>(n_tok));
+          for (int32_t t = 0; t < n_tok; ++t) sq[size_t(t)] = t, p[size_t(t)] -= 7 * t;
+          const BatchLayout step{p.data(), sq.data(), n_tok};
+          auto q = random_floats(size_t(n_tok * n_head * hd), 70 + uint32_t(n_ctx), 2.0f);
+          float* q_dev = d.put(q);
+          float* out = d.make(q.size());
+          for (bool recorded : {false, true}) {
+            if (recorded) cuda->begin_step(step, kv);
+            cuda->attention(kv, 0, q_dev, step, shape, out);
+            if (recorded) cuda->end_step();
+            const auto y = d.get(out, q.size());
+            all.insert(all.end(), y.begin(), y.end());
+          }
+        }
+      }
+      return all;
+    };
+    const auto want = run(false), got = run(true);
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_LE(rel(got, want), 1e-5) << (cells == Cells::F16 ? "f16" : "8-bit") << " cells";
+  }
+}
+
 }  // namespace
 }  // namespace uma

@@ -64,6 +64,46 @@ __device__ __forceinline__ void attn_write(const AttnArgs& a, int64_t th, int j,
   if (a.xq) quantize_warp_block(v, j % kWarp, a.xq + th * a.hdv + (j & ~31), a.xs + (th * a.hdv + j) / 32);
 }
 
+// The end of a split block: the warps' accumulators (sacc[w][j], after a block barrier) and the running max m
+// and sum l. One split: the output row. Several: this split's state, and the last split block of the
+// (head, token) to finish merges them all (a counter per (head, token) that it resets).
+__device__ __forceinline__ void attention_finish(const AttnArgs& a, int64_t th, int split, int n_used, float m,
+                                                 float l, const float (&sacc)[kAttnWarps][kMaxHeadDim]) {
+  __shared__ bool last;
+  const int tid = threadIdx.x;
+  // One split: the output. Several: this split's state (max, sum, accumulators) for the merge below.
+  float* P = n_used > 1 ? a.partial + th * a.n_split * (a.hdv + 2) : nullptr;
+  for (int j = tid; j < a.hdv; j += kAttnThreads) {
+    float v = 0;
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w) v += sacc[w][j];
+    if (n_used == 1) attn_write(a, th, j, v / l);
+    else P[split * (a.hdv + 2) + 2 + j] = v;
+  }
+  if (n_used == 1) return;
+  if (tid == 0) P[split * (a.hdv + 2)] = m, P[split * (a.hdv + 2) + 1] = l;
+  // The last split block merges: its partial states are visible to it after the others' fences.
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    last = atomicAdd(a.count + th, 1) == n_used - 1;
+    if (last) a.count[th] = 0;  // ready for the next launch
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  float M = -INFINITY;
+  for (int sp = 0; sp < n_used; ++sp) M = fmaxf(M, __ldcg(P + sp * (a.hdv + 2)));
+  float Lsum = 0;
+  for (int sp = 0; sp < n_used; ++sp) Lsum += __ldcg(P + sp * (a.hdv + 2) + 1) * expf(__ldcg(P + sp * (a.hdv + 2)) - M);
+  for (int j = tid; j < a.hdv; j += kAttnThreads) {
+    float v = 0;
+    for (int sp = 0; sp < n_used; ++sp)
+      v += __ldcg(P + sp * (a.hdv + 2) + 2 + j) * expf(__ldcg(P + sp * (a.hdv + 2)) - M);
+    attn_write(a, th, j, v / Lsum);
+  }
+}
+
 // kHd128: keys and values of 128 dims in rows aligned for four values (Llama, Qwen, Mistral): the loads of a
 // key are all in flight at once (32 of four values; 8-bit cells: eight of 16 bytes), and a lane adds 16 bytes
 // of each value row it takes. Otherwise any head dims, one value at a time. KV: float, __half or int8_t cells
@@ -97,7 +137,6 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a, const DeviceLa
   __shared__ float prob[kAttnThreads], red_max[kAttnWarps], red_sum[kAttnWarps];
   __shared__ int64_t cell[kAttnThreads];
   __shared__ float sacc[kAttnWarps][kMaxHeadDim];
-  __shared__ bool last;
   for (int j = tid; j < a.hdk; j += kAttnThreads) qs[j] = a.q[th * a.hdk + j] * a.scale;
   __syncthreads();
   // Head dim 128, the value sums: a lane loads 16 bytes of a value row (kPer values), kLanesPerKey lanes a row,
@@ -209,37 +248,7 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a, const DeviceLa
       if (lane + kWarp * k < a.hdv) sacc[warp][lane + kWarp * k] = acc[k];
   }
   __syncthreads();
-  // One split: the output. Several: this split's state (max, sum, accumulators) for the merge below.
-  float* P = n_used > 1 ? a.partial + th * a.n_split * (a.hdv + 2) : nullptr;
-  for (int j = tid; j < a.hdv; j += kAttnThreads) {
-    float v = 0;
-#pragma unroll
-    for (int w = 0; w < kAttnWarps; ++w) v += sacc[w][j];
-    if (n_used == 1) attn_write(a, th, j, v / l);
-    else P[split * (a.hdv + 2) + 2 + j] = v;
-  }
-  if (n_used == 1) return;
-  if (tid == 0) P[split * (a.hdv + 2)] = m, P[split * (a.hdv + 2) + 1] = l;
-  // The last split block merges: its partial states are visible to it after the others' fences.
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) {
-    last = atomicAdd(a.count + th, 1) == n_used - 1;
-    if (last) a.count[th] = 0;  // ready for the next launch
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  float M = -INFINITY;
-  for (int sp = 0; sp < n_used; ++sp) M = fmaxf(M, __ldcg(P + sp * (a.hdv + 2)));
-  float Lsum = 0;
-  for (int sp = 0; sp < n_used; ++sp) Lsum += __ldcg(P + sp * (a.hdv + 2) + 1) * expf(__ldcg(P + sp * (a.hdv + 2)) - M);
-  for (int j = tid; j < a.hdv; j += kAttnThreads) {
-    float v = 0;
-    for (int sp = 0; sp < n_used; ++sp)
-      v += __ldcg(P + sp * (a.hdv + 2) + 2 + j) * expf(__ldcg(P + sp * (a.hdv + 2)) - M);
-    attn_write(a, th, j, v / Lsum);
-  }
+  attention_finish(a, th, split, n_used, m, l, sacc);
 }
 
 template <bool kHd128, typename KV>
@@ -254,7 +263,242 @@ __global__ void __launch_bounds__(kAttnThreads, 10) attention_f16_hd128_kernel(A
   attention_body<true, __half>(a, L);
 }
 
+// ---- decode attention for long contexts (head dim 128, f16 or 8-bit cells; attention_long_kernel). The kernel
+// above loads a key into registers (one thread a key) and a value row by lanes, so the bytes it has in flight
+// are bounded by its 48 registers, and a block's loads wait on its own softmax: after 32k tokens llama-7b read
+// its cache at ~68 % of copy bandwidth. Here the keys and values of a tile of kLongTile positions go into
+// shared memory with cp.async (16 bytes a thread an instruction, no register held), kLongAhead tiles ahead of
+// the one being computed, so the loads of later tiles are in flight while this one's softmax runs. A key's
+// score takes a pair of threads (16-byte chunks 2j + h of the row to thread h), a value row 16 bytes a lane
+// (half a warp for f16 cells, a quarter for 8-bit); rows are padded by 32 bytes so that both read patterns
+// are free of bank conflicts. Shared memory (3 x 36 KB for f16) allows two blocks an SM. Used for f16 cells
+// after 1,024 positions (CudaBackend::attention has the measurements).
+constexpr int kLongTile = 64, kLongAhead = 2, kLongStages = kLongAhead + 1;
+template <typename KV>
+struct LongTile {
+  static constexpr bool kQ8 = std::is_same_v<KV, int8_t>;
+  static constexpr int kRow = 128 * int(sizeof(KV));  // bytes of a key or value row of one head
+  static constexpr int kStride = kRow + 32;
+  static constexpr int kChunks = kRow / 16;            // 16-byte chunks a row
+  static_assert(kChunks % 2 == 0 && kAttnThreads % kChunks == 0, "a key's chunks split over a thread pair");
+  static constexpr int kScale = kQ8 ? 8 : 0;           // 8-bit cells: four f16 block scales a row
+  static constexpr int kStage = 2 * kLongTile * (kStride + kScale);
+  static constexpr int kSmem = kLongStages * kStage;
+};
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(uint32_t(__cvta_generic_to_shared(dst))), "l"(src)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async8(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(uint32_t(__cvta_generic_to_shared(dst))), "l"(src)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
+}
+#endif
+
+template <typename KV>
+__global__ void __launch_bounds__(kAttnThreads) attention_long_kernel(AttnArgs a, DeviceLayout L) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800  // cp.async (launched only there: long_attention_compiled)
+  using T = LongTile<KV>;
+  extern __shared__ __align__(16) uint8_t tiles[];
+  __shared__ __align__(16) float qs[128];
+  __shared__ float prob[kLongTile], red_max[kAttnWarps], red_sum[kAttnWarps];
+  const KvCells<KV> K = kv_cells<KV>(a.K, a.n_cells, a.kw), V = kv_cells<KV>(a.V, a.n_cells, a.vw);
+  pdl_trigger();
+  const int h = blockIdx.x, split = blockIdx.z;
+  const int64_t t = blockIdx.y;
+  const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
+  const int64_t n_ctx = int64_t(L.pos[t]) + 1;
+  const int64_t per_split = max(int64_t(kLongTile), (n_ctx + a.n_split - 1) / a.n_split);
+  const int n_used = int((n_ctx + per_split - 1) / per_split);
+  if (split >= n_used) return;
+  const int64_t p0 = split * per_split, p1 = min(n_ctx, p0 + per_split);
+  const int64_t th = t * a.n_head + h;
+  const int64_t k_off = int64_t(h / a.group) * 128, v_off = k_off;
+  const int n_tiles = int((p1 - p0 + kLongTile - 1) / kLongTile);
+  // Tile i's keys and values (and 8-bit scales) into stage i % kLongStages, as one commit group. Thread tid
+  // copies chunk tid % kChunks of rows tid / kChunks, + 128 / kChunks, ..; positions past the split's end
+  // copy nothing (their scores are never read).
+  auto issue = [&](int i) {
+    if (i < n_tiles) {
+      uint8_t* st = tiles + (i % kLongStages) * T::kStage;
+      uint8_t* ks = st;
+      uint8_t* vs = st + kLongTile * T::kStride;
+      const int64_t first = p0 + int64_t(i) * kLongTile;
+      const int n = int(min(int64_t(kLongTile), p1 - first));
+      const int chunk = tid % T::kChunks;
+#pragma unroll
+      for (int r = tid / T::kChunks; r < kLongTile; r += kAttnThreads / T::kChunks) {
+        if (r < n) {
+          const int64_t c = kv_cell(L, t, first + r);
+          const auto* k_row = reinterpret_cast<const uint8_t*>(K.p + c * a.kw + k_off);
+          const auto* v_row = reinterpret_cast<const uint8_t*>(V.p + c * a.vw + v_off);
+          cp_async16(ks + r * T::kStride + chunk * 16, k_row + chunk * 16);
+          cp_async16(vs + r * T::kStride + chunk * 16, v_row + chunk * 16);
+        }
+      }
+      if constexpr (T::kQ8) {
+        uint8_t* scales = st + 2 * kLongTile * T::kStride;  // [K rows][8 bytes], then [V rows][8 bytes]
+        const int r = tid % kLongTile;
+        if (r < n) {
+          const int64_t c = kv_cell(L, t, first + r);
+          if (tid < kLongTile) cp_async8(scales + r * 8, K.d + (c * a.kw + k_off) / 32);
+          else cp_async8(scales + (kLongTile + r) * 8, V.d + (c * a.vw + v_off) / 32);
+        }
+      }
+    }
+    cp_async_commit();  // an empty group past the last tile keeps the wait counts uniform
+  };
+  // The positions before this step's were written by earlier steps: their tiles may load before the wait
+  // for the kernel that stored this step's keys and values. A step of n tokens writes at most n positions
+  // of a sequence, the last of them at most this token's: none before n_ctx - n.
+  const bool early = p0 + int64_t(kLongAhead) * kLongTile + int64_t(gridDim.y) <= n_ctx;
+  if (early)
+    for (int i = 0; i < kLongAhead; ++i) issue(i);
+  pdl_wait();
+  if (!early)
+    for (int i = 0; i < kLongAhead; ++i) issue(i);
+  qs[tid] = tid < 128 ? a.q[th * 128 + tid] * a.scale : 0.0f;  // kAttnThreads == 128
+
+  // Scores: thread pair (key = tid / 2, h = tid % 2) takes chunks 2j + h of the key row.
+  const int key = tid / 2, half = tid % 2;
+  // Values: lane's 16 bytes (kPer values) of the row of key slot lane / kLanesPerKey (f16: two keys a warp at
+  // once, 8-bit: four).
+  constexpr int kPer = kKvPer16<KV>, kLanesPerKey = 128 / kPer, kKeysPerWarp = kWarp / kLanesPerKey;
+  const int slot = lane / kLanesPerKey, dim0 = (lane % kLanesPerKey) * kPer;
+  float m = -INFINITY, l = 0, acc[kPer] = {};
+  for (int i = 0; i < n_tiles; ++i) {
+    cp_async_wait<kLongAhead - 1>();  // this thread's copies of tile i are in
+    __syncthreads();                   // everyone's (and the stage of tile i - 1 is free)
+    issue(i + kLongAhead);
+    const uint8_t* st = tiles + (i % kLongStages) * T::kStage;
+    const uint8_t* ks = st;
+    const uint8_t* vs = st + kLongTile * T::kStride;
+    const uint8_t* scales = st + 2 * kLongTile * T::kStride;
+    const int n = int(min(int64_t(kLongTile), p1 - p0 - int64_t(i) * kLongTile));
+    float d = 0;
+    if (key < n) {
+#pragma unroll
+      for (int j = 0; j < T::kChunks / 2; ++j) {
+        const int c = 2 * j + half;
+        const uint4 raw = *reinterpret_cast<const uint4*>(ks + key * T::kStride + c * 16);
+        if constexpr (T::kQ8) {  // 16 values of block c / 2
+          const float sc = __half2float(reinterpret_cast<const __half*>(scales + key * 8)[c / 2]);
+          const int w[4] = {int(raw.x), int(raw.y), int(raw.z), int(raw.w)};
+          float part = 0;
+#pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const char4 c4 = *reinterpret_cast<const char4*>(&w[u]);
+            const float4 q4 = reinterpret_cast<const float4*>(qs)[c * 4 + u];
+            part += q4.x * float(c4.x) + q4.y * float(c4.y) + q4.z * float(c4.z) + q4.w * float(c4.w);
+          }
+          d += part * sc;
+        } else {  // 8 halves
+          const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const float2 k2 = __half22float2(h2[u]);
+            d += qs[c * 8 + 2 * u] * k2.x + qs[c * 8 + 2 * u + 1] * k2.y;
+          }
+        }
+      }
+    }
+    d += __shfl_xor_sync(0xffffffffu, d, 1);  // the whole warp: a pair's keys past the tile's end add zeros
+    const float s = key < n ? d : -INFINITY;
+    const float wm = warp_max(s);
+    if (lane == 0) red_max[warp] = wm;
+    __syncthreads();
+    float mx = red_max[0];
+#pragma unroll
+    for (int w = 1; w < kAttnWarps; ++w) mx = fmaxf(mx, red_max[w]);
+    const float m_new = fmaxf(m, mx);  // finite: the tile has at least one key
+    const float corr = expf(m - m_new);
+    const float e = key < n ? expf(s - m_new) : 0.0f;
+    if (half == 0) prob[key] = e;
+    const float ws = warp_sum(half == 0 ? e : 0.0f);
+    if (lane == 0) red_sum[warp] = ws;
+    __syncthreads();
+    float es = 0;
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w) es += red_sum[w];
+    l = l * corr + es;
+    m = m_new;
+#pragma unroll
+    for (auto& x : acc) x *= corr;
+#pragma unroll 4
+    for (int r = kKeysPerWarp * warp + slot; r < n; r += kKeysPerWarp * kAttnWarps) {
+      const float p = prob[r];
+      const uint4 raw = *reinterpret_cast<const uint4*>(vs + r * T::kStride + (lane % kLanesPerKey) * 16);
+      if constexpr (T::kQ8) {  // 16 values of block dim0 / 32
+        const float sc = p * __half2float(reinterpret_cast<const __half*>(scales + (kLongTile + r) * 8)[dim0 / 32]);
+        const int w[4] = {int(raw.x), int(raw.y), int(raw.z), int(raw.w)};
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const char4 c4 = *reinterpret_cast<const char4*>(&w[u]);
+          acc[4 * u] += sc * float(c4.x), acc[4 * u + 1] += sc * float(c4.y);
+          acc[4 * u + 2] += sc * float(c4.z), acc[4 * u + 3] += sc * float(c4.w);
+        }
+      } else {
+        const __half2* h2 = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const float2 v2 = __half22float2(h2[u]);
+          acc[2 * u] += p * v2.x, acc[2 * u + 1] += p * v2.y;
+        }
+      }
+    }
+  }
+  // The key slots' sums meet by shuffles, the warps' in the tiles' memory, free once every thread is here.
+#pragma unroll
+  for (int o = kLanesPerKey; o < kWarp; o <<= 1)
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) acc[e] += __shfl_xor_sync(0xffffffffu, acc[e], o);
+  cp_async_wait<0>();
+  __syncthreads();
+  auto& sacc = *reinterpret_cast<float(*)[kAttnWarps][kMaxHeadDim]>(tiles);
+  if (slot == 0)
+#pragma unroll
+    for (int e = 0; e < kPer; ++e) sacc[warp][dim0 + e] = acc[e];
+  __syncthreads();
+  attention_finish(a, th, split, n_used, m, l, sacc);
+#endif
+}
+
 using AttentionKernel = void (*)(AttnArgs, DeviceLayout);
+// Above this many positions a decode step's attention takes attention_long_kernel (f16 cells; 8-bit ones when
+// asked, UMA_CUDA_ATTN_LONG=all).
+constexpr int64_t kLongContext = 1024;
+// attention_long_kernel for f16 or 8-bit cells, and its dynamic shared memory (set as its limit on first use).
+size_t long_attention_smem(KvKind kind) {
+  return kind == KvKind::Q8 ? LongTile<int8_t>::kSmem : LongTile<__half>::kSmem;
+}
+// Whether this binary holds attention_long_kernel's code for the GPU at hand (a build for an older
+// architecture runs on newer GPUs with the kernel's body compiled out).
+bool long_attention_compiled() {
+  static const bool compiled = [] {
+    cudaFuncAttributes a{};
+    return cudaFuncGetAttributes(&a, attention_long_kernel<__half>) == cudaSuccess && a.binaryVersion >= 80;
+  }();
+  return compiled;
+}
+AttentionKernel long_attention_kernel_for(KvKind kind) {
+  static const bool sized = [] {
+    UMA_CHECK(cudaFuncSetAttribute(attention_long_kernel<__half>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   LongTile<__half>::kSmem));
+    UMA_CHECK(cudaFuncSetAttribute(attention_long_kernel<int8_t>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   LongTile<int8_t>::kSmem));
+    return true;
+  }();
+  (void)sized;
+  return kind == KvKind::Q8 ? attention_long_kernel<int8_t> : attention_long_kernel<__half>;
+}
+
 // The decode attention kernel for these cells: head dim 128 in rows aligned for four values (hd128), or any.
 AttentionKernel attention_kernel_for(KvKind kind, bool hd128) {
   AttentionKernel kernel = nullptr;
@@ -448,9 +692,23 @@ void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const 
   const bool hd128 = s.head_dim_k == 128 && s.head_dim_v == 128 && kv.options().k_width % 4 == 0 &&
                      kv.options().v_width % 4 == 0;  // rows aligned for four values
   const KvKind kind = kv_kind(kv);
+  // A context longer than kLongContext (now, not the cache's capacity: a recorded step that crosses it is
+  // captured again) takes attention_long_kernel where the cells allow it: f16 (or, UMA_CUDA_ATTN_LONG=all,
+  // 8-bit), head dim 128, rows whole 16-byte chunks. llama-7b Q4_0 on the H100, f16 cells: tg32 after 32,768
+  // tokens 97.2 -> 116.3 t/s, after 4,096 tokens 243 -> 337; 8-bit cells after 32,768 tokens 155.7 -> 152.1
+  // (so they keep the short kernel).
+  int64_t ctx_now = 0;
+  for (int64_t t = 0; t < batch.n_tokens; ++t) ctx_now = std::max<int64_t>(ctx_now, batch.pos[t] + 1);
+  const int kw = kv.options().k_width, vw = kv.options().v_width;
+  const bool long_ctx = long_attention_compiled() && decode_sized(batch.n_tokens) && hd128 &&
+                        ctx_now > kLongContext &&
+                        ((kind == KvKind::F16 && long_attention_ >= 1 && kw % 8 == 0 && vw % 8 == 0) ||
+                         (kind == KvKind::Q8 && long_attention_ >= 2 && kw % 128 == 0 && vw % 128 == 0));
   int n_split = 1;
   if (max_ctx > 512) {
-    const int64_t wave = resident_blocks(attention_kernel_for(kind, hd128), kAttnThreads);
+    const int64_t wave = long_ctx
+                             ? resident_blocks(long_attention_kernel_for(kind), kAttnThreads, long_attention_smem(kind))
+                             : resident_blocks(attention_kernel_for(kind, hd128), kAttnThreads);
     n_split = int(std::clamp<int64_t>(std::min<int64_t>(wave / blocks, (max_ctx + 255) / 256), 1, attn_max_splits_));
   }
   // The int8 blocks of the output for the output projection of a decode step.
@@ -472,11 +730,16 @@ void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const 
     }
     a.count = static_cast<int*>(attn_count_.p);
   }
-  submit("attention", 0, [this](AttnArgs a, DeviceLayout L, int64_t n_tokens, KvKind kind, bool hd128) {
+  submit("attention", 0, [this](AttnArgs a, DeviceLayout L, int64_t n_tokens, KvKind kind, bool hd128,
+                                bool long_ctx) {
     dim3 grid(unsigned(a.n_head), unsigned(n_tokens), unsigned(a.n_split));
-    launch(pdl_, grid, kAttnThreads, stream_, attention_kernel_for(kind, hd128), a, L);
+    if (long_ctx)
+      launch_smem(pdl_, grid, kAttnThreads, long_attention_smem(kind), stream_, long_attention_kernel_for(kind), a,
+                  L);
+    else
+      launch(pdl_, grid, kAttnThreads, stream_, attention_kernel_for(kind, hd128), a, L);
     UMA_LAUNCHED("attention");
-  }, a, L, batch.n_tokens, kind, hd128);
+  }, a, L, batch.n_tokens, kind, hd128, long_ctx);
 }
 
 }  // namespace uma::cuda

@@ -203,6 +203,10 @@ class CudaBackend final : public Backend {
     fuse_ = env_on("UMA_CUDA_FUSE", true);    // =0: no fused ops (norm + int8, rope + store, add + norm)
     gemm_attention_ = env_on("UMA_CUDA_ATTN_GEMM", true);  // =0: prefill attention with the decode kernel
     if (const char* v = std::getenv("UMA_CUDA_ATTN_SPLITS")) attn_max_splits_ = std::max(1, std::atoi(v));
+    // UMA_CUDA_ATTN_LONG: 0 one decode attention kernel for every context, 1 (default) the long-context
+    // kernel for f16 cells, all: for 8-bit cells too (2 % slower than the short kernel there after 32k tokens).
+    if (const char* v = std::getenv("UMA_CUDA_ATTN_LONG"))
+      long_attention_ = std::strcmp(v, "0") == 0 ? 0 : std::strcmp(v, "all") == 0 ? 2 : 1;
     attn_tf32_ = env_on("UMA_CUDA_ATTN_TF32", true);         // =0: its products in f32, not TF32 (see there)
     gemv_pair_ = env_on("UMA_CUDA_GEMV_PAIR", true);  // =0: Q4_0/Q4_K/Q5_K GEMVs on 32-value chunks
     gemv_tokens_ = env_on("UMA_CUDA_GEMV_TOKENS", true);  // =0: int8 GEMVs of 2-4 tokens take a block a token
@@ -543,18 +547,19 @@ class CudaBackend final : public Backend {
   // Step state (begin_step .. end_step).
   bool graphs_ = true, profile_ = false, pdl_ = true, prefetch_ = true, merge_ = true, fuse_ = true, gemv_pair_ = true, gemv_tokens_ = true, parallel_norm_ = true,
        gemm_attention_ = true, attn_tf32_ = true;
+  int long_attention_ = 1;  // attention_long_kernel for 0: no cells, 1: f16 cells, 2: f16 and 8-bit cells
   int attn_max_splits_ = 64;  // UMA_CUDA_ATTN_SPLITS: decode attention's most key splits (measurements)
   bool f32_weights_ = false;  // a matrix of the model is stored in f32: prefill attention stays f32
   int sm_count_ = 132;
-  // Blocks of `kernel` (launched with `threads` threads and no dynamic shared memory) that the GPU holds at
-  // once: one wave. Asked once per kernel.
+  // Blocks of `kernel` (launched with `threads` threads and `smem` bytes of dynamic shared memory) that the GPU
+  // holds at once: one wave. Asked once per kernel.
   std::unordered_map<const void*, int64_t> resident_;
   template <typename K>
-  int64_t resident_blocks(K* kernel, int threads) {
+  int64_t resident_blocks(K* kernel, int threads, size_t smem = 0) {
     auto [it, fresh] = resident_.try_emplace(reinterpret_cast<const void*>(kernel), 0);
     if (fresh) {
       int per_sm = 0;
-      UMA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
+      UMA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
       it->second = int64_t(std::max(per_sm, 1)) * sm_count_;
     }
     return it->second;
