@@ -57,6 +57,27 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// The maximum (sum) of v over the block's kAttnWarps warps, in every thread; red: kAttnWarps floats of shared
+// memory, not rewritten before the block's next barrier.
+__device__ __forceinline__ float block_max(float v, float* red) {
+  v = warp_max(v);
+  if (threadIdx.x % kWarp == 0) red[threadIdx.x / kWarp] = v;
+  __syncthreads();
+  float m = red[0];
+#pragma unroll
+  for (int w = 1; w < kAttnWarps; ++w) m = fmaxf(m, red[w]);
+  return m;
+}
+__device__ __forceinline__ float block_sum(float v, float* red) {
+  v = warp_sum(v);
+  if (threadIdx.x % kWarp == 0) red[threadIdx.x / kWarp] = v;
+  __syncthreads();
+  float sum = 0;
+#pragma unroll
+  for (int w = 0; w < kAttnWarps; ++w) sum += red[w];
+  return sum;
+}
+
 // The output row of (token, head) th: v / l for dims tid, tid + kAttnThreads, .. with their int8 blocks.
 __device__ __forceinline__ void attn_write(const AttnArgs& a, int64_t th, int j, float v) {
   a.out[th * a.hdv + j] = v;
@@ -191,23 +212,11 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a, const DeviceLa
       }
       s = d;
     }
-    const float wm = warp_max(s);
-    if (lane == 0) red_max[warp] = wm;
-    __syncthreads();
-    float mx = red_max[0];
-#pragma unroll
-    for (int w = 1; w < kAttnWarps; ++w) mx = fmaxf(mx, red_max[w]);
-    const float m_new = fmaxf(m, mx);  // finite: the tile has at least one key
+    const float m_new = fmaxf(m, block_max(s, red_max));  // finite: the tile has at least one key
     const float corr = expf(m - m_new);
     const float e = tid < n ? expf(s - m_new) : 0.0f;
     prob[tid] = e;
-    const float ws = warp_sum(e);
-    if (lane == 0) red_sum[warp] = ws;
-    __syncthreads();
-    float es = 0;
-#pragma unroll
-    for (int w = 0; w < kAttnWarps; ++w) es += red_sum[w];
-    l = l * corr + es;
+    l = l * corr + block_sum(e, red_sum);
     m = m_new;
 #pragma unroll
     for (auto& x : acc) x *= corr;
@@ -411,23 +420,11 @@ __global__ void __launch_bounds__(kAttnThreads) attention_long_kernel(AttnArgs a
     }
     d += __shfl_xor_sync(0xffffffffu, d, 1);  // the whole warp: a pair's keys past the tile's end add zeros
     const float s = key < n ? d : -INFINITY;
-    const float wm = warp_max(s);
-    if (lane == 0) red_max[warp] = wm;
-    __syncthreads();
-    float mx = red_max[0];
-#pragma unroll
-    for (int w = 1; w < kAttnWarps; ++w) mx = fmaxf(mx, red_max[w]);
-    const float m_new = fmaxf(m, mx);  // finite: the tile has at least one key
+    const float m_new = fmaxf(m, block_max(s, red_max));  // finite: the tile has at least one key
     const float corr = expf(m - m_new);
     const float e = key < n ? expf(s - m_new) : 0.0f;
     if (half == 0) prob[key] = e;
-    const float ws = warp_sum(half == 0 ? e : 0.0f);
-    if (lane == 0) red_sum[warp] = ws;
-    __syncthreads();
-    float es = 0;
-#pragma unroll
-    for (int w = 0; w < kAttnWarps; ++w) es += red_sum[w];
-    l = l * corr + es;
+    l = l * corr + block_sum(half == 0 ? e : 0.0f, red_sum);
     m = m_new;
 #pragma unroll
     for (auto& x : acc) x *= corr;
