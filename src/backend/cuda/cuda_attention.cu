@@ -85,6 +85,22 @@ __device__ __forceinline__ void attn_write(const AttnArgs& a, int64_t th, int j,
   if (a.xq) quantize_warp_block(v, j % kWarp, a.xq + th * a.hdv + (j & ~31), a.xs + (th * a.hdv + j) / 32);
 }
 
+// The keys of split `split` of token t's context: positions [p0, p1) of n_ctx, in n_used splits of at least
+// min_keys positions each (the context comes from device memory: a recorded step replays for every length).
+struct SplitRange {
+  int64_t n_ctx, p0, p1;
+  int n_used;
+};
+__device__ __forceinline__ SplitRange split_range(const DeviceLayout& L, int64_t t, int n_split, int split,
+                                                  int64_t min_keys) {
+  SplitRange r;
+  r.n_ctx = int64_t(L.pos[t]) + 1;
+  const int64_t per_split = max(min_keys, (r.n_ctx + n_split - 1) / n_split);
+  r.n_used = int((r.n_ctx + per_split - 1) / per_split);
+  r.p0 = split * per_split, r.p1 = min(r.n_ctx, r.p0 + per_split);
+  return r;
+}
+
 // The end of a split block: the warps' accumulators (sacc[w][j], after a block barrier) and the running max m
 // and sum l. One split: the output row. Several: this split's state, and the last split block of the
 // (head, token) to finish merges them all (a counter per (head, token) that it resets).
@@ -140,11 +156,8 @@ __device__ __forceinline__ void attention_body(const AttnArgs& a, const DeviceLa
   // The layout was uploaded before the step's first kernel, and the cache rows of earlier positions were
   // written by earlier steps: the page table and an L2 prefetch of the first tile's rows go before the
   // wait for the kernel that wrote this step's query and key.
-  const int64_t n_ctx = int64_t(L.pos[t]) + 1;
-  const int64_t per_split = max(int64_t(kAttnThreads), (n_ctx + a.n_split - 1) / a.n_split);
-  const int n_used = int((n_ctx + per_split - 1) / per_split);
+  const auto [n_ctx, p0, p1, n_used] = split_range(L, t, a.n_split, split, kAttnThreads);
   if (split >= n_used) return;
-  const int64_t p0 = split * per_split, p1 = min(n_ctx, p0 + per_split);
   const int64_t th = t * a.n_head + h;
   const int64_t k_off = int64_t(hk) * a.hdk, v_off = int64_t(hk) * a.hdv;
   int64_t my_cell = tid < p1 - p0 ? kv_cell(L, t, p0 + tid) : 0;
@@ -323,11 +336,8 @@ __global__ void __launch_bounds__(kAttnThreads) attention_long_kernel(AttnArgs a
   const int h = blockIdx.x, split = blockIdx.z;
   const int64_t t = blockIdx.y;
   const int tid = threadIdx.x, lane = tid % kWarp, warp = tid / kWarp;
-  const int64_t n_ctx = int64_t(L.pos[t]) + 1;
-  const int64_t per_split = max(int64_t(kLongTile), (n_ctx + a.n_split - 1) / a.n_split);
-  const int n_used = int((n_ctx + per_split - 1) / per_split);
+  const auto [n_ctx, p0, p1, n_used] = split_range(L, t, a.n_split, split, kLongTile);
   if (split >= n_used) return;
-  const int64_t p0 = split * per_split, p1 = min(n_ctx, p0 + per_split);
   const int64_t th = t * a.n_head + h;
   const int64_t k_off = int64_t(h / a.group) * 128, v_off = k_off;
   const int n_tiles = int((p1 - p0 + kLongTile - 1) / kLongTile);
@@ -679,12 +689,9 @@ void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const 
   // A recorded step sizes the splits for the whole cache (the kernel divides the actual context among them,
   // at least a tile each), so the graph holds for every context length; otherwise for the longest context
   // of the batch.
-  int64_t max_ctx = 0;
-  if (deferred_) {
-    max_ctx = kv.capacity();
-  } else {
-    for (int64_t t = 0; t < batch.n_tokens; ++t) max_ctx = std::max<int64_t>(max_ctx, batch.pos[t] + 1);
-  }
+  int64_t ctx_now = 0;  // the batch's longest context
+  for (int64_t t = 0; t < batch.n_tokens; ++t) ctx_now = std::max<int64_t>(ctx_now, batch.pos[t] + 1);
+  const int64_t max_ctx = deferred_ ? kv.capacity() : ctx_now;
   const int64_t blocks = batch.n_tokens * s.n_head;
   const bool hd128 = s.head_dim_k == 128 && s.head_dim_v == 128 && kv.options().k_width % 4 == 0 &&
                      kv.options().v_width % 4 == 0;  // rows aligned for four values
@@ -694,8 +701,6 @@ void CudaBackend::attention(const KvCache& kv, int layer, const float* q, const 
   // 8-bit), head dim 128, rows whole 16-byte chunks. llama-7b Q4_0 on the H100, f16 cells: tg32 after 32,768
   // tokens 97.2 -> 116.3 t/s, after 4,096 tokens 243 -> 337; 8-bit cells after 32,768 tokens 155.7 -> 152.1
   // (so they keep the short kernel).
-  int64_t ctx_now = 0;
-  for (int64_t t = 0; t < batch.n_tokens; ++t) ctx_now = std::max<int64_t>(ctx_now, batch.pos[t] + 1);
   const int kw = kv.options().k_width, vw = kv.options().v_width;
   const bool long_ctx = long_attention_compiled() && decode_sized(batch.n_tokens) && hd128 &&
                         ctx_now > kLongContext &&
